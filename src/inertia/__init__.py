@@ -1,0 +1,32 @@
+"""computational-inertia: the physics of learning dynamics.
+
+Computational inertia I = ½ vᵀMv + L(θ) is conserved by frictionless training dynamics,
+decays under damping and is heated by noise. This package simulates those dynamics with
+structure-preserving integrators and books every change of I in an energy ledger.
+"""
+
+from . import systems
+from .dynamics import CallablePotential, Dynamics, Potential
+from .energy import COLUMNS, CompensatedSum, Ledger, kinetic
+from .integrators import METHODS, SCHEMES, Scheme
+from .simulate import Estimate, Trajectory, simulate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "COLUMNS",
+    "METHODS",
+    "SCHEMES",
+    "CallablePotential",
+    "CompensatedSum",
+    "Dynamics",
+    "Estimate",
+    "Ledger",
+    "Potential",
+    "Scheme",
+    "Trajectory",
+    "__version__",
+    "kinetic",
+    "simulate",
+    "systems",
+]

@@ -1,0 +1,268 @@
+"""Integrators and their ledger bookkeeping (THEORY.md §3).
+
+Splitting schemes are data: a sequence of (sub-step, weight) with the sub-steps
+
+    B(τ): v ← v − τ M⁻¹∇L(θ)                       (kick)
+    A(τ): θ ← θ + τ v                              (drift)
+    O(τ): v ← c v + s ξ,  c = e^{−γτ},  s = σ sqrt((1 − c²)/(2γ))   (exact Ornstein–Uhlenbeck)
+
+and one engine, `SplittingIntegrator`, runs any sequence. Each sub-step books its own share
+of the change of I = K + L: O books the dissipated energy D = ½(1 − c²) vᵀMv and the injected
+N = Σᵢ mᵢ (c sᵢ vᵢ ξᵢ + ½ sᵢ² ξᵢ²); A and B book what they change of L and K into the residual
+R. Because each share is computed on its own, I_n − I_0 = −D + N + R is a check of the books.
+
+`EulerIntegrator` (explicit Euler / Euler–Maruyama) is the non-splitting baseline.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import partial
+
+import torch
+from torch import Tensor
+
+from .dynamics import Dynamics
+from .energy import Mass
+
+__all__ = [
+    "METHODS",
+    "SCHEMES",
+    "EulerIntegrator",
+    "Scheme",
+    "SplittingIntegrator",
+    "make_integrator",
+]
+
+Substeps = tuple[tuple[str, float], ...]
+
+
+@dataclass(frozen=True)
+class Scheme:
+    """A splitting scheme: sub-steps ("A" | "B" | "O", weight) whose weights per kind sum to 1.
+
+    `order` is the order of the energy error for γ = σ = 0. A `hamiltonian` scheme integrates
+    only the conservative part; with friction or noise it runs as O(h/2) · scheme · O(h/2).
+    """
+
+    name: str
+    substeps: Substeps
+    order: int
+    hamiltonian: bool = False
+
+
+def _merge(substeps: Substeps) -> Substeps:
+    """Fuse neighbouring sub-steps of the same kind (B(a) B(b) = B(a + b))."""
+    merged: list[tuple[str, float]] = []
+    for kind, weight in substeps:
+        if merged and merged[-1][0] == kind:
+            merged[-1] = (kind, merged[-1][1] + weight)
+        else:
+            merged.append((kind, weight))
+    return tuple(merged)
+
+
+def _compose(base: Substeps, weights: tuple[float, ...]) -> Substeps:
+    """The composition base(w₁h) ∘ base(w₂h) ∘ …, neighbouring sub-steps fused."""
+    return _merge(tuple((kind, w * x) for w in weights for kind, x in base))
+
+
+_VERLET: Substeps = (("B", 0.5), ("A", 1.0), ("B", 0.5))
+_W1 = 1.0 / (2.0 - 2.0 ** (1.0 / 3.0))  # Forest–Ruth / Yoshida-4 weights
+_W0 = 1.0 - 2.0 * _W1
+
+SCHEMES: dict[str, Scheme] = {
+    s.name: s
+    for s in [
+        Scheme("symplectic_euler", (("B", 1.0), ("A", 1.0)), 1, hamiltonian=True),
+        Scheme("verlet", _VERLET, 2, hamiltonian=True),
+        Scheme("forest_ruth", _compose(_VERLET, (_W1, _W0, _W1)), 4, hamiltonian=True),
+        Scheme("conformal_verlet", (("O", 0.5), *_VERLET, ("O", 0.5)), 2),
+        Scheme("baoab", (("B", 0.5), ("A", 0.5), ("O", 1.0), ("A", 0.5), ("B", 0.5)), 2),
+        Scheme("obabo", (("O", 0.5), *_VERLET, ("O", 0.5)), 2),
+    ]
+}
+METHODS = (*SCHEMES, "euler", "euler_maruyama")
+
+
+def ou_coefficients(gamma: float, tau: float) -> tuple[float, float, float]:
+    """(c, 1 − c², s/σ) of the exact OU step of length τ: c = e^{−γτ}, s/σ = sqrt((1 − c²)/(2γ)).
+
+    The variance uses expm1, so small γτ loses no digits; s/σ → sqrt(τ) as γ → 0. 1 − c² is
+    (1 − c)(1 + c) of the rounded c (1 − c is exact): the energy removed by the factor the
+    step really applies, so the booked dissipation has no per-step bias.
+    """
+    c = math.exp(-gamma * tau)
+    variance = -math.expm1(-2.0 * gamma * tau) / (2.0 * gamma) if gamma > 0 else tau
+    return c, (1.0 - c) * (1.0 + c), math.sqrt(variance)
+
+
+class Integrator:
+    """Advances paths (q, v) in place, one step of size dt at a time.
+
+    Keeps L(q), ∇L(q) and K(v) current (no evaluation is wasted) and, per step, the ledger
+    increments `dissipated`, `injected`, `residual` of shape (paths,).
+    """
+
+    def __init__(
+        self, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
+    ):
+        self.dynamics = dynamics
+        self.q, self.v, self.dt = q, v, dt
+        self.generator = generator
+        self.mass = Mass(dynamics.mass).to(q.dtype)
+        sigma = dynamics.sigma
+        self.sigma = sigma.to(q.dtype) if isinstance(sigma, Tensor) else sigma
+        self.increments = torch.zeros(3, q.shape[0], dtype=q.dtype)
+        self.dissipated, self.injected, self.residual = self.increments.unbind(0)
+        self._noise = torch.empty_like(q)
+        self.potential, self.gradient = dynamics.potential.value_and_grad(q)
+        self.kinetic = self.mass.kinetic(v)
+        self._q_moved = self._v_moved = False
+
+    def step(self, t: float) -> None:
+        """Advance by one step from time t, setting the step's ledger increments."""
+        raise NotImplementedError
+
+    def _evaluate(self) -> None:
+        """Refresh L and ∇L after drifts, booking the change of L into the residual."""
+        potential, self.gradient = self.dynamics.potential.value_and_grad(self.q)
+        self.residual.add_(potential - self.potential)
+        self.potential = potential
+        self._q_moved = False
+
+    def _refresh_kinetic(self) -> None:
+        """Refresh K after kicks, booking the change of K into the residual."""
+        kinetic = self.mass.kinetic(self.v)
+        self.residual.add_(kinetic - self.kinetic)
+        self.kinetic = kinetic
+        self._v_moved = False
+
+    def _draw_noise(self, scale: float | Tensor) -> Tensor:
+        """scale ⊙ ξ with ξ ~ N(0, Id), in a reused buffer."""
+        torch.randn(
+            self._noise.shape, out=self._noise, generator=self.generator, dtype=self._noise.dtype
+        )
+        return self._noise.mul_(scale)
+
+
+class SplittingIntegrator(Integrator):
+    """Runs a `Scheme`'s sub-steps; dispatch is resolved once, at construction."""
+
+    def __init__(
+        self,
+        dynamics: Dynamics,
+        scheme: Scheme,
+        q: Tensor,
+        v: Tensor,
+        dt: float,
+        generator: torch.Generator,
+    ):
+        super().__init__(dynamics, q, v, dt, generator)
+        self.scheme = scheme
+        substeps = scheme.substeps
+        if scheme.hamiltonian and not dynamics.is_hamiltonian:
+            substeps = _merge((("O", 0.5), *substeps, ("O", 0.5)))
+        if dynamics.is_hamiltonian:
+            substeps = tuple(s for s in substeps if s[0] != "O")
+        self._ops = []
+        clock = 0.0  # where each O sub-step sits in [t, t + dt], for a time-varying γ(t)
+        for kind, weight in substeps:
+            tau = weight * dt
+            if kind == "B":
+                self._ops.append(partial(self._kick, tau))
+            elif kind == "A":
+                self._ops.append(partial(self._drift, tau))
+            elif callable(dynamics.gamma):
+                self._ops.append(partial(self._ou_at, tau, (clock + 0.5 * weight) * dt))
+                clock += weight
+            else:
+                self._ops.append(partial(self._ou, *self._ou_constants(dynamics.gamma, tau)))
+
+    def step(self, t: float) -> None:
+        self.increments.zero_()
+        for op in self._ops:
+            op(t)
+        if self._q_moved:
+            self._evaluate()
+        if self._v_moved:
+            self._refresh_kinetic()
+
+    def _kick(self, tau: float, t: float) -> None:
+        if self._q_moved:
+            self._evaluate()
+        if self.mass.is_scalar:
+            self.v.add_(self.gradient, alpha=-tau * self.mass.inverse)
+        else:
+            self.v.addcmul_(self.gradient, self.mass.inverse, value=-tau)
+        self._v_moved = True
+
+    def _drift(self, tau: float, t: float) -> None:
+        self.q.add_(self.v, alpha=tau)
+        self._q_moved = True
+
+    def _ou_constants(self, gamma: float, tau: float) -> tuple[float, float, float | Tensor | None]:
+        c, one_minus_c2, unit_scale = ou_coefficients(gamma, tau)
+        scale = self.sigma * unit_scale if self.dynamics.has_noise else None
+        return c, one_minus_c2, scale
+
+    def _ou_at(self, tau: float, offset: float, t: float) -> None:
+        """O(τ) with c from γ at the sub-step's midpoint t + offset (second order in τ)."""
+        self._ou(*self._ou_constants(self.dynamics.damping(t + offset), tau), t)
+
+    def _ou(self, c: float, one_minus_c2: float, scale: float | Tensor | None, t: float) -> None:
+        if self._v_moved:
+            self._refresh_kinetic()
+        self.dissipated.add_(self.kinetic, alpha=one_minus_c2)
+        self.v.mul_(c)
+        if scale is not None:
+            w = self._draw_noise(scale)
+            # N = Σ m (c v w + ½ w²), with v already scaled by c
+            self.injected.add_(self.mass.dot(self.v, w)).add_(self.mass.sqnorm(w), alpha=0.5)
+            self.v.add_(w)
+        self.kinetic = self.mass.kinetic(self.v)
+
+
+class EulerIntegrator(Integrator):
+    """Explicit Euler (Euler–Maruyama when σ > 0): the non-structure-preserving baseline.
+
+    θ' = θ + h v,  v' = v + δ,  δ = −h γ v − h M⁻¹∇L(θ) + σ sqrt(h) ξ.
+    Booked in rate form: D = h γ vᵀMv, N = vᵀMσ sqrt(h) ξ + ½ h Σ mσ² (Itô); the residual
+    takes the rest, computed term by term: ΔL − h vᵀ∇L + ½ δᵀMδ − ½ h Σ mσ².
+    Per quadratic mode with γ = σ = 0, I grows by exactly (1 + h²λ/m) per step.
+    """
+
+    def __init__(
+        self, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
+    ):
+        super().__init__(dynamics, q, v, dt, generator)
+        self._delta = torch.empty_like(q)
+        self._heat = dynamics.noise_heat_rate(q.shape[1]) * dt
+        self._noise_scale = self.sigma * math.sqrt(dt) if dynamics.has_noise else None
+
+    def step(self, t: float) -> None:
+        h, v, delta = self.dt, self.v, self._delta
+        gamma = self.dynamics.damping(t)
+        self.increments.zero_()
+        torch.mul(self.gradient, self.mass.inverse, out=delta).mul_(-h).add_(v, alpha=-h * gamma)
+        self.dissipated.add_(self.kinetic, alpha=2.0 * h * gamma)
+        if self._noise_scale is not None:
+            w = self._draw_noise(self._noise_scale)
+            self.injected.add_(self.mass.dot(v, w)).add_(self._heat)
+            delta.add_(w)
+        self.residual.add_(torch.linalg.vecdot(v, self.gradient), alpha=-h)
+        self.residual.add_(self.mass.sqnorm(delta), alpha=0.5).sub_(self._heat)
+        self.q.add_(v, alpha=h)
+        v.add_(delta)
+        self._evaluate()
+        self.kinetic = self.mass.kinetic(v)
+
+
+def make_integrator(
+    method: str, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
+) -> Integrator:
+    """The integrator for a method name in `METHODS` (already resolved from "auto")."""
+    if method in SCHEMES:
+        return SplittingIntegrator(dynamics, SCHEMES[method], q, v, dt, generator)
+    return EulerIntegrator(dynamics, q, v, dt, generator)

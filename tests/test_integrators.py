@@ -1,0 +1,203 @@
+"""The integrators against known answers: conservation, exact growth, orders, exact damping,
+and the ledger identity (THEORY.md §3)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import inertia
+from conftest import exact_quadratic_inertia, fitted_order, random_spd
+from inertia import Dynamics, simulate, systems
+
+CHAIN_Q0 = torch.tensor([0.8, -0.3, 0.5, 0.1], dtype=torch.float64)
+CHAIN_V0 = torch.tensor([0.2, 0.4, -0.1, 0.3], dtype=torch.float64)
+
+
+def chain_dynamics(**kw) -> Dynamics:
+    return Dynamics(systems.AnharmonicChain(4, beta=1.0), **kw)
+
+
+def test_verlet_keeps_energy_bounded_without_secular_drift():
+    tr = simulate(
+        chain_dynamics(),
+        CHAIN_Q0,
+        CHAIN_V0,
+        dt=0.05,
+        steps=100_000,
+        method="verlet",
+        record_every=10,
+    )
+    error = ((tr.inertia[:, 0] - tr.inertia[0, 0]) / tr.inertia[0, 0]).abs()
+    tenth = len(error) // 10
+    first, last = float(error[:tenth].max()), float(error[-tenth:].max())
+    assert last <= 1.5 * first, (first, last)
+    # backward error analysis: bounded at O(h²) = O(2.5e-3) relative
+    assert float(error.max()) < 5e-3
+
+
+@pytest.mark.parametrize("mass", [1.0, 2.5])
+def test_explicit_euler_grows_by_exactly_one_plus_h2_lambda_over_m(mass):
+    lam, h = 3.0, 0.1
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.tensor([lam])), mass=mass)
+    tr = simulate(dyn, torch.tensor([1.0]), torch.tensor([0.5]), dt=h, steps=200, method="euler")
+    ratios = tr.inertia[1:, 0] / tr.inertia[:-1, 0]
+    torch.testing.assert_close(
+        ratios, torch.full_like(ratios, 1 + h * h * lam / mass), rtol=1e-13, atol=0
+    )
+
+
+@pytest.mark.parametrize(
+    ("method", "order"), [("symplectic_euler", 1), ("verlet", 2), ("forest_ruth", 4)]
+)
+def test_energy_error_order_by_step_halving(method, order):
+    errors = []
+    for dt in (0.04, 0.02, 0.01):
+        tr = simulate(
+            chain_dynamics(), CHAIN_Q0, CHAIN_V0, dt=dt, steps=round(20 / dt), method=method
+        )
+        errors.append(float((tr.inertia - tr.inertia[0]).abs().max()))
+    assert fitted_order(errors) == pytest.approx(order, abs=0.2), errors
+
+
+@pytest.mark.parametrize(
+    ("method", "order"), [("symplectic_euler", 1), ("verlet", 2), ("forest_ruth", 4)]
+)
+def test_state_error_order_by_step_halving(method, order):
+    t_end = 5.0
+    reference = simulate(
+        chain_dynamics(), CHAIN_Q0, CHAIN_V0, dt=t_end / 8000, steps=8000, method="forest_ruth"
+    )
+    errors = []
+    for steps in (250, 500, 1000):
+        tr = simulate(
+            chain_dynamics(), CHAIN_Q0, CHAIN_V0, dt=t_end / steps, steps=steps, method=method
+        )
+        errors.append(float((tr.q - reference.q).abs().max()))
+    assert fitted_order(errors) == pytest.approx(order, abs=0.2), errors
+
+
+@pytest.mark.parametrize("gamma", [0.3, 2 * math.sqrt(0.5), 6.0], ids=["under", "critical", "over"])
+def test_conformal_verlet_matches_exact_damped_quadratic_at_second_order(gamma):
+    a = random_spd(
+        4, seed=1
+    )  # eigenvalues 0.5 … 4: γ = 2·sqrt(0.5) is critical for the slowest mode
+    mass = torch.tensor([1.0, 2.0, 0.5, 1.5], dtype=torch.float64)
+    q0 = torch.tensor([1.0, -0.5, 0.3, 0.8], dtype=torch.float64)
+    v0 = torch.tensor([0.1, 0.2, -0.4, 0.0], dtype=torch.float64)
+    dyn = Dynamics(systems.Quadratic(a), gamma=gamma, mass=mass)
+    errors = []
+    for steps in (200, 400, 800):
+        tr = simulate(
+            dyn,
+            q0,
+            v0,
+            dt=4.0 / steps,
+            steps=steps,
+            method="conformal_verlet",
+            record_every=steps // 8,
+        )
+        exact = exact_quadratic_inertia(a, q0, v0, gamma, tr.t.numpy(), mass=mass.numpy())
+        errors.append(float(np.abs(tr.inertia[:, 0].numpy() - exact).max()))
+    assert fitted_order(errors) == pytest.approx(2, abs=0.2), errors
+    assert errors[-1] < 1e-3 * float(tr.inertia[0, 0])
+
+
+def trapezoid(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Cumulative trapezoid rule along axis 0."""
+    steps = 0.5 * (y[1:] + y[:-1]) * (t[1:] - t[:-1])[:, None]
+    return torch.cat([torch.zeros_like(y[:1]), steps.cumsum(0)])
+
+
+@pytest.mark.parametrize("gamma", [0.4, lambda t: 3.0 / t], ids=["constant", "nesterov-3/t"])
+def test_dissipated_matches_integral_of_friction_power(gamma):
+    dyn = chain_dynamics(gamma=gamma)
+    gaps = []
+    for steps in (500, 1000, 2000):
+        tr = simulate(dyn, CHAIN_Q0, CHAIN_V0, dt=5.0 / steps, steps=steps, t0=1.0)
+        rate = torch.tensor([dyn.damping(float(t)) for t in tr.t], dtype=torch.float64)
+        power = 2.0 * rate[:, None] * tr.kinetic  # γ vᵀMv
+        gaps.append(float((tr.dissipated - trapezoid(power, tr.t)).abs().max()))
+    assert fitted_order(gaps) == pytest.approx(2, abs=0.2), gaps
+    assert gaps[-1] < 1e-4 * float(tr.dissipated[-1, 0])
+
+
+@pytest.mark.parametrize(
+    ("method", "order"),
+    [("symplectic_euler", 1), ("conformal_verlet", 2), ("baoab", 2), ("obabo", 2)],
+)
+def test_residual_shrinks_at_method_order_under_damping(method, order):
+    dyn = chain_dynamics(gamma=0.3)
+    residuals = []
+    for steps in (400, 800, 1600):
+        tr = simulate(dyn, CHAIN_Q0, CHAIN_V0, dt=8.0 / steps, steps=steps, method=method)
+        residuals.append(float(tr.residual.abs().max()))
+    assert fitted_order(residuals) == pytest.approx(order, abs=0.2), residuals
+
+
+@pytest.mark.parametrize("method", inertia.METHODS)
+def test_ledger_identity_closes_to_round_off_over_1e5_steps(method):
+    dyn = Dynamics(systems.AnharmonicChain(3, beta=1.0), gamma=0.1, sigma=0.1)
+    tr = simulate(
+        dyn,
+        CHAIN_Q0[:3],
+        CHAIN_V0[:3],
+        dt=0.01,
+        steps=100_000,
+        method=method,
+        paths=2,
+        seed=3,
+        record_every=1000,
+    )
+    scale = float(tr.inertia.abs().max())
+    assert float(tr.ledger.closure_error().abs().max()) <= 1e-12 * scale
+    assert float(tr.dissipated[-1].min()) > 0 and float(tr.injected[-1].abs().min()) > 0
+
+
+def test_ledger_identity_with_per_coordinate_mass_and_noise():
+    dyn = Dynamics(
+        systems.Rosenbrock(3),
+        gamma=0.5,
+        sigma=torch.tensor([0.1, 0.0, 0.3]),
+        mass=torch.tensor([1.0, 2.0, 0.5]),
+    )
+    for method in inertia.METHODS:
+        tr = simulate(dyn, torch.zeros(3), dt=1e-3, steps=2000, method=method, paths=3, seed=0)
+        assert float(tr.ledger.closure_error().abs().max()) <= 1e-12 * float(tr.inertia.abs().max())
+
+
+def test_ou_substep_is_exact_for_any_step_size():
+    """On a flat loss, one O step of any length gives v ~ N(c v₀, σ²(1 − c²)/(2γ)) exactly."""
+    gamma, sigma, dt, paths = 0.7, 0.9, 3.0, 40_000
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.zeros(1)), gamma=gamma, sigma=sigma)
+    tr = simulate(
+        dyn, torch.zeros(1), torch.ones(1), dt=dt, steps=1, method="baoab", paths=paths, seed=11
+    )
+    c = math.exp(-gamma * dt)
+    mean, var = c, sigma**2 * (1 - c * c) / (2 * gamma)
+    v = tr.v[:, 0]
+    assert abs(float(v.mean()) - mean) < 4 * math.sqrt(var / paths)
+    assert abs(float(v.var()) - var) < 4 * var * math.sqrt(2 / (paths - 1))
+
+
+def test_same_seed_gives_identical_trajectories_and_different_seeds_do_not():
+    dyn = chain_dynamics(gamma=0.2, sigma=0.3)
+    run = lambda seed: simulate(dyn, CHAIN_Q0, dt=0.01, steps=300, paths=3, seed=seed)  # noqa: E731
+    a, b, c = run(5), run(5), run(6)
+    assert torch.equal(a.q, b.q) and torch.equal(a.inertia, b.inertia)
+    assert not torch.equal(a.q, c.q)
+
+
+def test_paths_get_independent_noise():
+    """On a flat loss with γ = 0, v(T) = σW(T): variance σ²T across paths, uncorrelated pairs."""
+    paths, sigma, t_end = 4000, 1.3, 2.0
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.zeros(1)), sigma=sigma)
+    tr = simulate(dyn, torch.zeros(1), dt=0.05, steps=40, method="obabo", paths=paths, seed=2)
+    v = tr.v[:, 0]
+    var = sigma**2 * t_end
+    assert abs(float(v.var()) - var) < 4 * var * math.sqrt(2 / (paths - 1))
+    corr = float(torch.corrcoef(torch.stack([v[0::2], v[1::2]]))[0, 1])
+    assert abs(corr) < 4 / math.sqrt(paths / 2)

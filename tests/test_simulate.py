@@ -1,0 +1,146 @@
+"""simulate's contract: arguments checked before any step, records, errors, exports."""
+
+from __future__ import annotations
+
+import csv
+import math
+
+import pytest
+import torch
+
+import inertia
+from inertia import Dynamics, simulate, systems
+
+
+@pytest.fixture
+def well():
+    return Dynamics(systems.DoubleWell(2), gamma=0.2, sigma=0.1)
+
+
+BAD_CALLS = [
+    ({"dt": 0.0}, "dt"),
+    ({"dt": -1.0}, "dt"),
+    ({"dt": float("nan")}, "dt"),
+    ({"steps": 0}, "steps"),
+    ({"steps": 2.5}, "steps"),
+    ({"paths": 0}, "paths"),
+    ({"record_every": 0}, "record_every"),
+    ({"method": "rk4"}, "method"),
+    ({"seed": -1}, "seed"),
+    ({"dtype": torch.int64}, "dtype"),
+    ({"q0": torch.zeros(3)}, "q0"),
+    ({"q0": torch.zeros(5, 2)}, "q0"),
+    ({"q0": torch.tensor([float("inf"), 0.0])}, "q0"),
+    ({"v0": torch.zeros(3)}, "v0"),
+    ({"q0": "origin"}, "q0"),
+]
+
+
+@pytest.mark.parametrize(
+    ("change", "name"), BAD_CALLS, ids=[f"{n}-{i}" for i, (_, n) in enumerate(BAD_CALLS)]
+)
+def test_bad_arguments_raise_value_error_naming_them(well, change, name):
+    kw = {"q0": torch.zeros(2), "dt": 0.1, "steps": 10, **change}
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        simulate(well, **kw)
+
+
+def test_not_a_dynamics_is_rejected():
+    with pytest.raises(ValueError, match="^dynamics"):
+        simulate(systems.DoubleWell(), torch.zeros(1), dt=0.1, steps=1)
+
+
+def test_arguments_are_checked_before_any_loss_evaluation():
+    calls = []
+
+    def loss(theta):
+        calls.append(1)
+        return (theta**2).sum()
+
+    with pytest.raises(ValueError, match="^steps"):
+        simulate(Dynamics(loss), torch.zeros(2), dt=0.1, steps=0)
+    assert calls == []
+
+
+def test_records_step_zero_every_k_and_the_last(well):
+    tr = simulate(well, torch.zeros(2), dt=0.1, steps=10, record_every=4, seed=0)
+    torch.testing.assert_close(tr.t, torch.tensor([0.0, 0.4, 0.8, 1.0], dtype=torch.float64))
+    for name in inertia.COLUMNS:
+        assert getattr(tr, name).shape == (4, 1) and getattr(tr, name).dtype == torch.float64
+    assert tr.q.shape == tr.v.shape == (1, 2)
+
+
+def test_per_path_starts_and_auto_method(well):
+    q0 = torch.tensor([[1.0, 0.0], [0.0, -1.0], [0.5, 0.5]])
+    tr = simulate(well, q0, dt=0.05, steps=20, paths=3, seed=0)
+    assert tr.method == "baoab"
+    torch.testing.assert_close(tr.potential[0], well.potential.value(q0.double()))
+    hamiltonian = Dynamics(systems.DoubleWell(2))
+    assert simulate(hamiltonian, q0[0], dt=0.05, steps=2).method == "verlet"
+    assert (
+        simulate(Dynamics(systems.DoubleWell(2), gamma=1.0), q0[0], dt=0.05, steps=2).method
+        == "conformal_verlet"
+    )
+
+
+def test_float32_runs_and_ledger_is_float64(well):
+    tr = simulate(well, torch.ones(2), dt=0.01, steps=200, dtype=torch.float32, seed=0)
+    assert tr.q.dtype == torch.float32 and tr.inertia.dtype == torch.float64
+    assert float(tr.ledger.closure_error().abs().max()) < 1e-5 * float(tr.inertia.abs().max())
+
+
+def test_blow_up_raises_with_step_path_and_the_records_kept():
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.tensor([1.0, 100.0])))
+    q0 = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
+    with pytest.raises(FloatingPointError, match=r"step (\d+) .* on path 1") as info:
+        simulate(dyn, q0, dt=0.5, steps=10_000, method="euler", paths=2, record_every=7)
+    step = int(info.value.args[0].split("step ")[1].split(" ")[0])
+    kept = info.value.trajectory
+    assert 0 < kept.steps < step and kept.steps % 7 == 0
+    assert bool(torch.isfinite(kept.inertia).all())
+    # explicit Euler grows by (1 + h²λ) = 26 per step on the stiff mode: overflow near step 218
+    assert abs(step - math.log(1.7e308) / math.log(26)) < 5
+
+
+def test_summary_is_plain_numbers(well):
+    summary = simulate(well, torch.ones(2), dt=0.01, steps=100, paths=2, seed=0).summary()
+    assert summary["method"] == "baoab" and summary["steps"] == 100 and summary["paths"] == 2
+    numbers = {k: v for k, v in summary.items() if k != "method"}
+    assert all(type(v) in (int, float) and math.isfinite(v) for v in numbers.values())
+    assert summary["ledger_closure_error"] < 1e-13
+
+
+def test_to_csv_round_trips(well, tmp_path):
+    tr = simulate(well, torch.ones(2), dt=0.01, steps=30, paths=2, record_every=10, seed=0)
+    with tr.to_csv(tmp_path / "ledger.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 * 2 and list(rows[0]) == ["t", "path", *inertia.COLUMNS]
+    last = rows[-1]
+    assert float(last["t"]) == pytest.approx(0.3) and last["path"] == "1"
+    assert float(last["inertia"]) == float(tr.inertia[-1, 1])
+
+
+def test_to_dataframe(well):
+    pd = pytest.importorskip("pandas")
+    frame = simulate(well, torch.ones(2), dt=0.01, steps=10, paths=3, seed=0).ledger.to_dataframe()
+    assert isinstance(frame, pd.DataFrame) and frame.shape == (11 * 3, 2 + len(inertia.COLUMNS))
+
+
+def test_progress_bar_goes_to_stderr(well, capsys):
+    simulate(well, torch.ones(2), dt=0.01, steps=50, progress=True, seed=0)
+    out = capsys.readouterr()
+    assert out.out == "" and "step 50/50" in out.err
+
+
+def test_time_varying_gamma_is_checked_when_used():
+    dyn = Dynamics(systems.DoubleWell(), gamma=lambda t: 1.0 - t)
+    with pytest.raises(ValueError, match=r"^gamma\(t\) at t = 2"):
+        simulate(dyn, torch.ones(1), dt=0.1, steps=10, t0=2.0)
+    with pytest.raises(ValueError, match=r"^gamma\(t\)"):
+        simulate(dyn, torch.ones(1), dt=0.1, steps=30)
+
+
+def test_start_where_the_loss_is_not_finite_fails_before_any_step():
+    dyn = Dynamics(lambda th: torch.log(th).sum())
+    with pytest.raises(ValueError, match="^q0: .* not finite at path 1"):
+        simulate(dyn, torch.tensor([[1.0, 2.0], [-1.0, 1.0]]), dt=0.1, steps=3, paths=2)
