@@ -5,7 +5,7 @@ decays under damping and is heated by noise. This package simulates those dynami
 structure-preserving integrators and books every change of I in an energy ledger.
 """
 
-from . import systems
+from . import systems, theory
 from .dynamics import CallablePotential, Dynamics, Potential
 from .energy import COLUMNS, CompensatedSum, Ledger, kinetic
 from .integrators import METHODS, SCHEMES, Scheme
@@ -29,4 +29,5 @@ __all__ = [
     "kinetic",
     "simulate",
     "systems",
+    "theory",
 ]

@@ -1,0 +1,233 @@
+"""Exact and approximate laws of computational inertia (THEORY.md §2), as plain functions.
+
+Conventions: L = ½(θ − c)ᵀA(θ − c) + L* for the quadratic laws; diagonal mass M = diag(m);
+dθ = v dt, dv = −(γv + M⁻¹∇L) dt + σ dW (Itô). Times `t` are a 1-D tensor or array; every
+function returns float64 tensors. docs/theory.md says which test backs each law.
+
+The quadratic laws work in the normal modes of M^{−½}AM^{−½} = U diag(λ) Uᵀ: with
+x = UᵀM^{½}(θ − c) and u = UᵀM^{½}v, I − L* = ½ Σᵢ (uᵢ² + λᵢ xᵢ²) and each mode is a damped
+oscillator xᵢ'' + γxᵢ' + λᵢxᵢ = noise. Each mode's 2×2 (or moment 4×4) propagator is a matrix
+exponential whose eigenvalues have real part ≤ 0: stable for any t, exact at critical damping.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from .dynamics import Dynamics
+
+__all__ = [
+    "balance_residual",
+    "critical_damping",
+    "decay_rate",
+    "envelope",
+    "expected_inertia",
+    "heating",
+    "quadratic_inertia",
+    "relaxation",
+    "stationary_inertia",
+    "temperature",
+]
+
+F64 = torch.float64
+
+
+def _times(t: Tensor | Sequence[float]) -> Tensor:
+    times = torch.as_tensor(t, dtype=F64)
+    if times.dim() == 0:
+        times = times.reshape(1)
+    if times.dim() != 1 or not bool(torch.isfinite(times).all()):
+        raise _checks.fail("t", "a 1-D tensor of finite times", times)
+    return times
+
+
+def _vector(name: str, x: object, dim: int) -> Tensor:
+    v = torch.as_tensor(x, dtype=F64)
+    if v.shape != (dim,) or not bool(torch.isfinite(v).all()):
+        raise _checks.fail(name, f"a finite tensor of shape ({dim},)", v)
+    return v
+
+
+def _per_coordinate(name: str, x: object, dim: int, *, low: float, strict: bool) -> Tensor:
+    value = _checks.scalar_or_vector(name, x, low=low, strict=strict)
+    out = torch.as_tensor(value, dtype=F64).expand(dim)
+    if out.shape != (dim,):
+        raise _checks.fail(name, f"a number or a tensor of shape ({dim},)", value)
+    return out
+
+
+def _modes(hessian, q0, v0, mass, center):
+    """Eigenvalues λ of M^{−½}AM^{−½} and the start (x₀, u₀) in its normal modes."""
+    a = torch.as_tensor(hessian, dtype=F64)
+    if a.dim() != 2 or a.shape[0] != a.shape[1] or a.numel() == 0:
+        raise _checks.fail("hessian", "a square (d, d) matrix", a)
+    dim = a.shape[0]
+    if not bool(torch.isfinite(a).all()) or not torch.allclose(a, a.T, rtol=1e-10, atol=0):
+        raise _checks.fail("hessian", "a finite symmetric matrix", a)
+    root_m = _per_coordinate("mass", mass, dim, low=0.0, strict=True).sqrt()
+    lam, basis = torch.linalg.eigh(0.5 * (a + a.T) / root_m[:, None] / root_m[None, :])
+    if float(lam.min()) < -1e-12 * max(1.0, float(lam.abs().max())):
+        raise ValueError(
+            f"hessian must be positive semi-definite; smallest eigenvalue {float(lam.min()):.3g}"
+        )
+    lam = lam.clamp(min=0.0)
+    c = torch.zeros(dim, dtype=F64) if center is None else _vector("center", center, dim)
+    x0 = basis.T @ (root_m * (_vector("q0", q0, dim) - c))
+    u0 = basis.T @ (root_m * _vector("v0", v0, dim))
+    return lam, basis, root_m, x0, u0
+
+
+def quadratic_inertia(
+    hessian, q0, v0, gamma: float, t, *, mass=1.0, center=None, minimum=0.0
+) -> Tensor:
+    """Exact I(t) of the damped quadratic (THEORY.md §2 (Q)), σ = 0, any SPD A, any γ ≥ 0.
+
+    z(t) = e^{Ft} z(0) with F = [[0, Id], [−M⁻¹A, −γ Id]]; I(t) = ½ z(t)ᵀ blockdiag(A, M) z(t) + L*.
+    Computed per normal mode; exact in every regime, critical damping included.
+    """
+    gamma = _checks.real("gamma", gamma, low=0.0)
+    minimum = _checks.real("minimum", minimum)
+    lam, _, _, x0, u0 = _modes(hessian, q0, v0, mass, center)
+    times = _times(t)
+    f = torch.zeros(len(lam), 2, 2, dtype=F64)
+    f[:, 0, 1], f[:, 1, 0], f[:, 1, 1] = 1.0, -lam, -gamma
+    z = (
+        torch.linalg.matrix_exp(times[:, None, None, None] * f)
+        @ torch.stack([x0, u0], -1)[..., None]
+    )
+    x, u = z[..., 0, 0], z[..., 1, 0]
+    return 0.5 * (u * u + lam * x * x).sum(-1) + minimum
+
+
+def expected_inertia(
+    hessian, q0, v0, gamma: float, sigma, t, *, mass=1.0, center=None, minimum=0.0
+) -> Tensor:
+    """Exact E[I](t) of the stochastic quadratic from the moment equations (THEORY.md §2 (S)).
+
+    Per normal mode, the second moments s = (⟨x²⟩, ⟨xu⟩, ⟨u²⟩) solve the linear ODE
+    ⟨x²⟩' = 2⟨xu⟩, ⟨xu⟩' = ⟨u²⟩ − λ⟨x²⟩ − γ⟨xu⟩, ⟨u²⟩' = −2λ⟨xu⟩ − 2γ⟨u²⟩ + Dᵢ,
+    with Dᵢ = (Uᵀ diag(mσ²) U)ᵢᵢ the noise power in mode i, so E[I] = ½ Σᵢ (⟨uᵢ²⟩ + λᵢ⟨xᵢ²⟩) + L*.
+    Exact for any γ ≥ 0 (γ = 0: linear heating) and per-coordinate σ and m.
+    """
+    gamma = _checks.real("gamma", gamma, low=0.0)
+    minimum = _checks.real("minimum", minimum)
+    lam, basis, root_m, x0, u0 = _modes(hessian, q0, v0, mass, center)
+    sigma = _per_coordinate("sigma", sigma, len(lam), low=0.0, strict=False)
+    power = (basis * basis).T @ (root_m * sigma) ** 2
+    times = _times(t)
+    b = torch.zeros(len(lam), 4, 4, dtype=F64)  # [s'; 0] = [[B, (0, 0, D)], [0, 0]] [s; 1]
+    b[:, 0, 1] = 2.0
+    b[:, 1, 0], b[:, 1, 1], b[:, 1, 2] = -lam, -gamma, 1.0
+    b[:, 2, 1], b[:, 2, 2], b[:, 2, 3] = -2.0 * lam, -2.0 * gamma, power
+    start = torch.stack([x0 * x0, x0 * u0, u0 * u0, torch.ones_like(x0)], -1)[..., None]
+    s = torch.linalg.matrix_exp(times[:, None, None, None] * b) @ start
+    return 0.5 * (s[..., 2, 0] + lam * s[..., 0, 0]).sum(-1) + minimum
+
+
+def heating(inertia0: float, sigma, t, *, dim: int, mass=1.0) -> Tensor:
+    """E[I](t) = I(0) + ½ Σᵢ mᵢσᵢ² t at γ = 0: exact for any loss (Itô; noise heats)."""
+    inertia0 = _checks.real("inertia0", inertia0)
+    dim = _checks.integer("dim", dim, low=1)
+    m = _per_coordinate("mass", mass, dim, low=0.0, strict=True)
+    s = _per_coordinate("sigma", sigma, dim, low=0.0, strict=False)
+    return inertia0 + 0.5 * float((m * s * s).sum()) * _times(t)
+
+
+def temperature(gamma: float, sigma: float, *, mass: float = 1.0) -> float:
+    """T = m σ²/(2γ): the Gibbs temperature of underdamped Langevin dynamics, e^{−I/T}."""
+    gamma = _checks.real("gamma", gamma, low=0.0, strict=True)
+    sigma = _checks.real("sigma", sigma, low=0.0)
+    return _checks.real("mass", mass, low=0.0, strict=True) * sigma**2 / (2.0 * gamma)
+
+
+def stationary_inertia(
+    dim: int, gamma: float, sigma: float, *, mass: float = 1.0, minimum: float = 0.0
+) -> float:
+    """E[I]∞ = L* + d·T for a quadratic loss (E[K] = E[L − L*] = dT/2, equipartition).
+
+    E[K]∞ = dT/2 holds for any loss with a stationary Gibbs state; E[L − L*] = dT/2 only for
+    quadratics, so for other losses this is the small-T limit near a non-degenerate minimum.
+    """
+    dim = _checks.integer("dim", dim, low=1)
+    return _checks.real("minimum", minimum) + dim * temperature(gamma, sigma, mass=mass)
+
+
+def envelope(inertia0: float, gamma: float, t, *, minimum: float = 0.0) -> Tensor:
+    """(I(0) − L*) e^{−γt} + L*: the popular "decay law", an envelope only.
+
+    The exact dI/dt = −γ vᵀMv vanishes at every turning point, so I descends in a staircase
+    around this curve. For a lightly damped quadratic mode, r = α/ω (α = γ/2, ω² = λ − α²),
+    I/envelope − 1 = r sin 2ωt + 2r² sin² ωt exactly: within r·sqrt(1 + r²) + r² (a few %).
+    For an overdamped mode (γ > 2 sqrt(λ)) it is wrong: I decays at γ − sqrt(γ² − 4λ) ≪ γ.
+    """
+    inertia0, minimum = _checks.real("inertia0", inertia0), _checks.real("minimum", minimum)
+    gamma = _checks.real("gamma", gamma, low=0.0)
+    return (inertia0 - minimum) * torch.exp(-gamma * _times(t)) + minimum
+
+
+def relaxation(
+    inertia0: float, gamma: float, sigma: float, t, *, dim: int, minimum: float = 0.0
+) -> Tensor:
+    """L* + (I(0) − L*) e^{−γt} + dT (1 − e^{−γt}): the closed-form approximation under noise.
+
+    Right at both ends for a lightly damped quadratic (start, and the floor dT of
+    `stationary_inertia`); in between it inherits the envelope's staircase error, and for
+    overdamped modes it relaxes far too fast (see `envelope`). M = 1.
+    """
+    floor = stationary_inertia(dim, gamma, sigma) - _checks.real("minimum", minimum)
+    decay = torch.exp(-gamma * _times(t))
+    return minimum + (_checks.real("inertia0", inertia0) - minimum) * decay + floor * (1 - decay)
+
+
+def decay_rate(eigenvalues, gamma: float, *, mass=1.0) -> float:
+    """Slowest asymptotic decay rate of I − L* (σ = 0): minᵢ [γ − sqrt(max(γ² − 4λᵢ/mᵢ, 0))].
+
+    Underdamped modes (γ < 2 sqrt(λ/m)) decay at γ; overdamped ones at 2|r₊| = γ − sqrt(γ² − 4λ/m),
+    which falls like 2λ/(mγ) as γ grows; a flat mode (λ = 0) does not decay.
+    """
+    gamma = _checks.real("gamma", gamma, low=0.0)
+    omega2 = _eigen_over_mass(eigenvalues, mass)
+    return float((gamma - (gamma * gamma - 4.0 * omega2).clamp(min=0.0).sqrt()).min())
+
+
+def critical_damping(eigenvalues, *, mass=1.0) -> float:
+    """γ* = 2 sqrt(minᵢ λᵢ/mᵢ): critical damping of the slowest mode, the γ that maximises
+    `decay_rate` (below it every mode decays at γ; above it the slowest mode slows down)."""
+    return 2.0 * math.sqrt(float(_eigen_over_mass(eigenvalues, mass).min()))
+
+
+def _eigen_over_mass(eigenvalues, mass) -> Tensor:
+    lam = torch.as_tensor(
+        _checks.scalar_or_vector("eigenvalues", eigenvalues, low=0.0, strict=False), dtype=F64
+    )
+    lam = lam.reshape(-1)
+    return lam / _per_coordinate("mass", mass, len(lam), low=0.0, strict=True)
+
+
+def balance_residual(trajectory, dynamics: Dynamics) -> Tensor:
+    """I(t) − I(0) + ∫γ(s) vᵀMv ds − ½ Σᵢ mᵢσᵢ² (t − t₀), per record and path: (R, paths).
+
+    The energy balance of THEORY.md §2 (D, S), evaluated from the recorded kinetic energy and
+    inertia alone (trapezoid rule over the recorded times, error O(Δt²)), never from the
+    ledger's own dissipated column. Zero up to integration error for σ = 0, any loss and any
+    γ(t); for σ > 0 each path keeps the martingale ∫vᵀMσ dW, zero in mean over paths.
+    """
+    if not isinstance(dynamics, Dynamics):
+        raise _checks.fail("dynamics", "an inertia.Dynamics", dynamics)
+    t = trajectory.t
+    rate = torch.tensor([dynamics.damping(float(s)) for s in t], dtype=F64)
+    power = 2.0 * rate[:, None] * trajectory.kinetic  # γ vᵀMv
+    dissipated = torch.cat(
+        [
+            torch.zeros_like(power[:1]),
+            (0.5 * (power[1:] + power[:-1]) * torch.diff(t)[:, None]).cumsum(0),
+        ]
+    )
+    heat = dynamics.noise_heat_rate(trajectory.q.shape[1]) * (t - t[0])
+    inertia = trajectory.inertia
+    return inertia - inertia[0] + dissipated - heat[:, None]
