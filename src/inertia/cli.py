@@ -1,25 +1,186 @@
-"""The `inertia` command: parse, call the library, print."""
+"""The `inertia` command: parse, call the library, print.
+
+    inertia demo [--out DIR] [--quick] [--seed N]
+    inertia simulate --system NAME [--dim D] [--gamma G] [--sigma S] [--mass M] [--dt H]
+                     [--steps N] [--method M] [--paths P] [--seed N] [--record-every K]
+                     [--out DIR] [--json]
+
+Wrong input exits with status 2 and one line on stderr; a failed check (demo) or a blow-up
+(simulate) exits with status 1.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
+from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 
 
+class UsageError(Exception):
+    """Bad command-line input: reported in one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from .integrators import METHODS
+    from .systems import NAMES
+
+    parser = _Parser(
         prog="inertia",
-        description="Computational inertia I = ½‖θ̇‖² + L(θ) of learning dynamics.",
+        description="Computational inertia I = ½‖θ̇‖² + L(θ) of learning dynamics: simulate, "
+        "check against the exact laws, report.",
     )
     parser.add_argument("--version", action="version", version=f"inertia {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    demo = commands.add_parser("demo", help="reproduce the paper's demonstration (figures, report)")
+    demo.add_argument("--out", type=Path, default=Path("inertia-demo"), help="output folder")
+    demo.add_argument("--quick", action="store_true", help="smaller runs (about 10 s)")
+    demo.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+
+    sim = commands.add_parser("simulate", help="simulate one system and write its energy ledger")
+    sim.add_argument(
+        "--system", required=True, choices=NAMES, metavar="NAME", help=f"one of {', '.join(NAMES)}"
+    )
+    sim.add_argument("--dim", type=int, default=2, help="dimension (default 2)")
+    sim.add_argument("--gamma", type=float, default=0.0, help="friction γ ≥ 0 (default 0)")
+    sim.add_argument("--sigma", type=float, default=0.0, help="noise σ ≥ 0 (default 0)")
+    sim.add_argument("--mass", type=float, default=1.0, help="mass m > 0 (default 1)")
+    sim.add_argument("--dt", type=float, default=0.01, help="step h > 0 (default 0.01)")
+    sim.add_argument("--steps", type=int, default=1000, help="number of steps (default 1000)")
+    sim.add_argument(
+        "--method",
+        default="auto",
+        choices=("auto", *METHODS),
+        metavar="METHOD",
+        help=f"auto or one of {', '.join(METHODS)}",
+    )
+    sim.add_argument("--paths", type=int, default=1, help="independent paths (default 1)")
+    sim.add_argument("--seed", type=int, default=None, help="random seed")
+    sim.add_argument("--record-every", type=int, default=1, help="record every K steps")
+    sim.add_argument("--out", type=Path, default=Path("inertia-simulate"), help="output folder")
+    sim.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     return parser
 
 
+def _writable_folder(path: Path) -> Path:
+    """`path` if it is, or can be created as, a writable folder; checked without creating it."""
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if existing == path and not path.is_dir():
+        raise UsageError(f"--out: {str(path)!r} exists and is not a folder")
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(
+            f"--out: cannot create or write {str(path)!r} "
+            f"({str(existing)!r} is not a writable folder)"
+        )
+    return path
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .experiments import run_demo
+
+    if args.seed < 0:
+        raise UsageError(f"--seed must be an integer ≥ 0; got {args.seed}")
+    out = _writable_folder(args.out)
+
+    def progress(i: int, n: int, key: str) -> None:
+        bar = "#" * (4 * i) + "." * (4 * (n - i))
+        label = "done" if i == n else f"running {key}"
+        sys.stderr.write(f"\r[{bar}] {i}/{n} {label:<12}")
+        if i == n:
+            sys.stderr.write("\n")
+        sys.stderr.flush()
+
+    results = run_demo(out, quick=args.quick, seed=args.seed, progress=progress)
+    rows = [("", "check", "measured", "", "predicted", "tolerance", "verdict")]
+    for exp in results:
+        for c in exp.checks:
+            rows.append(
+                (
+                    exp.key,
+                    c.name,
+                    f"{c.measured:.4g}",
+                    c.relation,
+                    f"{c.predicted:.4g}",
+                    f"{c.tolerance:.2g}",
+                    "pass" if c.passed else "FAIL",
+                )
+            )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+    passed = all(e.passed for e in results)
+    failed = sum(not c.passed for e in results for c in e.checks)
+    print(
+        f"\n{'all checks pass' if passed else f'{failed} check(s) FAILED'}; "
+        f"figures, summary.json and report.html in {out}/"
+    )
+    return 0 if passed else 1
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from . import simulate, systems
+    from .dynamics import Dynamics
+    from .report import plot_ledger
+
+    potential, q0 = systems.named(args.system, args.dim)
+    dynamics = Dynamics(potential, gamma=args.gamma, sigma=args.sigma, mass=args.mass)
+    out = _writable_folder(args.out)
+    try:  # simulate checks its arguments before any step
+        trajectory = simulate(
+            dynamics,
+            q0,
+            dt=args.dt,
+            steps=args.steps,
+            method=args.method,
+            paths=args.paths,
+            record_every=args.record_every,
+            seed=args.seed,
+            progress=sys.stderr.isatty() and not args.json,
+        )
+        status = 0
+    except FloatingPointError as err:  # keep and write what was recorded before the blow-up
+        trajectory, status = err.trajectory, 1
+        print(
+            f"inertia: inertia became non-finite at step {err.step} on path {err.path}; "
+            f"writing the ledger recorded up to step {trajectory.steps}",
+            file=sys.stderr,
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    summary = trajectory.summary()
+    trajectory.to_csv(out / "ledger.csv")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    plot_ledger(trajectory.ledger, out / "ledger.png", title=f"{args.system}, {trajectory.method}")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print(
+            f"{args.system} ({trajectory.method}, {trajectory.steps} steps): "
+            f"I {summary['inertia_initial']:.6g} → {summary['inertia_final']:.6g}, "
+            f"dissipated {summary['dissipated_final']:.4g}, "
+            f"injected {summary['injected_final']:.4g}, "
+            f"residual {summary['residual_final']:.3g}; "
+            f"ledger closes to {summary['ledger_closure_error']:.1e}. Wrote {out}/"
+        )
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    build_parser().parse_args(argv)
-    return 0
+    try:
+        args = build_parser().parse_args(argv)
+        return _demo(args) if args.command == "demo" else _simulate(args)
+    except (UsageError, ValueError) as err:
+        print(f"inertia: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

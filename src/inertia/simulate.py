@@ -170,8 +170,9 @@ def simulate(
     Records the ledger at step 0, every `record_every` steps and the last step. Paths get
     independent noise from one generator seeded by `seed` (None: a fresh random seed).
 
-    Raises ValueError for bad arguments before any step, and FloatingPointError (with the
-    trajectory recorded so far as `.trajectory`) if I becomes NaN or infinite.
+    Raises ValueError for bad arguments before any step, and FloatingPointError if I becomes
+    NaN or infinite, with `.step` and `.path` where it happened and `.trajectory`, the records
+    kept so far (its `q`, `v` are the state at the failure).
     """
     if not isinstance(dynamics, Dynamics):
         raise _checks.fail("dynamics", "an inertia.Dynamics", dynamics)
@@ -224,7 +225,7 @@ def simulate(
                 f"inertia became non-finite at step {n} (t = {t0 + n * dt:g}) on path {path}; "
                 f"the trajectory recorded up to step {marks[r - 1]} is in .trajectory"
             )
-            error.trajectory = trajectory(r, marks[r - 1])
+            error.step, error.path, error.trajectory = n, path, trajectory(r, marks[r - 1])
             raise error
         if n == marks[r]:
             record(r)

@@ -13,12 +13,14 @@ from . import _checks
 from .dynamics import Potential
 
 __all__ = [
+    "NAMES",
     "AnharmonicChain",
     "DoubleWell",
     "LogisticRegression",
     "Quadratic",
     "Rosenbrock",
     "TeacherStudentMLP",
+    "named",
 ]
 
 
@@ -258,3 +260,37 @@ class TeacherStudentMLP(Potential):
     def value(self, q: Tensor) -> Tensor:
         err = self.predict(q) - _like(self.targets, q)
         return 0.5 * (err * err).mean(-1)
+
+
+def _chain_start(n: int) -> Tensor:
+    """One half-sine displacement of the chain: its lowest mode, amplitude 1."""
+    return torch.sin(torch.pi * torch.arange(1, n + 1, dtype=torch.float64) / (n + 1))
+
+
+_NAMED = {
+    "quadratic": lambda d: (
+        Quadratic(eigenvalues=torch.linspace(1.0, 4.0, d, dtype=torch.float64)),
+        torch.ones(d, dtype=torch.float64),
+    ),
+    "rosenbrock": lambda d: (
+        Rosenbrock(d),
+        torch.tensor([-1.2, 1.0], dtype=torch.float64).repeat((d + 1) // 2)[:d],
+    ),
+    "double-well": lambda d: (DoubleWell(d), torch.full((d,), 1.6, dtype=torch.float64)),
+    "anharmonic-chain": lambda d: (AnharmonicChain(d), _chain_start(d)),
+    "logistic": lambda d: (LogisticRegression(200, d), torch.zeros(d, dtype=torch.float64)),
+}
+#: The systems known by name (the command line's --system).
+NAMES = tuple(_NAMED)
+
+
+def named(name: str, dim: int) -> tuple[Potential, Tensor]:
+    """A system by name, of dimension `dim`, with its standard start q0.
+
+    quadratic: eigenvalues 1 … 4, start (1, …, 1); rosenbrock: start (−1.2, 1, −1.2, …);
+    double-well: start 1.6 per coordinate (over the barrier); anharmonic-chain: its lowest
+    mode, amplitude 1; logistic: 200 generated samples, start 0.
+    """
+    if name not in _NAMED:
+        raise _checks.fail("system", f"one of {', '.join(NAMES)}", name)
+    return _NAMED[name](_checks.integer("dim", dim, low=1))
