@@ -9,6 +9,7 @@ from . import systems, theory
 from .dynamics import CallablePotential, Dynamics, Potential
 from .energy import COLUMNS, CompensatedSum, Ledger, kinetic
 from .integrators import METHODS, SCHEMES, Scheme
+from .monitor import InertiaMonitor
 from .simulate import Estimate, Trajectory, simulate
 
 __version__ = "0.1.0"
@@ -21,6 +22,7 @@ __all__ = [
     "CompensatedSum",
     "Dynamics",
     "Estimate",
+    "InertiaMonitor",
     "Ledger",
     "Potential",
     "Scheme",

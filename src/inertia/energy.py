@@ -8,6 +8,7 @@ integrator residual (R): I_n − I_0 = −D_n + N_n + R_n.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -66,32 +67,35 @@ class CompensatedSum:
 
     def __init__(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float64):
         self.total = torch.zeros(shape, dtype=dtype)
-        self._carry = torch.zeros(shape, dtype=dtype)
+        self.carry = torch.zeros(shape, dtype=dtype)
         self._tmp = torch.zeros(shape, dtype=dtype)
 
     def add_(self, x: Tensor) -> None:
         """total += x, keeping the rounding error of the addition in the carry."""
-        y = x - self._carry
+        y = x - self.carry
         torch.add(self.total, y, out=self._tmp)
-        torch.sub(self._tmp, self.total, out=self._carry).sub_(y)
+        torch.sub(self._tmp, self.total, out=self.carry).sub_(y)
         self.total, self._tmp = self._tmp, self.total
 
 
 class Ledger(Mapping[str, Tensor]):
-    """The energy ledger of one or many paths: times ``t`` (R,) and columns (R, paths).
+    """The energy ledger: a time axis and named float64 columns, one row per record.
 
-    Columns: kinetic, potential, inertia and the cumulative dissipated, injected and residual
-    energy, so that ``inertia − inertia[0] = −dissipated + injected + residual``.
+    A simulation gives columns of shape (R, paths) against times ``t``; a monitored training
+    run gives 1-D columns (R,) against ``step`` (plus lr, h, gamma, shadow, …). Either way the
+    energy columns satisfy ``inertia − inertia[0] = −dissipated + injected + residual``.
     """
 
-    def __init__(self, t: Tensor, columns: Mapping[str, Tensor]):
+    def __init__(self, t: Tensor, columns: Mapping[str, Tensor], *, time_name: str = "t"):
         missing = [name for name in COLUMNS if name not in columns]
         if missing:
             raise ValueError(f"columns: missing {missing}")
-        self.t = t
+        self.t, self.time_name = t, time_name
         self._columns = dict(columns)
 
     def __getitem__(self, name: str) -> Tensor:
+        if name == self.time_name:
+            return self.t
         return self._columns[name]
 
     def __iter__(self) -> Iterator[str]:
@@ -102,35 +106,56 @@ class Ledger(Mapping[str, Tensor]):
 
     @property
     def paths(self) -> int:
-        return self._columns["inertia"].shape[1]
+        """Paths per record: 1 for a 1-D (training-run) ledger."""
+        inertia = self._columns["inertia"]
+        return 1 if inertia.dim() == 1 else inertia.shape[1]
 
     def closure_error(self) -> Tensor:
-        """(I − I₀) − (−D + N + R) per record and path: round-off if the books are right."""
+        """(I − I₀) − (−D + N + R) per record (and path): round-off if the books are right."""
         c = self._columns
         change = c["inertia"] - c["inertia"][0]
         return change - (c["injected"] + c["residual"] - c["dissipated"])
 
-    def to_csv(self, path: str | Path) -> Path:
-        """Write one row per (record, path): ``t, path, kinetic, …, residual``."""
-        path = Path(path)
-        columns = [self._columns[name].tolist() for name in COLUMNS]
-        times = self.t.tolist()
-        with path.open("w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["t", "path", *COLUMNS])
-            for r, t in enumerate(times):
+    def rows(self) -> Iterator[dict[str, float | int]]:
+        """One dict per record (per path for a simulation), time and path first."""
+        names = list(self._columns)
+        columns = [self._columns[name].tolist() for name in names]
+        for r, t in enumerate(self.t.tolist()):
+            if self._columns["inertia"].dim() == 1:
+                yield {
+                    self.time_name: t,
+                    **{n: col[r] for n, col in zip(names, columns, strict=True)},
+                }
+            else:
                 for p in range(self.paths):
-                    writer.writerow([repr(t), p, *(repr(col[r][p]) for col in columns)])
+                    yield {
+                        self.time_name: t,
+                        "path": p,
+                        **{n: col[r][p] for n, col in zip(names, columns, strict=True)},
+                    }
+
+    def to_csv(self, path: str | Path) -> Path:
+        """Write one CSV row per record (and path), floats in full precision."""
+        path = Path(path)
+        with path.open("w", newline="") as f:
+            writer = None
+            for row in self.rows():
+                if writer is None:
+                    writer = csv.DictWriter(f, fieldnames=list(row))
+                    writer.writeheader()
+                writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        return path
+
+    def to_jsonl(self, path: str | Path) -> Path:
+        """Write one JSON object per record (and path)."""
+        path = Path(path)
+        with path.open("w") as f:
+            for row in self.rows():
+                f.write(json.dumps(row) + "\n")
         return path
 
     def to_dataframe(self):
         """A long pandas DataFrame (one row per record and path); needs pandas."""
         import pandas as pd
 
-        records, paths = self._columns["inertia"].shape
-        frame = {
-            "t": self.t.repeat_interleave(paths).numpy(),
-            "path": torch.arange(paths).repeat(records).numpy(),
-        }
-        frame.update({name: self._columns[name].reshape(-1).numpy() for name in COLUMNS})
-        return pd.DataFrame(frame)
+        return pd.DataFrame(list(self.rows()))

@@ -1,0 +1,115 @@
+"""Cost of InertiaMonitor on real training steps: the time of a training iteration (forward,
+backward, optimizer step) with the monitor attached divided by the same without it, for an MLP
+and a small CNN on scikit-learn's digits (CPU, float32), measured side by side in one run:
+blocks with and without the monitor alternate, and the ratio of the medians is printed.
+
+    python benchmarks/monitor_overhead.py [--blocks 15] [--block-steps 100] [--every 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from sklearn.datasets import load_digits
+
+from inertia import InertiaMonitor
+
+
+def digits(batch: int):
+    data = load_digits()
+    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    y = torch.tensor(data.target)
+    gen = torch.Generator().manual_seed(0)
+    while True:
+        idx = torch.randperm(len(y), generator=gen)
+        for start in range(0, len(y) - batch + 1, batch):
+            yield x[idx[start : start + batch]], y[idx[start : start + batch]]
+
+
+def mlp() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Flatten(),
+        torch.nn.Linear(64, 256),
+        torch.nn.ReLU(),
+        torch.nn.Linear(256, 128),
+        torch.nn.ReLU(),
+        torch.nn.Linear(128, 10),
+    )
+
+
+def cnn() -> torch.nn.Module:
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.ReLU(),
+        torch.nn.MaxPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 16, 10),
+    )
+
+
+class Run:
+    """One model, optimizer and data stream; `monitor=True` attaches an InertiaMonitor."""
+
+    def __init__(self, make_model, *, monitor: bool, every: int, batch: int = 64):
+        torch.manual_seed(0)
+        self.model = make_model()
+        self.opt = torch.optim.SGD(
+            self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4
+        )
+        self.monitor = InertiaMonitor(self.opt, every=every, history=1000) if monitor else None
+        self.data = digits(batch)
+
+    def steps(self, n: int) -> float:
+        start = time.perf_counter()
+        for _ in range(n):
+            x, y = next(self.data)
+            self.opt.zero_grad(set_to_none=True)
+            loss = torch.nn.functional.cross_entropy(self.model(x), y)
+            loss.backward()
+            if self.monitor is not None:
+                self.monitor.observe(loss)
+            self.opt.step()
+        return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--blocks", type=int, default=15)
+    parser.add_argument("--block-steps", type=int, default=100)
+    parser.add_argument("--every", type=int, default=1)
+    args = parser.parse_args()
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, "
+        f"SGD momentum 0.9, "
+        f"every={args.every}, {args.blocks} blocks of {args.block_steps} steps each way"
+    )
+    print(
+        f"{'model':6s} {'params':>8s} {'ms/step plain':>14s} "
+        f"{'ms/step monitored':>18s} {'ratio':>7s}"
+    )
+    for name, make in (("MLP", mlp), ("CNN", cnn)):
+        plain, monitored = (
+            Run(make, monitor=False, every=args.every),
+            Run(make, monitor=True, every=args.every),
+        )
+        plain.steps(50), monitored.steps(50)  # warm up
+        t_plain, t_mon = [], []
+        for _ in range(args.blocks):
+            t_plain.append(plain.steps(args.block_steps))
+            t_mon.append(monitored.steps(args.block_steps))
+        a, b = statistics.median(t_plain), statistics.median(t_mon)
+        params = sum(p.numel() for p in plain.model.parameters())
+        print(
+            f"{name:6s} {params:8d} {1e3 * a / args.block_steps:14.3f} "
+            f"{1e3 * b / args.block_steps:18.3f} "
+            f"{b / a:7.3f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,121 @@
+"""Optimizers as discretised dynamics (THEORY.md §4): one `GroupMap` per parameter group.
+
+Every map reads the group's hyper-parameters at the step and says
+- the step h, so that the velocity is u = Δθ/h and the kinetic energy K = ½ uᵀMu;
+- the momentum μ, so that one step's friction multiplies u by μ·h_k/h_{k−1} and removes
+  (1 − (μ h_k/h_{k−1})²) of K (the ratio accounts for a changing learning rate);
+- the diagonal metric M (None: identity) and the weight decay wd, part of the potential
+  L + (wd/2)‖θ‖².
+
+SGD (momentum μ, dampening τ, lr η): h = sqrt(η(1 − τ)); the heavy ball. With Nesterov the
+look-ahead adds Hessian-driven damping ημ(g_{k−1} − g_k) that this map leaves to the residual.
+Adam/AdamW: μ = β₁, h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)) (bias correction folded into η),
+M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ): an approximation, as M changes every step (the
+change lands in the residual); AdamW's decoupled decay is booked as the potential (wd/2)‖θ‖².
+RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
+Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = identity.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class GroupMap:
+    """How one parameter group moves: u = Δθ/h, friction μ, metric M, weight decay wd."""
+
+    kind: str
+    lr: float
+    h: float
+    momentum: float
+    weight_decay: float = 0.0
+
+    @property
+    def gamma(self) -> float:
+        """Continuous friction γ = (1 − μ)/h of the heavy-ball ODE (THEORY.md §4)."""
+        return (1.0 - self.momentum) / self.h if self.h > 0 else math.inf
+
+
+def _sgd(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+    lr, mu = float(group["lr"]), float(group.get("momentum", 0.0))
+    damp = float(group.get("dampening", 0.0)) if mu > 0 else 0.0
+    kind = "sgd-nesterov" if group.get("nesterov") else "sgd"
+    return GroupMap(
+        kind, lr, math.sqrt(lr * (1.0 - damp)), mu, float(group.get("weight_decay", 0.0))
+    )
+
+
+def _adam(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+    lr, (beta1, _) = float(group["lr"]), group["betas"]
+    steps = _step_count(state, params) + 1  # the step about to be taken
+    h = math.sqrt(lr * (1.0 - beta1) / (1.0 - beta1**steps))
+    return GroupMap("adam", lr, h, float(beta1), float(group.get("weight_decay", 0.0)))
+
+
+def _rmsprop(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+    lr = float(group["lr"])
+    return GroupMap(
+        "rmsprop",
+        lr,
+        math.sqrt(lr),
+        float(group.get("momentum", 0.0)),
+        float(group.get("weight_decay", 0.0)),
+    )
+
+
+def _generic(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+    lr = float(group.get("lr", 1.0))
+    return GroupMap("generic", lr, math.sqrt(lr), 1.0, 0.0)  # μ = 1: no friction
+
+
+def _step_count(state: dict, params: list[Tensor]) -> int:
+    for p in params:
+        step = state.get(p, {}).get("step")
+        if step is not None:
+            return int(step)
+    return 0
+
+
+_MAPS = {
+    torch.optim.SGD: _sgd,
+    torch.optim.Adam: _adam,
+    torch.optim.AdamW: _adam,
+    torch.optim.RMSprop: _rmsprop,
+}
+
+
+def group_map(optimizer: torch.optim.Optimizer, group: dict) -> GroupMap:
+    """The map of one parameter group of `optimizer`, at its current hyper-parameters."""
+    make = next((m for cls, m in _MAPS.items() if type(optimizer) is cls), None)
+    if make is None:
+        make = next((m for cls, m in _MAPS.items() if isinstance(optimizer, cls)), _generic)
+    return make(group, optimizer.state, group["params"])
+
+
+def metric(optimizer: torch.optim.Optimizer, group: dict, kind: str) -> list[Tensor] | None:
+    """The diagonal metric M of each parameter of `group` (after the step); None: identity."""
+    if kind not in ("adam", "rmsprop"):
+        return None
+    out = []
+    for p in group["params"]:
+        st = optimizer.state.get(p, {})
+        if kind == "adam":
+            if "exp_avg_sq" not in st:
+                return None
+            correction = 1.0 - group["betas"][1] ** int(st["step"])
+            out.append(st["exp_avg_sq"].div(correction).sqrt_().add_(group["eps"]))
+        else:
+            if "square_avg" not in st:
+                return None
+            avg = (
+                st["square_avg"] - st["grad_avg"] ** 2
+                if group.get("centered")
+                else st["square_avg"]
+            )
+            out.append(avg.sqrt().add_(group["eps"]))
+    return out

@@ -1,0 +1,374 @@
+"""InertiaMonitor against values computed independently from recorded parameters (THEORY.md §4)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import pytest
+import torch
+
+from inertia import InertiaMonitor
+from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, TensorBoardSink
+
+F64 = torch.float64
+A = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]], dtype=F64)
+THETA0 = torch.tensor([1.0, -0.5, 0.8], dtype=F64)
+
+
+def quadratic_loss(theta: torch.Tensor) -> torch.Tensor:
+    return 0.5 * theta @ A @ theta
+
+
+def train(make_optimizer, steps=60, *, schedule=None, loss_fn=quadratic_loss, **monitor_kw):
+    """Full-batch training on the quadratic; returns the monitor and θ_k, ∇L(θ_k), L(θ_k)."""
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = make_optimizer([theta])
+    sched = schedule(opt) if schedule else None
+    monitor = InertiaMonitor(opt, **monitor_kw)
+    thetas, grads, losses = [], [], []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = loss_fn(theta)
+        loss.backward()
+        thetas.append(theta.detach().clone())
+        grads.append(theta.grad.detach().clone())
+        losses.append(float(loss.detach()))
+        monitor.observe(loss)
+        opt.step()
+        if sched:
+            sched.step()
+    return monitor, thetas, grads, losses
+
+
+@pytest.mark.parametrize(
+    ("momentum", "dampening", "wd"), [(0.9, 0.0, 0.0), (0.8, 0.3, 0.05), (0.0, 0.0, 0.1)]
+)
+def test_sgd_columns_equal_values_from_recorded_parameters(momentum, dampening, wd):
+    lr = 0.05
+    monitor, thetas, grads, losses = train(
+        lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, dampening=dampening, weight_decay=wd)
+    )
+    led = monitor.ledger
+    h2 = lr * (1 - dampening) if momentum > 0 else lr
+    kinetic = [0.0] + [
+        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / h2 for k in range(1, 60)
+    ]
+    potential = [losses[k] + 0.5 * wd * float(thetas[k].pow(2).sum()) for k in range(60)]
+    friction = torch.tensor([(1 - momentum**2) * k for k in kinetic[:-1]], dtype=F64)
+    dissipated = [0.0, *friction.cumsum(0).tolist()]
+    shadow = [kinetic[0] + potential[0]] + [
+        kinetic[k]
+        + potential[k]
+        - 0.5 * float((thetas[k] - thetas[k - 1]) @ (grads[k] + wd * thetas[k]))
+        for k in range(1, 60)
+    ]
+    for name, expected in [
+        ("kinetic", kinetic),
+        ("potential", potential),
+        ("dissipated", dissipated),
+        ("shadow", shadow),
+    ]:
+        torch.testing.assert_close(
+            led[name], torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-13
+        )
+    torch.testing.assert_close(led["step"], torch.arange(60, dtype=F64))
+    assert float(led.closure_error().abs().max()) < 1e-13
+    assert float(led["h"][0]) == pytest.approx(math.sqrt(h2))
+    assert float(led["gamma"][0]) == pytest.approx((1 - momentum) / math.sqrt(h2))
+
+
+def test_leapfrog_shadow_energy_is_constant_to_round_off():
+    monitor, *_ = train(lambda p: torch.optim.SGD(p, lr=0.1, momentum=1.0), steps=500)
+    led = monitor.ledger
+    shadow, inertia = led["shadow"], led["inertia"]
+    assert float((shadow - shadow[0]).abs().max()) < 1e-13 * float(shadow[0])
+    assert float((inertia - inertia[0]).abs().max()) > 1e-3  # the plain inertia oscillates
+    assert float(led["dissipated"][-1]) == 0.0
+
+
+def test_learning_rate_schedule_rescales_the_friction():
+    lr0, gamma_lr, mu = 0.05, 0.5, 0.9
+    monitor, thetas, _, _ = train(
+        lambda p: torch.optim.SGD(p, lr=lr0, momentum=mu),
+        steps=40,
+        schedule=lambda o: torch.optim.lr_scheduler.StepLR(o, 10, gamma_lr),
+    )
+    lrs = [lr0 * gamma_lr ** (k // 10) for k in range(40)]
+    kinetic = [0.0] + [
+        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / lrs[k - 1] for k in range(1, 40)
+    ]
+    steps = [
+        (1 - (mu * math.sqrt(lrs[k - 1] / lrs[k - 2] if k >= 2 else 1.0)) ** 2) * kinetic[k - 1]
+        for k in range(1, 40)
+    ]
+    expected = torch.tensor([0.0, *steps], dtype=F64).cumsum(0)
+    torch.testing.assert_close(
+        monitor.ledger["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-10, atol=1e-14
+    )
+    torch.testing.assert_close(monitor.ledger["dissipated"], expected, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(monitor.ledger["lr"], torch.tensor(lrs, dtype=F64))
+
+
+def test_parameter_groups_with_different_learning_rates():
+    a = torch.nn.Parameter(torch.tensor([1.0, 2.0], dtype=F64))
+    b = torch.nn.Parameter(torch.tensor([-1.0], dtype=F64))
+    opt = torch.optim.SGD([{"params": [a], "lr": 0.1}, {"params": [b], "lr": 0.01}], momentum=0.5)
+    monitor = InertiaMonitor(opt)
+    history = []
+    for _ in range(20):
+        opt.zero_grad()
+        loss = (a**2).sum() + 3 * (b**2).sum()
+        loss.backward()
+        history.append((a.detach().clone(), b.detach().clone()))
+        monitor.observe(loss)
+        opt.step()
+    k = 7
+    expected = (
+        0.5 * float((history[k][0] - history[k - 1][0]).pow(2).sum()) / 0.1
+        + 0.5 * float((history[k][1] - history[k - 1][1]).pow(2).sum()) / 0.01
+    )
+    assert float(monitor.ledger["kinetic"][k]) == pytest.approx(expected, rel=1e-12)
+    assert float(monitor.ledger.closure_error().abs().max()) < 1e-13
+
+
+def test_adam_kinetic_energy_is_in_its_metric():
+    lr, (b1, b2), eps = 0.02, (0.9, 0.999), 1e-8
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = torch.optim.Adam([theta], lr=lr, betas=(b1, b2), eps=eps)
+    monitor = InertiaMonitor(opt)
+    before = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = quadratic_loss(theta)
+        loss.backward()
+        before.append(theta.detach().clone())
+        monitor.observe(loss)
+        opt.step()
+        if len(before) == 10:  # check row 10 once step 10 ends: metric from the state after step 9
+            v_hat = opt.state[theta]["exp_avg_sq"] / (1 - b2**10)
+            delta = theta.detach() - before[-1]
+            h2 = lr * (1 - b1) / (1 - b1**10)
+            expected_k10 = 0.5 * float(((v_hat.sqrt() + eps) * delta * delta).sum()) / h2
+    assert float(monitor.ledger["kinetic"][10]) == pytest.approx(expected_k10, rel=1e-10)
+    assert float(monitor.ledger.closure_error().abs().max()) < 1e-12
+
+
+@pytest.mark.parametrize(
+    ("make", "friction"),
+    [
+        (lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5), True),
+        (lambda p: torch.optim.RMSprop(p, lr=0.01, centered=True), True),
+        (lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1), True),
+        (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True), True),
+        (lambda p: torch.optim.Adagrad(p, lr=0.1), False),  # generic map: no friction
+    ],
+    ids=["rmsprop-momentum", "rmsprop-centered", "adamw", "nesterov", "adagrad-generic"],
+)
+def test_every_map_keeps_the_books_closed(make, friction):
+    monitor, *_ = train(make, steps=50)
+    led = monitor.ledger
+    assert float(led.closure_error().abs().max()) < 1e-12 * float(led["inertia"].abs().max())
+    assert (float(led["dissipated"][-1]) > 0) == friction
+    assert bool(torch.isfinite(led["shadow"]).all())
+
+
+def test_float32_model_is_booked_in_float64():
+    theta = torch.nn.Parameter(THETA0.float())
+    opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt)
+    deltas = []
+    for _ in range(10):
+        opt.zero_grad()
+        loss = 0.5 * theta @ A.float() @ theta
+        loss.backward()
+        monitor.observe(loss)
+        before = theta.detach().double()
+        opt.step()
+        deltas.append(theta.detach().double() - before)  # exact: float32 values differ in float64
+    led = monitor.ledger
+    assert led["kinetic"].dtype == F64
+    expected = torch.tensor([0.0] + [0.5 * float(d @ d) / 0.05 for d in deltas[:-1]], dtype=F64)
+    torch.testing.assert_close(led["kinetic"], expected, rtol=1e-14, atol=0)
+
+
+def test_non_finite_loss_is_flagged_and_training_goes_on():
+    losses = iter([1.0, 2.0, float("nan"), 1.5, float("inf"), 1.2])
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt)
+    for _ in range(6):
+        opt.zero_grad()
+        quadratic_loss(theta).backward()
+        with pytest.warns(RuntimeWarning) if _ in (2, 4) else _nullcontext():
+            monitor.observe(next(losses))
+            opt.step()
+    led = monitor.ledger
+    assert led["flag"].tolist() == [0, 0, 1, 0, 1, 0]
+    finite = led["flag"] == 0
+    assert bool(torch.isfinite(led["residual"]).all())
+    assert float(led.closure_error()[finite].abs().max()) < 1e-13
+
+
+def test_on_nan_raise_stops_before_the_step():
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = torch.optim.SGD([theta], lr=0.05)
+    monitor = InertiaMonitor(opt, on_nan="raise")
+    quadratic_loss(theta).backward()
+    monitor.observe(float("nan"))
+    with pytest.raises(FloatingPointError, match="step 0"):
+        opt.step()
+    assert torch.equal(theta.detach(), THETA0)
+
+
+def test_step_skipped_by_grad_scaler_is_recorded_as_skipped():
+    model = torch.nn.Linear(2, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16)
+    monitor = InertiaMonitor(opt)
+    x = torch.tensor([[1.0, 2.0]])
+    for i in range(4):
+        opt.zero_grad()
+        # iteration 1: a finite loss (~1e34) whose scaled gradients overflow float32
+        loss = model(x * (1e17 if i == 1 else 1.0)).pow(2).mean()
+        scaler.scale(loss).backward()
+        monitor.observe(loss)
+        scaler.step(opt)
+        scaler.update()
+    monitor.observe(model(x).pow(2).mean())
+    opt.zero_grad()
+    model(x).pow(2).mean().backward()
+    opt.step()
+    flags = monitor.ledger["flag"].tolist()
+    assert flags.count(2) == 1 and flags[1] == 2
+    assert monitor.ledger["step"].tolist() == [0, 1, 1, 2, 3]
+
+
+def test_state_dict_resumes_the_same_ledger():
+    def make():
+        theta = torch.nn.Parameter(THETA0.clone())
+        opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9, weight_decay=0.01)
+        return theta, opt, InertiaMonitor(opt)
+
+    def run(theta, opt, monitor, n):
+        for _ in range(n):
+            opt.zero_grad()
+            loss = quadratic_loss(theta)
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+
+    theta, opt, monitor = make()
+    run(theta, opt, monitor, 40)
+    reference = monitor.ledger
+    theta, opt, monitor = make()
+    run(theta, opt, monitor, 25)
+    saved = (theta.detach().clone(), opt.state_dict(), monitor.state_dict())
+    theta2, opt2, monitor2 = make()
+    theta2.data.copy_(saved[0])
+    opt2.load_state_dict(saved[1])
+    monitor2.load_state_dict(saved[2])
+    run(theta2, opt2, monitor2, 15)
+    resumed = monitor2.ledger
+    for name in MONITOR_COLUMNS:
+        torch.testing.assert_close(resumed[name], reference[name][25:], rtol=0, atol=0)
+
+
+def test_file_sinks_stream_every_row_and_tensorboard_gets_scalars(tmp_path):
+    tb = pytest.importorskip("torch.utils.tensorboard")
+    writer = tb.SummaryWriter(log_dir=str(tmp_path / "tb"))
+    monitor, *_ = train(
+        lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9),
+        steps=12,
+        log_dir=tmp_path,
+        sinks=[JSONLSink(tmp_path / "ledger.jsonl"), TensorBoardSink(writer)],
+    )
+    with (tmp_path / "ledger.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    lines = [json.loads(line) for line in (tmp_path / "ledger.jsonl").read_text().splitlines()]
+    assert len(rows) == len(lines) == 12 and list(rows[0]) == list(MONITOR_COLUMNS)
+    assert [float(r["inertia"]) for r in rows] == monitor.ledger["inertia"].tolist()
+    assert [line["shadow"] for line in lines] == monitor.ledger["shadow"].tolist()
+    monitor.detach()
+    assert any((tmp_path / "tb").iterdir())
+
+
+def test_memory_is_bounded_when_rows_stream_to_disk(tmp_path):
+    monitor, *_ = train(
+        lambda p: torch.optim.SGD(p, lr=0.01, momentum=0.9),
+        steps=300,
+        sinks=[CSVSink(tmp_path / "l.csv", flush_every=50)],
+        history=100,
+    )
+    assert len(monitor.ledger["step"]) == 100 and float(monitor.ledger["step"][-1]) == 299
+    monitor.detach()
+    assert sum(1 for _ in (tmp_path / "l.csv").open()) == 301
+
+
+def test_every_k_steps_books_rows_at_multiples_and_closes():
+    monitor, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=60, every=5)
+    led = monitor.ledger
+    assert led["step"].tolist() == list(range(0, 60, 5))
+    assert float(led.closure_error().abs().max()) < 1e-13
+    full, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=60)
+    # the trapezoid estimate of friction tracks the exact per-step booking within 10%
+    assert float(led["dissipated"][-1]) == pytest.approx(
+        float(full.ledger["dissipated"][55]), rel=0.1
+    )
+
+
+def test_detach_removes_the_hooks():
+    monitor, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05), steps=5)
+    monitor.detach()
+    monitor.optimizer.step()
+    assert len(monitor.ledger["step"]) == 5
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"every": 0}, "every"),
+        ({"on_nan": "ignore"}, "on_nan"),
+        ({"sinks": ["file.csv"]}, "sinks"),
+        ({"history": 0}, "history"),
+    ],
+)
+def test_bad_arguments_fail_at_construction(kwargs, name):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with pytest.raises(ValueError, match=rf"^{name}"):
+        InertiaMonitor(opt, **kwargs)
+    with pytest.raises(ValueError, match="^optimizer"):
+        InertiaMonitor("sgd")
+
+
+class _nullcontext:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_closures_are_booked_after_they_evaluate_the_loss():
+    """optimizer.step(closure): the loss and gradients at θ_k exist only inside the step."""
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt)
+    losses = []
+
+    def closure():
+        opt.zero_grad()
+        loss = quadratic_loss(theta)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        return loss
+
+    for _ in range(10):
+        opt.step(closure)
+    torch.testing.assert_close(monitor.ledger["potential"], torch.tensor(losses, dtype=F64))
+    lbfgs = torch.optim.LBFGS([theta], lr=0.5, max_iter=5)
+    monitor2 = InertiaMonitor(lbfgs)
+    for _ in range(3):
+        lbfgs.step(closure)
+    assert monitor2.ledger["step"].tolist() == [0, 1, 2]
