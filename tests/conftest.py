@@ -7,7 +7,13 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from scipy.linalg import expm
+
+# Property tests: a fixed, bounded budget in CI (derandomized, so a run is reproducible).
+settings.register_profile("ci", max_examples=40, deadline=None, derandomize=True)
+settings.register_profile("dev", max_examples=60, deadline=None)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     torch.set_num_threads(1)  # one thread per xdist worker: the workers already fill the cores

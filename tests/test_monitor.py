@@ -230,8 +230,8 @@ def test_step_skipped_by_grad_scaler_is_recorded_as_skipped():
     x = torch.tensor([[1.0, 2.0]])
     for i in range(4):
         opt.zero_grad()
-        # iteration 1: a finite loss (~1e34) whose scaled gradients overflow float32
-        loss = model(x * (1e17 if i == 1 else 1.0)).pow(2).mean()
+        # iteration 1: a finite loss whose weight gradient x·1e37, scaled by 2¹⁶, overflows
+        loss = model(x).sum() * 1e37 if i == 1 else model(x).pow(2).mean()
         scaler.scale(loss).backward()
         monitor.observe(loss)
         scaler.step(opt)

@@ -38,7 +38,10 @@ F64 = torch.float64
 
 
 def _times(t: Tensor | Sequence[float]) -> Tensor:
-    times = torch.as_tensor(t, dtype=F64)
+    try:
+        times = torch.as_tensor(t, dtype=F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise _checks.fail("t", "a 1-D tensor of finite times", t) from None
     if times.dim() == 0:
         times = times.reshape(1)
     if times.dim() != 1 or not bool(torch.isfinite(times).all()):
@@ -46,8 +49,18 @@ def _times(t: Tensor | Sequence[float]) -> Tensor:
     return times
 
 
+def _finite(name: str, out: Tensor) -> Tensor:
+    """`out`, or FloatingPointError if finite inputs gave a value beyond float64's range."""
+    if not bool(torch.isfinite(out).all()):
+        raise FloatingPointError(f"{name}: the result overflows float64 for these arguments")
+    return out
+
+
 def _vector(name: str, x: object, dim: int) -> Tensor:
-    v = torch.as_tensor(x, dtype=F64)
+    try:
+        v = torch.as_tensor(x, dtype=F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise _checks.fail(name, f"a finite tensor of shape ({dim},)", x) from None
     if v.shape != (dim,) or not bool(torch.isfinite(v).all()):
         raise _checks.fail(name, f"a finite tensor of shape ({dim},)", v)
     return v
@@ -63,7 +76,10 @@ def _per_coordinate(name: str, x: object, dim: int, *, low: float, strict: bool)
 
 def _modes(hessian, q0, v0, mass, center):
     """Eigenvalues λ of M^{−½}AM^{−½} and the start (x₀, u₀) in its normal modes."""
-    a = torch.as_tensor(hessian, dtype=F64)
+    try:
+        a = torch.as_tensor(hessian, dtype=F64)
+    except (TypeError, ValueError, RuntimeError):
+        raise _checks.fail("hessian", "a square (d, d) matrix", hessian) from None
     if a.dim() != 2 or a.shape[0] != a.shape[1] or a.numel() == 0:
         raise _checks.fail("hessian", "a square (d, d) matrix", a)
     dim = a.shape[0]
@@ -101,7 +117,7 @@ def quadratic_inertia(
         @ torch.stack([x0, u0], -1)[..., None]
     )
     x, u = z[..., 0, 0], z[..., 1, 0]
-    return 0.5 * (u * u + lam * x * x).sum(-1) + minimum
+    return _finite("quadratic_inertia", 0.5 * (u * u + lam * x * x).sum(-1) + minimum)
 
 
 def expected_inertia(
@@ -120,13 +136,16 @@ def expected_inertia(
     sigma = _per_coordinate("sigma", sigma, len(lam), low=0.0, strict=False)
     power = (basis * basis).T @ (root_m * sigma) ** 2
     times = _times(t)
-    b = torch.zeros(len(lam), 4, 4, dtype=F64)  # [s'; 0] = [[B, (0, 0, D)], [0, 0]] [s; 1]
+    # [s'; 0] = [[B, (0, 0, 1)], [0, 0]] [s; 1] with a unit forcing; the moments are linear in
+    # the noise power D, so the forced part is scaled by D afterwards (no overflow inside exp)
+    b = torch.zeros(len(lam), 4, 4, dtype=F64)
     b[:, 0, 1] = 2.0
     b[:, 1, 0], b[:, 1, 1], b[:, 1, 2] = -lam, -gamma, 1.0
-    b[:, 2, 1], b[:, 2, 2], b[:, 2, 3] = -2.0 * lam, -2.0 * gamma, power
-    start = torch.stack([x0 * x0, x0 * u0, u0 * u0, torch.ones_like(x0)], -1)[..., None]
-    s = torch.linalg.matrix_exp(times[:, None, None, None] * b) @ start
-    return 0.5 * (s[..., 2, 0] + lam * s[..., 0, 0]).sum(-1) + minimum
+    b[:, 2, 1], b[:, 2, 2], b[:, 2, 3] = -2.0 * lam, -2.0 * gamma, 1.0
+    e = torch.linalg.matrix_exp(times[:, None, None, None] * b)
+    start = torch.stack([x0 * x0, x0 * u0, u0 * u0], -1)[..., None]
+    s = e[..., :3, :3] @ start + e[..., :3, 3:] * power[:, None, None]
+    return _finite("expected_inertia", 0.5 * (s[..., 2, 0] + lam * s[..., 0, 0]).sum(-1) + minimum)
 
 
 def heating(inertia0: float, sigma, t, *, dim: int, mass=1.0) -> Tensor:
@@ -135,7 +154,7 @@ def heating(inertia0: float, sigma, t, *, dim: int, mass=1.0) -> Tensor:
     dim = _checks.integer("dim", dim, low=1)
     m = _per_coordinate("mass", mass, dim, low=0.0, strict=True)
     s = _per_coordinate("sigma", sigma, dim, low=0.0, strict=False)
-    return inertia0 + 0.5 * float((m * s * s).sum()) * _times(t)
+    return _finite("heating", inertia0 + 0.5 * float((m * s * s).sum()) * _times(t))
 
 
 def temperature(gamma: float, sigma: float, *, mass: float = 1.0) -> float:

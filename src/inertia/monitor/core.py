@@ -17,6 +17,7 @@ model's dtype: parameters are copied into float64 buffers, where differences are
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections import deque
@@ -96,6 +97,15 @@ class _Group:
 def _dot(a: Tensor, b: Tensor) -> float:
     """aᵀb of two float64 buffers."""
     return float(torch.dot(a, b))
+
+
+def _plain(group_maps: list[maps.GroupMap] | None) -> list[dict] | None:
+    """Maps as plain dicts, so a checkpoint loads with torch.load(weights_only=True)."""
+    return None if group_maps is None else [dataclasses.asdict(m) for m in group_maps]
+
+
+def _maps_of(plain: list[dict] | None) -> list[maps.GroupMap] | None:
+    return None if plain is None else [maps.GroupMap(**m) for m in plain]
 
 
 def _kahan(total: list[float], carry: list[float], values: tuple[float, ...]) -> None:
@@ -213,15 +223,16 @@ class InertiaMonitor:
             "last_inertia": self._last_inertia,
             "last_kinetic": list(self._last_kinetic),
             "kinetic_local": list(self._kinetic_local),
-            "maps": self._maps,
-            "maps_before": self._maps_before,
+            "maps": _plain(self._maps),
+            "maps_before": _plain(self._maps_before),
             "has_delta": self._has_delta,
             "buffers": [g.buffer.clone() for g in self._groups],
             "norms": [(g.delta_sq, g.theta_sq) for g in self._groups],
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue the ledger saved by `state_dict` (same parameter groups and sizes)."""
+        """Continue the ledger saved by `state_dict` (same parameter groups and sizes): the
+        sinks drop what they hold from the checkpoint's step on, which is booked again."""
         sizes = [b.numel() for b in state["buffers"]]
         if sizes != [g.buffer.numel() for g in self._groups]:
             raise ValueError(
@@ -233,13 +244,16 @@ class InertiaMonitor:
         self._last_inertia = state["last_inertia"]
         self._last_kinetic = list(state["last_kinetic"])
         self._kinetic_local = list(state["kinetic_local"])
-        self._maps, self._maps_before = state["maps"], state["maps_before"]
+        self._maps, self._maps_before = _maps_of(state["maps"]), _maps_of(state["maps_before"])
         self._has_delta = state["has_delta"]
         for group, buffer, (delta_sq, theta_sq) in zip(
             self._groups, state["buffers"], state["norms"], strict=True
         ):
             group.buffer.copy_(buffer)
             group.delta_sq, group.theta_sq = delta_sq, theta_sq
+        self._rows.clear()
+        for sink in self.sinks:  # rows booked after the checkpoint are booked again
+            sink.truncate(self.step)
 
     # ------------------------------------------------------------------ hooks
 

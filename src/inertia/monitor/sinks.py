@@ -1,7 +1,9 @@
 """Where ledger rows go as training runs: CSV, JSONL, TensorBoard (memory is the monitor's own).
 
-File sinks append, so a resumed run continues the same file, and flush every `flush_every`
-rows (default 1: every complete row is on disk when the process dies).
+File sinks append and flush every `flush_every` rows (default 1: every complete row is on disk
+when the process dies; with N, at most the last N − 1 rows are lost). When a run resumes from
+a checkpoint, `truncate(step)` drops the rows booked after it and any half-written last line,
+so the file continues without a gap or a duplicate step.
 """
 
 from __future__ import annotations
@@ -18,6 +20,9 @@ class Sink:
 
     def write(self, row: dict) -> None:
         raise NotImplementedError
+
+    def truncate(self, step: int) -> None:
+        """Forget rows from `step` on (a run resumes there); the default keeps nothing to forget."""
 
     def close(self) -> None:
         """Flush and release; the default has nothing to release."""
@@ -42,6 +47,34 @@ class _FileSink(Sink):
         if not self._file.closed:
             self._file.close()
 
+    def _step_of(self, line: str) -> float:
+        raise NotImplementedError
+
+    def truncate(self, step: int) -> None:
+        """Rewrite the file with its complete rows before `step` (atomically), then append."""
+        self._file.close()
+        kept = []
+        if self.path.exists():
+            text = self.path.read_text()
+            lines = text.splitlines(keepends=True)
+            for i, line in enumerate(lines):
+                if not line.endswith("\n"):
+                    break  # a row cut short by a crash
+                if i == 0 and isinstance(self, CSVSink):
+                    kept.append(line)  # the header
+                    continue
+                try:
+                    if self._step_of(line) < step:
+                        kept.append(line)
+                except (ValueError, KeyError, IndexError):
+                    break
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        tmp.replace(self.path)
+        self._resuming = bool(kept)
+        self._file = self.path.open("a", newline="")
+        self._unflushed = 0
+
 
 class CSVSink(_FileSink):
     """One CSV line per row, header first (not repeated when appending to a resumed file)."""
@@ -49,6 +82,13 @@ class CSVSink(_FileSink):
     def __init__(self, path: str | Path, flush_every: int = 1):
         super().__init__(path, flush_every)
         self._writer: csv.DictWriter | None = None
+
+    def _step_of(self, line: str) -> float:
+        return float(line.split(",", 1)[0])
+
+    def truncate(self, step: int) -> None:
+        super().truncate(step)
+        self._writer = None
 
     def write(self, row: dict) -> None:
         if self._writer is None:
@@ -61,6 +101,9 @@ class CSVSink(_FileSink):
 
 class JSONLSink(_FileSink):
     """One JSON object per line."""
+
+    def _step_of(self, line: str) -> float:
+        return float(json.loads(line)["step"])
 
     def write(self, row: dict) -> None:
         self._file.write(json.dumps(row) + "\n")

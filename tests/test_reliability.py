@@ -1,0 +1,141 @@
+"""Crash safety and precision (docs/reliability.md)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from inertia import InertiaMonitor
+from inertia.monitor import MONITOR_COLUMNS
+
+SCRIPT = Path(__file__).with_name("crash_training.py")
+
+
+def run_training(log_dir: Path, steps: int, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), str(log_dir), str(steps), *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def complete_lines(path: Path) -> list[str]:
+    text = path.read_text()
+    return [line for line in text.splitlines(keepends=True) if line.endswith("\n")]
+
+
+def test_sigkill_keeps_every_written_row_and_resume_continues_the_same_ledger(tmp_path):
+    killed, reference = tmp_path / "killed", tmp_path / "reference"
+    killed.mkdir()
+    reference.mkdir()
+    proc = run_training(killed, 400, "--delay", "0.01")
+    deadline = time.monotonic() + 60
+    csv_path = killed / "ledger.csv"
+    while time.monotonic() < deadline:  # wait for a checkpoint and some rows past it
+        if (
+            (killed / "checkpoint.pt").exists()
+            and csv_path.exists()
+            and len(complete_lines(csv_path)) > 45
+        ):
+            break
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    lines = complete_lines(csv_path)
+    rows = list(csv.DictReader(lines))
+    assert len(rows) > 40 and list(rows[0]) == list(MONITOR_COLUMNS)
+    for row in rows:  # every complete row on disk parses
+        assert all(float(value) == float(value) for value in row.values())
+    for line in complete_lines(killed / "ledger.jsonl"):
+        assert set(json.loads(line)) == set(MONITOR_COLUMNS)
+    saved_step = torch.load(killed / "checkpoint.pt")["step"]
+    assert saved_step < len(rows)  # rows past the checkpoint exist and must not be duplicated
+
+    resumed = run_training(killed, 120, "--resume")
+    assert resumed.wait(timeout=120) == 0, resumed.stderr.read()
+    whole = run_training(reference, 120)
+    assert whole.wait(timeout=120) == 0, whole.stderr.read()
+    for name in ("ledger.csv", "ledger.jsonl"):
+        assert (killed / name).read_text() == (reference / name).read_text(), name
+    steps = [int(float(r["step"])) for r in csv.DictReader((killed / "ledger.csv").open())]
+    assert steps == list(range(120))
+
+
+def test_float32_and_bf16_autocast_ledgers_against_float64(capsys):
+    """Relative error of the ledger of a float32 model, and of bf16 autocast, vs float64."""
+
+    def ledger(dtype, autocast):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(
+            torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+        ).to(dtype)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        monitor = InertiaMonitor(opt)
+        gen = torch.Generator().manual_seed(1)
+        x = torch.randn(64, 8, generator=gen).to(dtype)
+        y = torch.sin(x.sum(1, keepdim=True))
+        for _ in range(50):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(x)
+            loss = ((out.to(dtype) - y) ** 2).mean()
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+        return monitor.ledger
+
+    reference = ledger(torch.float64, False)
+    errors = {}
+    for label, dtype, autocast in (
+        ("float32", torch.float32, False),
+        ("bf16 autocast", torch.float32, True),
+    ):
+        led = ledger(dtype, autocast)
+        errors[label] = {
+            name: float(((led[name] - reference[name]).abs().max()) / reference[name].abs().max())
+            for name in ("kinetic", "potential", "inertia", "dissipated")
+        }
+    with capsys.disabled():
+        print(f"\nledger relative error vs float64: {json.dumps(errors)}")
+    assert max(errors["float32"].values()) < 1e-5
+    assert max(errors["bf16 autocast"].values()) < 0.1
+    assert all(e == e for e in errors["bf16 autocast"].values())
+
+
+def test_truncate_drops_a_half_written_row(tmp_path):
+    from inertia.monitor import CSVSink
+
+    sink = CSVSink(tmp_path / "l.csv")
+    for step in range(5):
+        sink.write({"step": step, "inertia": 1.0})
+    sink.close()
+    with (tmp_path / "l.csv").open("a") as f:
+        f.write("5,0.9")  # the crash came mid-row
+    sink = CSVSink(tmp_path / "l.csv")
+    sink.truncate(3)
+    sink.write({"step": 3, "inertia": 2.0})
+    sink.close()
+    rows = list(csv.DictReader((tmp_path / "l.csv").open()))
+    assert [r["step"] for r in rows] == ["0", "1", "2", "3"] and rows[-1]["inertia"] == "2.0"
+
+
+def test_monitor_state_loads_with_weights_only(tmp_path):
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.9)
+    monitor = InertiaMonitor(opt)
+    for _ in range(3):
+        opt.zero_grad()
+        loss = (opt.param_groups[0]["params"][0] ** 2).sum()
+        loss.backward()
+        monitor.observe(loss)
+        opt.step()
+    torch.save(monitor.state_dict(), tmp_path / "m.pt")
+    InertiaMonitor(opt).load_state_dict(torch.load(tmp_path / "m.pt", weights_only=True))
