@@ -4,6 +4,10 @@ and a small CNN on scikit-learn's digits (CPU, float32), measured side by side i
 blocks with and without the monitor alternate, and the ratio of the medians is printed.
 
     python benchmarks/monitor_overhead.py [--blocks 15] [--block-steps 100] [--every 1]
+                                          [--noise {microbatch,fluctuation,per_sample}]
+
+With --noise the monitored run also estimates the gradient noise; with microbatch both runs
+split each batch of 64 into 2 micro-batches (gradient accumulation).
 """
 
 from __future__ import annotations
@@ -55,24 +59,34 @@ def cnn() -> torch.nn.Module:
 class Run:
     """One model, optimizer and data stream; `monitor=True` attaches an InertiaMonitor."""
 
-    def __init__(self, make_model, *, monitor: bool, every: int, batch: int = 64):
+    def __init__(
+        self, make_model, *, monitor: bool, every: int, noise: str | None = None, batch: int = 64
+    ):
         torch.manual_seed(0)
         self.model = make_model()
         self.opt = torch.optim.SGD(
             self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4
         )
-        self.monitor = InertiaMonitor(self.opt, every=every, history=1000) if monitor else None
-        self.data = digits(batch)
+        self.noise = noise
+        self.micro = 2 if noise == "microbatch" else 1
+        self.monitor = (
+            InertiaMonitor(self.opt, every=every, history=1000, noise=noise) if monitor else None
+        )
+        self.data = digits(batch // self.micro)
 
     def steps(self, n: int) -> float:
         start = time.perf_counter()
         for _ in range(n):
-            x, y = next(self.data)
             self.opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.cross_entropy(self.model(x), y)
-            loss.backward()
-            if self.monitor is not None:
-                self.monitor.observe(loss)
+            for _ in range(self.micro):
+                x, y = next(self.data)
+                per_sample = torch.nn.functional.cross_entropy(self.model(x), y, reduction="none")
+                loss = per_sample.mean() / self.micro
+                if self.monitor is not None and self.noise == "per_sample":
+                    self.monitor.observe(loss, per_sample=per_sample)
+                loss.backward()
+                if self.monitor is not None and self.noise != "per_sample":
+                    self.monitor.observe(loss * self.micro, accumulate=self.micro > 1)
             self.opt.step()
         return time.perf_counter() - start
 
@@ -82,11 +96,15 @@ def main() -> None:
     parser.add_argument("--blocks", type=int, default=15)
     parser.add_argument("--block-steps", type=int, default=100)
     parser.add_argument("--every", type=int, default=1)
+    parser.add_argument(
+        "--noise", choices=("microbatch", "fluctuation", "per_sample"), default=None
+    )
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, "
         f"SGD momentum 0.9, "
-        f"every={args.every}, {args.blocks} blocks of {args.block_steps} steps each way"
+        f"every={args.every}, noise={args.noise}, {args.blocks} blocks of {args.block_steps} "
+        "steps each way"
     )
     print(
         f"{'model':6s} {'params':>8s} {'ms/step plain':>14s} "
@@ -94,8 +112,8 @@ def main() -> None:
     )
     for name, make in (("MLP", mlp), ("CNN", cnn)):
         plain, monitored = (
-            Run(make, monitor=False, every=args.every),
-            Run(make, monitor=True, every=args.every),
+            Run(make, monitor=False, every=args.every, noise=args.noise),
+            Run(make, monitor=True, every=args.every, noise=args.noise),
         )
         plain.steps(50), monitored.steps(50)  # warm up
         t_plain, t_mon = [], []

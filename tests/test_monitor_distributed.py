@@ -73,6 +73,7 @@ def test_distributed_ledger_equals_single_process_on_the_global_batch(mode, tmp_
             torch.tensor(single[name]),
             rtol=1e-10,
             atol=1e-12,
+            equal_nan=True,
             msg=name,
         )
     assert max(single["kinetic"]) > 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from inertia import InertiaMonitor
+from inertia import COLUMNS, InertiaMonitor
 from inertia.monitor import MONITOR_COLUMNS
 
 SCRIPT = Path(__file__).with_name("crash_training.py")
@@ -53,8 +54,9 @@ def test_sigkill_keeps_every_written_row_and_resume_continues_the_same_ledger(tm
     lines = complete_lines(csv_path)
     rows = list(csv.DictReader(lines))
     assert len(rows) > 40 and list(rows[0]) == list(MONITOR_COLUMNS)
-    for row in rows:  # every complete row on disk parses
-        assert all(float(value) == float(value) for value in row.values())
+    for row in rows:  # every complete row on disk parses, and its energies are finite
+        values = {name: float(value) for name, value in row.items()}
+        assert all(math.isfinite(values[name]) for name in COLUMNS)
     for line in complete_lines(killed / "ledger.jsonl"):
         assert set(json.loads(line)) == set(MONITOR_COLUMNS)
     saved_step = torch.load(killed / "checkpoint.pt")["step"]

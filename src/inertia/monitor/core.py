@@ -21,6 +21,7 @@ import dataclasses
 import math
 import warnings
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -29,12 +30,27 @@ from torch import Tensor
 from .. import _checks
 from ..energy import COLUMNS, Ledger
 from . import maps
+from .noise import estimator
 from .sinks import CSVSink, Sink, _FileSink
 
-#: The monitor's columns, in order. `flag`: 0 a normal step, 1 a non-finite loss, 2 an
-#: iteration whose optimizer step was skipped (e.g. by GradScaler).
-MONITOR_COLUMNS = ("step", "lr", "h", "gamma", *COLUMNS, "shadow", "flag")
+#: The monitor's columns, in order. `noise_trace`: tr(C)/B (NaN without a noise estimate);
+#: `margin`: the stability margin h²λ̂/(2(1 + μ)); `alarm`: 1 while the margin has stayed above 1
+#: for `alarm_patience` rows. `flag`: 0 a normal step, 1 a non-finite loss, 2 an iteration whose
+#: optimizer step was skipped (e.g. by GradScaler).
+MONITOR_COLUMNS = (
+    "step",
+    "lr",
+    "h",
+    "gamma",
+    *COLUMNS,
+    "shadow",
+    "noise_trace",
+    "margin",
+    "alarm",
+    "flag",
+)
 OK, NONFINITE, SKIPPED = 0, 1, 2
+CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
 F64 = torch.float64
 
 
@@ -134,6 +150,12 @@ class InertiaMonitor:
         on_nan: "flag" records a non-finite loss and carries on; "raise" raises
             FloatingPointError before the optimizer step.
         history: rows kept in memory; default all, or the last 10 000 when a file sink streams.
+        noise: None, "per_sample", "microbatch" or "fluctuation" (`inertia.monitor.noise`): the
+            gradient-noise estimate behind `noise_trace`, the injected heat ½h²·tr(C)/B per step
+            and `noise_floor()`.
+        alarm: compute the stability margin and raise the alarm (a `RuntimeWarning` and
+            `on_alarm(row)`) when it stays above 1 for `alarm_patience` rows. Experimental, off
+            by default: see docs/monitor.md for where it fires in time and where it does not yet.
     """
 
     def __init__(
@@ -145,6 +167,10 @@ class InertiaMonitor:
         sinks: list[Sink] | None = None,
         on_nan: str = "flag",
         history: int | None = None,
+        noise: str | None = None,
+        alarm: bool = False,
+        alarm_patience: int = 2,
+        on_alarm: Callable[[dict], None] | None = None,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise _checks.fail("optimizer", "a torch.optim.Optimizer", optimizer)
@@ -176,6 +202,18 @@ class InertiaMonitor:
         self._maps: list[maps.GroupMap] | None = None  # of the last step taken
         self._maps_before: list[maps.GroupMap] | None = None  # of the step before it
         self._has_delta = False
+        self._noise = estimator(noise, self._groups)
+        self.noise = noise
+        self.alarm = bool(alarm)
+        self.alarm_patience = _checks.integer("alarm_patience", alarm_patience, low=1)
+        if on_alarm is not None and not callable(on_alarm):
+            raise _checks.fail("on_alarm", "a callable taking the ledger row", on_alarm)
+        self.on_alarm = on_alarm
+        groups = len(self._groups)
+        self._last_noise = [math.nan] * groups  # tr(C)/B at the last row, per group
+        self._grad_dot_before = [0.0] * groups  # ⟨−Δθ, g⟩ with the step's own gradient
+        self._curvature = [[0.0, 0.0] for _ in range(groups)]  # EMA of ⟨Δg, Δθ⟩ and ‖Δθ‖²
+        self._above = 0  # rows in a row with margin > 1
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -183,15 +221,63 @@ class InertiaMonitor:
 
     # ------------------------------------------------------------------ user API
 
-    def observe(self, loss: Tensor | float, *, accumulate: bool = False) -> None:
+    def observe(
+        self, loss: Tensor | float, *, accumulate: bool = False, per_sample: Tensor | None = None
+    ) -> None:
         """Record the loss at the current parameters (the mean over micro-batches when
         `accumulate` is true). An earlier loss that no optimizer step consumed marks that
-        iteration as skipped (as GradScaler does on overflow)."""
+        iteration as skipped (as GradScaler does on overflow). With noise="per_sample", pass
+        the unreduced losses as `per_sample`, before `backward`; with noise="microbatch",
+        call this after each micro-batch's `backward`."""
         if not accumulate and self._loss_count:
             self._book_row(self._maps_now(), SKIPPED)
+        if self._noise is not None:
+            self._noise.observe(self._groups, per_sample)
         value = loss.detach().to(F64) if isinstance(loss, Tensor) else float(loss)
         self._loss_sum = self._loss_sum + value
         self._loss_count += 1
+
+    def noise_floor(self, last: int | None = None) -> dict[str, float]:
+        """Predicted stationary excess loss and kinetic energy from the noise estimates, beside
+        the measured means, over the `last` rows kept (default: the later half).
+
+        THEORY.md §4 with the map's h² = η(1 − τ): a step injects ½h²·tr(C)/B of kinetic
+        energy and friction removes (1 − μ²) of it, so E[K] = h²·tr(C)/(2B(1 − μ²)); for a
+        quadratic basin at small ηλ, E[L − L*] = h²·tr(C)/(4B(1 − μ)). Uses the first
+        parameter group's map; standard errors treat rows as independent (an underestimate
+        for correlated rows).
+        """
+        if self.noise is None:
+            raise ValueError("noise_floor needs a noise estimate: InertiaMonitor(..., noise=...)")
+        led = self.ledger
+        rows = len(led["step"])
+        if rows < 4:
+            raise ValueError(f"noise_floor needs at least 4 rows; got {rows}")
+        last = rows // 2 if last is None else _checks.integer("last", last, low=2)
+        window = slice(max(0, rows - last), rows)
+        trace, h, gamma = led["noise_trace"][window], led["h"][window], led["gamma"][window]
+        ok = torch.isfinite(trace) & (led["flag"][window] == OK)
+        mu = 1.0 - gamma * h
+
+        def mean_se(x: Tensor) -> tuple[float, float]:
+            return float(x.mean()), float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+        excess, excess_se = mean_se((h * h * trace / (4.0 * (1.0 - mu)))[ok])
+        kinetic, kinetic_se = mean_se((h * h * trace / (2.0 * (1.0 - mu * mu)))[ok])
+        potential, potential_se = mean_se(led["potential"][window][ok])
+        measured_k, measured_k_se = mean_se(led["kinetic"][window][ok])
+        return {
+            "rows": int(ok.sum()),
+            "noise_trace": float(trace[ok].mean()),
+            "excess_loss": excess,
+            "excess_loss_stderr": excess_se,
+            "kinetic": kinetic,
+            "kinetic_stderr": kinetic_se,
+            "measured_potential": potential,
+            "measured_potential_stderr": potential_se,
+            "measured_kinetic": measured_k,
+            "measured_kinetic_stderr": measured_k_se,
+        }
 
     @property
     def ledger(self) -> Ledger:
@@ -228,6 +314,8 @@ class InertiaMonitor:
             "has_delta": self._has_delta,
             "buffers": [g.buffer.clone() for g in self._groups],
             "norms": [(g.delta_sq, g.theta_sq) for g in self._groups],
+            "noise": list(self._last_noise),
+            "alarm": (list(self._grad_dot_before), [list(c) for c in self._curvature], self._above),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -251,6 +339,9 @@ class InertiaMonitor:
         ):
             group.buffer.copy_(buffer)
             group.delta_sq, group.theta_sq = delta_sq, theta_sq
+        self._last_noise = list(state["noise"])
+        dots, curvature, self._above = state["alarm"]
+        self._grad_dot_before, self._curvature = list(dots), [list(c) for c in curvature]
         self._rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
             sink.truncate(self.step)
@@ -303,6 +394,8 @@ class InertiaMonitor:
                 m = maps.metric(optimizer, optimizer.param_groups[i], gmap.kind)
                 delta = group.buffer
                 group.delta_sq = _dot(delta, delta)
+                if self.alarm:  # ⟨−Δθ_k, g_k⟩: the secant curvature's other half, next row
+                    self._grad_dot_before[i] = _dot(delta, group.load_scratch(group.grads()))
                 sq = group.delta_sq if m is None else _dot(delta * delta, group.load_scratch(m))
                 self._kinetic_local[i] = 0.5 * sq / (gmap.h * gmap.h) if gmap.h > 0 else 0.0
             self._has_delta = True
@@ -317,9 +410,16 @@ class InertiaMonitor:
         loss = self._loss_sum / self._loss_count if self._loss_count else math.nan
         self._loss_sum, self._loss_count = 0.0, 0
         decay = shadow = 0.0
-        for group, m in zip(self._groups, now, strict=True):
-            if self._has_delta:  # buffer = −Δθ_{k−1}: shadow term ½⟨−Δθ, ∇L⟩
-                shadow += 0.5 * _dot(group.buffer, group.load_scratch(group.grads()))
+        grad_dot, grad_sq = [0.0] * len(now), [math.nan] * len(now)
+        fluctuation = self.noise == "fluctuation"
+        for i, (group, m) in enumerate(zip(self._groups, now, strict=True)):
+            if self._has_delta or fluctuation:
+                grads = group.load_scratch(group.grads())
+                if self._has_delta:  # buffer = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
+                    grad_dot[i] = _dot(group.buffer, grads)
+                    shadow += 0.5 * grad_dot[i]
+                if fluctuation:
+                    grad_sq[i] = _dot(grads, grads)
             if not m.weight_decay:
                 if snapshot:
                     group.snapshot()
@@ -334,16 +434,37 @@ class InertiaMonitor:
             decay += 0.5 * m.weight_decay * theta_sq
             if self._has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
                 shadow += 0.25 * m.weight_decay * (before - theta_sq - group.delta_sq)
-        local = [float(loss), decay, shadow, *self._kinetic_local]
+        noise = self._noise.take(self._groups, grad_sq) if self._noise is not None else grad_sq
+        g = len(self._groups)
+        local = [
+            float(loss),
+            decay,
+            shadow,
+            *self._kinetic_local,
+            *grad_dot,
+            *self._grad_dot_before,
+            *(gr.delta_sq for gr in self._groups),
+            *noise,
+        ]
         if self._world > 1:
             packed = torch.tensor([*local, 1.0], dtype=F64)
+            shared = slice(1, len(local) - (0 if fluctuation else g))  # replicated: count once
             if not self._sharded and self._rank != 0:
-                packed[1:-1] = 0.0  # replicated parameters: count their energies once
+                packed[shared] = 0.0
             torch.distributed.all_reduce(packed)
-            local = (
-                packed[:-1] / torch.tensor([packed[-1]] + [1.0] * (len(local) - 1), dtype=F64)
-            ).tolist()
-        loss, decay, shadow, *kinetic_groups = local
+            packed[0] /= packed[-1]  # mean loss over ranks
+            if not fluctuation:  # per-rank estimates of tr(C)/B_local: mean ÷ world = tr(C)/B
+                packed[len(local) - g : len(local)] /= self._world * self._world
+            local = packed[:-1].tolist()
+        loss, decay, shadow = local[:3]
+        kinetic_groups = local[3 : 3 + g]
+        grad_dot = local[3 + g : 3 + 2 * g]
+        grad_dot_before = local[3 + 2 * g : 3 + 3 * g]
+        delta_sq = local[3 + 3 * g : 3 + 4 * g]
+        noise = local[3 + 4 * g :]
+        margin = self._margin(now, grad_dot, grad_dot_before, delta_sq) if self.alarm else math.nan
+        self._above = self._above + 1 if margin > 1 else 0
+        alarm = int(self._above >= self.alarm_patience)
         kinetic = sum(kinetic_groups)
         potential = loss + decay
         inertia = kinetic + potential
@@ -358,11 +479,17 @@ class InertiaMonitor:
             )
         elif self._last_inertia is not None:
             dissipated = self._friction(kinetic_groups) if flag != SKIPPED else 0.0
+            injected = self._injection() if flag != SKIPPED else 0.0
             change = inertia - self._last_inertia
-            _kahan(self._books, self._books_carry, (dissipated, 0.0, change + dissipated))
+            _kahan(
+                self._books,
+                self._books_carry,
+                (dissipated, injected, change + dissipated - injected),
+            )
         if flag != NONFINITE:
             self._last_inertia = inertia
             self._last_kinetic = kinetic_groups
+            self._last_noise = noise
         first = now[0] if now else maps.GroupMap("none", math.nan, math.nan, 0.0)
         row = (
             self.step,
@@ -374,13 +501,59 @@ class InertiaMonitor:
             inertia,
             *self._books,
             inertia + shadow,
+            sum(noise) if all(math.isfinite(x) for x in noise) else math.nan,
+            margin,
+            alarm,
             flag,
         )
         self._rows.append(row)
+        record = dict(zip(MONITOR_COLUMNS, row, strict=True))
+        if alarm and self._above == self.alarm_patience:
+            warnings.warn(
+                f"inertia: stability margin {margin:.3g} > 1 for {self._above} rows at step "
+                f"{self.step}: the learning rate is above the heavy-ball threshold",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            if self.on_alarm is not None:
+                self.on_alarm(record)
         if self._rank == 0 and self.sinks:
-            record = dict(zip(MONITOR_COLUMNS, row, strict=True))
             for sink in self.sinks:
                 sink.write(record)
+
+    def _injection(self) -> float:
+        """Heat injected by gradient noise since the last row: ½ h² tr(C)/B per step."""
+        if self._maps is None:
+            return 0.0
+        heat = sum(
+            0.5 * m.h * m.h * t
+            for m, t in zip(self._maps, self._last_noise, strict=True)
+            if math.isfinite(t)
+        )
+        return heat * self.every
+
+    def _margin(self, now, grad_dot, grad_dot_before, delta_sq) -> float:
+        """Stability margin max_groups h²λ̂/(2(1 + μ)) (THEORY.md §4: stable iff < 1).
+
+        λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², with the bias
+        h²·tr(C)/B that the step's own gradient noise puts into the numerator removed (when a
+        noise estimate exists), plus wd; numerator and denominator are averaged over rows
+        (exponentially, weight ½) so that a single noisy step does not decide.
+        """
+        if not self._has_delta or self._maps is None:
+            return math.nan
+        margins = []
+        for i, (m, step_map) in enumerate(zip(now, self._maps, strict=True)):
+            numerator = grad_dot_before[i] - grad_dot[i]  # ⟨g_k − g_{k−1}, Δθ_{k−1}⟩
+            if math.isfinite(self._last_noise[i]):
+                numerator -= step_map.h * step_map.h * self._last_noise[i]
+            numerator += m.weight_decay * delta_sq[i]
+            ema = self._curvature[i]
+            ema[0] = CURVATURE_MEMORY * ema[0] + (1 - CURVATURE_MEMORY) * numerator
+            ema[1] = CURVATURE_MEMORY * ema[1] + (1 - CURVATURE_MEMORY) * delta_sq[i]
+            if ema[1] > 0 and math.isfinite(m.h) and m.momentum < 1:
+                margins.append(m.h * m.h * (ema[0] / ema[1]) / (2.0 * (1.0 + m.momentum)))
+        return max(margins) if margins else math.nan
 
     def _friction(self, kinetic_now: list[float]) -> float:
         """Energy removed by friction since the last row (THEORY.md §4: (1 − μ²) of K a step)."""

@@ -1,0 +1,203 @@
+"""Gradient-noise estimates, the injected heat and the predicted noise floor (THEORY.md §4)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from inertia import InertiaMonitor
+
+F64 = torch.float64
+
+
+def regression(n: int = 4000, d: int = 5, label_noise: float = 0.5, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=gen, dtype=F64) * torch.linspace(0.5, 1.0, d, dtype=F64)
+    y = x @ torch.randn(d, generator=gen, dtype=F64) + label_noise * torch.randn(
+        n, generator=gen, dtype=F64
+    )
+    best = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
+    return x, y, best
+
+
+def full_loss(x, y, theta) -> float:
+    return float(0.5 * ((x @ theta - y) ** 2).mean())
+
+
+def train_regression(lr, mu, batch, noise, steps=4000, micro=1):
+    x, y, best = regression()
+    theta = torch.nn.Parameter(best.clone())
+    opt = torch.optim.SGD([theta], lr=lr, momentum=mu)
+    monitor = InertiaMonitor(opt, noise=noise)
+    gen = torch.Generator().manual_seed(1)
+    excess = []
+    for k in range(steps):
+        opt.zero_grad()
+        for _ in range(micro):
+            idx = torch.randint(0, len(y), (batch // micro,), generator=gen)
+            per_sample = 0.5 * (x[idx] @ theta - y[idx]) ** 2
+            loss = per_sample.mean() / micro
+            if noise == "per_sample":
+                monitor.observe(loss, per_sample=per_sample)
+            loss.backward()
+            if noise != "per_sample":
+                monitor.observe(loss * micro, accumulate=micro > 1)
+        opt.step()
+        if k >= steps // 2:
+            excess.append(full_loss(x, y, theta.detach()) - full_loss(x, y, best))
+    return monitor, sum(excess) / len(excess)
+
+
+@pytest.mark.parametrize(
+    ("lr", "mu", "batch", "noise", "micro"),
+    [
+        (0.01, 0.9, 16, "per_sample", 1),
+        (0.05, 0.0, 8, "per_sample", 1),
+        (0.005, 0.95, 32, "per_sample", 1),
+        (0.01, 0.9, 16, "fluctuation", 1),
+        (0.01, 0.9, 32, "microbatch", 4),
+    ],
+)
+def test_predicted_floor_matches_the_measured_plateau_of_linear_regression(
+    lr, mu, batch, noise, micro
+):
+    monitor, measured = train_regression(lr, mu, batch, noise, micro=micro)
+    floor = monitor.noise_floor()
+    assert floor["excess_loss"] == pytest.approx(measured, rel=0.25), (floor, measured)
+    assert floor["kinetic"] == pytest.approx(floor["measured_kinetic"], rel=0.25)
+
+
+def test_predicted_floor_for_softmax_regression_on_digits():
+    datasets = pytest.importorskip("sklearn.datasets")
+    data = datasets.load_digits()
+    x = torch.tensor(data.data, dtype=F64) / 16.0
+    labels = torch.tensor(data.target)
+    wd = 1e-2
+    model = torch.nn.Linear(64, 10).double()
+    params = list(model.parameters())
+
+    def full(with_grad: bool = False) -> torch.Tensor:
+        loss = torch.nn.functional.cross_entropy(model(x), labels)
+        return loss + 0.5 * wd * sum((p**2).sum() for p in params)
+
+    lbfgs = torch.optim.LBFGS(
+        params,
+        lr=1,
+        max_iter=500,
+        tolerance_grad=1e-12,
+        tolerance_change=1e-15,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        lbfgs.zero_grad()
+        loss = full()
+        loss.backward()
+        return loss
+
+    lbfgs.step(closure)
+    best = float(full())
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=wd)
+    monitor = InertiaMonitor(opt, noise="per_sample")
+    gen = torch.Generator().manual_seed(0)
+    excess = []
+    for k in range(3000):
+        idx = torch.randint(0, len(labels), (32,), generator=gen)
+        opt.zero_grad()
+        per_sample = torch.nn.functional.cross_entropy(model(x[idx]), labels[idx], reduction="none")
+        loss = per_sample.mean()
+        monitor.observe(loss, per_sample=per_sample)
+        loss.backward()
+        opt.step()
+        if k >= 1500:
+            with torch.no_grad():
+                excess.append(float(full()) - best)
+    measured = sum(excess) / len(excess)
+    assert monitor.noise_floor()["excess_loss"] == pytest.approx(measured, rel=0.25)
+
+
+def test_per_sample_trace_is_the_covariance_of_per_sample_gradients_over_the_batch():
+    x, y, best = regression(n=64)
+    theta = torch.nn.Parameter(best + 0.3)
+    opt = torch.optim.SGD([theta], lr=0.01)
+    monitor = InertiaMonitor(opt, noise="per_sample")
+    grads = torch.stack(
+        [torch.autograd.grad(0.5 * (x[i] @ theta - y[i]) ** 2, theta)[0] for i in range(64)]
+    )
+    expected = float(grads.var(0).sum()) / 64  # tr(C)/B at θ, before the step moves it
+    per_sample = 0.5 * (x @ theta - y) ** 2
+    monitor.observe(per_sample.mean(), per_sample=per_sample)
+    per_sample.mean().backward()
+    opt.step()
+    assert float(monitor.ledger["noise_trace"][0]) == pytest.approx(expected, rel=1e-12)
+
+
+def test_injected_heat_is_half_h_squared_noise_trace_per_step():
+    monitor, _ = train_regression(0.01, 0.9, 16, "per_sample", steps=50)
+    led = monitor.ledger
+    heat = 0.5 * led["h"][:-1] ** 2 * led["noise_trace"][:-1]
+    expected = torch.cat([torch.zeros(1, dtype=F64), heat.cumsum(0)])
+    torch.testing.assert_close(led["injected"], expected, rtol=1e-12, atol=1e-15)
+    assert float(led.closure_error().abs().max()) < 1e-12 * float(led["inertia"].abs().max())
+
+
+def test_noise_floor_needs_an_estimate_and_rows():
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(1))], lr=0.1)
+    with pytest.raises(ValueError, match="noise estimate"):
+        InertiaMonitor(opt).noise_floor()
+    with pytest.raises(ValueError, match="^noise must be"):
+        InertiaMonitor(opt, noise="magic")
+    with pytest.raises(ValueError, match="at least 4 rows"):
+        InertiaMonitor(opt, noise="fluctuation").noise_floor()
+
+
+@pytest.mark.parametrize("factor", [1.03, 1.05])
+def test_alarm_fires_before_full_batch_gradient_descent_blows_up(factor):
+    """Experimental alarm, where it is validated: full batch, no momentum, λmax known."""
+    x, y, best = regression()
+    hessian = x.T @ x / len(y)
+    lam, vecs = torch.linalg.eigh(hessian)
+    lr = factor * 2 / float(lam.max())
+    theta = torch.nn.Parameter(best + 2.0 * vecs[:, 0] + 1e-3 * vecs[:, -1])
+    opt = torch.optim.SGD([theta], lr=lr)
+    alarms = []
+    monitor = InertiaMonitor(opt, alarm=True, on_alarm=alarms.append)
+    start = full_loss(x, y, theta.detach()) - full_loss(x, y, best)
+    blow_up = None
+    with warnings.catch_warnings(record=True):
+        for k in range(400):
+            opt.zero_grad()
+            loss = 0.5 * ((x @ theta - y) ** 2).mean()
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+            if (
+                blow_up is None
+                and full_loss(x, y, theta.detach()) - full_loss(x, y, best) > 10 * start
+            ):
+                blow_up = k
+    assert blow_up is not None and alarms and alarms[0]["step"] <= blow_up
+    assert alarms[0]["margin"] > 1
+    # once the unstable mode dominates the motion, the margin is the learning rate's factor
+    assert float(monitor.ledger["margin"][-1]) == pytest.approx(factor, rel=1e-3)
+
+
+def test_alarm_stays_silent_below_the_threshold():
+    x, y, best = regression()
+    lam = torch.linalg.eigvalsh(x.T @ x / len(y))
+    theta = torch.nn.Parameter(best + 1.0)
+    opt = torch.optim.SGD([theta], lr=0.8 * 2 / float(lam.max()))
+    monitor = InertiaMonitor(opt, alarm=True)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = 0.5 * ((x @ theta - y) ** 2).mean()
+        loss.backward()
+        monitor.observe(loss)
+        opt.step()
+    margins = monitor.ledger["margin"]
+    assert int(monitor.ledger["alarm"].sum()) == 0
+    assert float(margins[torch.isfinite(margins)].max()) <= 0.8 + 1e-9
+    assert not math.isnan(float(margins[-1]))
