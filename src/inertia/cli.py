@@ -4,6 +4,7 @@
     inertia simulate --system NAME [--dim D] [--gamma G] [--sigma S] [--mass M] [--dt H]
                      [--steps N] [--method M] [--paths P] [--seed N] [--record-every K]
                      [--out DIR] [--json]
+    inertia report LEDGER.csv [--out DIR]
 
 Wrong input exits with status 2 and one line on stderr; a failed check (demo) or a blow-up
 (simulate) exits with status 1.
@@ -69,7 +70,28 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--record-every", type=int, default=1, help="record every K steps")
     sim.add_argument("--out", type=Path, default=Path("inertia-simulate"), help="output folder")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
+    rep = commands.add_parser("report", help="figures and an HTML report of a ledger CSV")
+    rep.add_argument(
+        "ledger",
+        type=Path,
+        metavar="LEDGER.csv",
+        help="a ledger from InertiaMonitor (log_dir) or inertia simulate",
+    )
+    rep.add_argument(
+        "--out", type=Path, default=None, help="output folder (default: beside the CSV)"
+    )
     return parser
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .report import ledger_report
+
+    if not args.ledger.is_file():
+        raise UsageError(f"LEDGER: no file {str(args.ledger)!r}")
+    out = _writable_folder(args.out or args.ledger.parent / "report")
+    path = ledger_report(args.ledger, out)
+    print(f"wrote {path} and its figures")
+    return 0
 
 
 def _writable_folder(path: Path) -> Path:
@@ -177,7 +199,7 @@ def _simulate(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
-        return _demo(args) if args.command == "demo" else _simulate(args)
+        return {"demo": _demo, "simulate": _simulate, "report": _report}[args.command](args)
     except (UsageError, ValueError) as err:
         print(f"inertia: error: {err}", file=sys.stderr)
         return 2

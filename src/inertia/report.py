@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import html
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -153,3 +154,163 @@ def html_report(title: str, intro: str, sections: Sequence[dict], path: Path) ->
     parts.append("</body></html>")
     path.write_text("\n".join(parts), encoding="utf-8")
     return path
+
+
+def read_ledger(path: Path) -> tuple[str, dict]:
+    """Read a ledger CSV (from `InertiaMonitor` or `Trajectory.to_csv`): ("step" | "t", columns),
+    a simulation's paths averaged per time. ValueError if it is not a ledger."""
+    import numpy as np
+
+    with Path(path).open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        raise ValueError(f"LEDGER: {str(path)!r} has no rows")
+    names = list(rows[0])
+    missing = [
+        c
+        for c in ("kinetic", "potential", "inertia", "dissipated", "injected", "residual")
+        if c not in names
+    ]
+    time_name = "step" if "step" in names else "t" if "t" in names else None
+    if missing or time_name is None:
+        raise ValueError(
+            f"LEDGER: {str(path)!r} is not an inertia ledger (missing {missing or [time_name]})"
+        )
+    try:
+        table = {name: np.array([float(r[name]) for r in rows]) for name in names}
+    except (TypeError, ValueError):
+        raise ValueError(f"LEDGER: {str(path)!r} has a value that is not a number") from None
+    if "path" in table:  # a simulation: mean over paths at each time
+        times, index = np.unique(table[time_name], return_inverse=True)
+        counts = np.bincount(index)
+        table = {
+            name: np.bincount(index, weights=col) / counts
+            for name, col in table.items()
+            if name != "path"
+        }
+        table[time_name] = times
+    return time_name, table
+
+
+def ledger_report(path: Path, out: Path) -> Path:
+    """Figures of a ledger CSV and a self-contained `report.html` in `out`.
+
+    Stacked ledger (K + L + D = I₀ + N + R), kinetic against potential, kinetic energy with the
+    noise-floor prediction h² tr(C)/(2B(1 − μ²)) where the ledger has a noise estimate, and the
+    stability margin with alarms marked where it has one.
+    """
+    import numpy as np
+
+    time_name, c = read_ledger(path)
+    out.mkdir(parents=True, exist_ok=True)
+    t = c[time_name]
+    figures = []
+    fig_path = out / "ledger_stack.png"
+    with figure(fig_path, ncols=2) as (stack, books):
+        stack.stackplot(
+            t,
+            c["kinetic"],
+            c["potential"],
+            c["dissipated"],
+            colors=[COLORS[n] for n in ("kinetic", "potential", "dissipated")],
+            labels=["kinetic", "potential", "dissipated"],
+            alpha=0.8,
+        )
+        stack.plot(
+            t,
+            c["inertia"][0] + c["injected"] + c["residual"],
+            color="black",
+            lw=1,
+            label="I₀ + injected + residual",
+        )
+        stack.set_title("K + L + D = I₀ + N + R")
+        for name in ("injected", "residual"):
+            books.plot(t, c[name], color=COLORS[name], label=name)
+        books.set_title("injected and residual (cumulative)")
+        for ax in (stack, books):
+            ax.set_xlabel(time_name)
+    figures.append(fig_path)
+    fig_path = out / "phase.png"
+    with figure(fig_path) as ax:
+        points = ax.scatter(c["potential"], c["kinetic"], c=t, s=6, cmap="viridis")
+        ax.figure.colorbar(points, ax=ax, label=time_name)
+        ax.set_xlabel("potential L")
+        ax.set_ylabel("kinetic K")
+        ax.set_title("kinetic against potential")
+    figures.append(fig_path)
+    findings: dict[str, float] = {
+        "rows": float(len(t)),
+        "inertia first": float(c["inertia"][0]),
+        "inertia last": float(c["inertia"][-1]),
+        "dissipated": float(c["dissipated"][-1]),
+        "injected": float(c["injected"][-1]),
+        "residual": float(c["residual"][-1]),
+        "closure |I − I₀ + D − N − R| / max |I|": float(
+            np.nanmax(
+                np.abs(
+                    c["inertia"] - c["inertia"][0] + c["dissipated"] - c["injected"] - c["residual"]
+                )
+            )
+            / max(np.nanmax(np.abs(c["inertia"])), 1e-300)
+        ),
+    }
+    if "noise_trace" in c and np.isfinite(c["noise_trace"]).any():
+        mu = 1.0 - c["gamma"] * c["h"]
+        predicted = c["h"] ** 2 * c["noise_trace"] / (2.0 * (1.0 - mu * mu))
+        fig_path = out / "noise_floor.png"
+        with figure(fig_path) as ax:
+            ax.semilogy(
+                t,
+                np.where(c["kinetic"] > 0, c["kinetic"], np.nan),  # K₀ = 0 has no logarithm
+                color=COLORS["kinetic"],
+                lw=0.8,
+                label="kinetic K",
+            )
+            ax.semilogy(
+                t, predicted, color="black", lw=1, label="predicted floor h²tr(C)/(2B(1 − μ²))"
+            )
+            ax.set_xlabel(time_name)
+            ax.set_title("kinetic energy and its noise floor")
+        figures.append(fig_path)
+        later = slice(len(t) // 2, None)
+        findings["kinetic, later half (measured)"] = float(np.nanmean(c["kinetic"][later]))
+        findings["kinetic, later half (predicted)"] = float(np.nanmean(predicted[later]))
+        findings["excess loss floor h²tr(C)/(4B(1 − μ)), later half"] = float(
+            np.nanmean((c["h"] ** 2 * c["noise_trace"] / (4.0 * (1.0 - mu)))[later])
+        )
+    if "margin" in c and np.isfinite(c["margin"]).any():
+        fig_path = out / "margin.png"
+        with figure(fig_path) as ax:
+            ax.plot(t, c["margin"], color="#1f77b4", label="stability margin")
+            ax.axhline(1.0, color="#d62728", ls="--", lw=0.8, label="threshold")
+            alarms = t[c.get("alarm", np.zeros_like(t)) > 0]
+            if len(alarms):
+                ax.axvline(
+                    alarms[0],
+                    color="#d62728",
+                    lw=1.5,
+                    label=f"first alarm ({time_name} {alarms[0]:g})",
+                )
+            ax.set_xlabel(time_name)
+            ax.set_title("stability margin h²λ̂/(2(1 + μ))")
+        figures.append(fig_path)
+        findings["alarm rows"] = float((c.get("alarm", np.zeros_like(t)) > 0).sum())
+    if "flag" in c:
+        findings["non-finite losses"] = float((c["flag"] == 1).sum())
+        findings["skipped steps"] = float((c["flag"] == 2).sum())
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>" for k, v in findings.items()
+    )
+    page = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>Energy ledger: {html.escape(Path(path).name)}</title><style>{_STYLE}</style>"
+        f"<script>{_SCRIPT}</script></head><body>"
+        f"<h1>Energy ledger of {html.escape(Path(path).name)}</h1>"
+        "<p>inertia − inertia₀ = −dissipated + injected + residual (THEORY.md §3–4).</p>"
+        f"<table><tr><th>quantity</th><th>value</th></tr>{rows}</table>"
+        + "".join(embed_png(p) for p in figures)
+        + "</body></html>"
+    )
+    report_path = out / "report.html"
+    report_path.write_text(page, encoding="utf-8")
+    return report_path
