@@ -374,3 +374,17 @@ def test_closures_are_booked_after_they_evaluate_the_loss():
     for _ in range(3):
         lbfgs.step(closure)
     assert monitor2.ledger["step"].tolist() == [0, 1, 2]
+
+
+def test_ledger_exports_round_trip_to_jsonl_and_dataframe(tmp_path):
+    pd = pytest.importorskip("pandas")
+    monitor, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=8)
+    led = monitor.ledger
+    lines = [
+        json.loads(line) for line in led.to_jsonl(tmp_path / "l.jsonl").read_text().splitlines()
+    ]
+    assert [row["step"] for row in lines] == list(range(8))
+    assert [row["kinetic"] for row in lines] == led["kinetic"].tolist()
+    frame = led.to_dataframe()
+    assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(MONITOR_COLUMNS)
+    assert frame["inertia"].tolist() == led["inertia"].tolist()

@@ -434,7 +434,11 @@ class InertiaMonitor:
             decay += 0.5 * m.weight_decay * theta_sq
             if self._has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
                 shadow += 0.25 * m.weight_decay * (before - theta_sq - group.delta_sq)
-        noise = self._noise.take(self._groups, grad_sq) if self._noise is not None else grad_sq
+        noise = (
+            self._noise.take(self._groups, grad_sq)
+            if self._noise is not None
+            else [math.nan] * len(now)
+        )
         g = len(self._groups)
         local = [
             float(loss),
