@@ -35,16 +35,21 @@ def integer(name: str, x: object, *, low: int) -> int:
     return int(x)
 
 
+def tensor(name: str, x: object, allowed: str, dtype: torch.dtype = torch.float64) -> Tensor:
+    """`x` as a tensor of `dtype`, or ValueError naming `name` and what is `allowed`."""
+    try:
+        return torch.as_tensor(x, dtype=dtype)
+    except (TypeError, ValueError, RuntimeError):
+        raise fail(name, allowed, x) from None
+
+
 def scalar_or_vector(name: str, x: object, *, low: float, strict: bool) -> float | Tensor:
     """A finite number or a 1-D float64 tensor of them, each ≥ low (> low when strict)."""
     if isinstance(x, numbers.Real) or (isinstance(x, Tensor) and x.dim() == 0):
         return real(name, x, low=low, strict=strict)
     bound = f"{'>' if strict else '≥'} {low:g}"
     allowed = f"a number {bound} or a 1-D tensor of finite values {bound}"
-    try:
-        t = torch.as_tensor(x, dtype=torch.float64)
-    except (TypeError, ValueError, RuntimeError):
-        raise fail(name, allowed, x) from None
+    t = tensor(name, x, allowed)
     ok = t.dim() == 1 and t.numel() > 0 and bool(torch.isfinite(t).all())
     if not ok or bool((t <= low).any() if strict else (t < low).any()):
         raise fail(name, allowed, t)

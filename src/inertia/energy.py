@@ -78,6 +78,11 @@ class CompensatedSum:
         self.total, self._tmp = self._tmp, self.total
 
 
+def csv_cells(row: Mapping[str, float | int]) -> dict[str, str | int]:
+    """A ledger row for csv: floats in full precision (repr), integers as they are."""
+    return {k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
+
+
 class Ledger(Mapping[str, Tensor]):
     """The energy ledger: a time axis and named float64 columns, one row per record.
 
@@ -143,7 +148,7 @@ class Ledger(Mapping[str, Tensor]):
                 if writer is None:
                     writer = csv.DictWriter(f, fieldnames=list(row))
                     writer.writeheader()
-                writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+                writer.writerow(csv_cells(row))
         return path
 
     def to_jsonl(self, path: str | Path) -> Path:

@@ -371,14 +371,12 @@ def damping(cfg: DemoConfig, out: Path) -> Experiment:
         for ax, name in zip(axes, ("light", "critical"), strict=True):
             traj = runs[name][0]
             t = traj.t.numpy()
-            ax.stackplot(
+            report.stack_ledger(
+                ax,
                 t,
                 traj.kinetic[:, 0].numpy(),
                 traj.potential[:, 0].numpy(),
                 traj.dissipated[:, 0].numpy(),
-                colors=[report.COLORS[c] for c in ("kinetic", "potential", "dissipated")],
-                labels=["kinetic", "potential", "dissipated"],
-                alpha=0.8,
             )
             ax.axhline(float(traj.inertia[0, 0]), color="black", lw=0.8, label="I₀")
             ax.set_title(f"ledger, {name} damping: K + L + D = I₀ + R")

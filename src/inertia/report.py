@@ -107,6 +107,31 @@ def _number(x: float) -> str:
     return f"{x:.4g}" if isinstance(x, float) else html.escape(str(x))
 
 
+def write_page(path: Path, title: str, body: Sequence[str]) -> Path:
+    """A self-contained HTML page: style and the render-marking script inline, `body` parts."""
+    head = (
+        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script>"
+        "</head><body>"
+    )
+    path.write_text("\n".join([head, *body, "</body></html>"]), encoding="utf-8")
+    return path
+
+
+def stack_ledger(ax, t, kinetic, potential, dissipated) -> None:
+    """Stacked K, L and cumulative D against t: their top is I₀ + N + R."""
+    names = ("kinetic", "potential", "dissipated")
+    ax.stackplot(
+        t,
+        kinetic,
+        potential,
+        dissipated,
+        colors=[COLORS[n] for n in names],
+        labels=list(names),
+        alpha=0.8,
+    )
+
+
 def html_report(title: str, intro: str, sections: Sequence[dict], path: Path) -> Path:
     """Write a self-contained HTML report.
 
@@ -114,11 +139,7 @@ def html_report(title: str, intro: str, sections: Sequence[dict], path: Path) ->
     name, measured, predicted, tolerance, relation, passed), `findings` (name ↦ number),
     `figures` (PNG paths) and `passed`.
     """
-    parts = [
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script>",
-        f"</head><body><h1>{html.escape(title)}</h1><p>{intro}</p>",
-    ]
+    parts = [f"<h1>{html.escape(title)}</h1><p>{intro}</p>"]
     verdicts = ", ".join(
         f"{html.escape(s['key'])}: <span class='{'pass' if s['passed'] else 'fail'}'>"
         f"{'pass' if s['passed'] else 'FAIL'}</span>"
@@ -151,9 +172,7 @@ def html_report(title: str, intro: str, sections: Sequence[dict], path: Path) ->
             parts.append(f"<p><b>What we measured besides.</b></p><ul>{items}</ul>")
         parts.extend(embed_png(p) for p in s["figures"])
         parts.append("</section>")
-    parts.append("</body></html>")
-    path.write_text("\n".join(parts), encoding="utf-8")
-    return path
+    return write_page(path, title, parts)
 
 
 def read_ledger(path: Path) -> tuple[str, dict]:
@@ -207,15 +226,7 @@ def ledger_report(path: Path, out: Path) -> Path:
     figures = []
     fig_path = out / "ledger_stack.png"
     with figure(fig_path, ncols=2) as (stack, books):
-        stack.stackplot(
-            t,
-            c["kinetic"],
-            c["potential"],
-            c["dissipated"],
-            colors=[COLORS[n] for n in ("kinetic", "potential", "dissipated")],
-            labels=["kinetic", "potential", "dissipated"],
-            alpha=0.8,
-        )
+        stack_ledger(stack, t, c["kinetic"], c["potential"], c["dissipated"])
         stack.plot(
             t,
             c["inertia"][0] + c["injected"] + c["residual"],
@@ -301,16 +312,14 @@ def ledger_report(path: Path, out: Path) -> Path:
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>" for k, v in findings.items()
     )
-    page = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>Energy ledger: {html.escape(Path(path).name)}</title><style>{_STYLE}</style>"
-        f"<script>{_SCRIPT}</script></head><body>"
-        f"<h1>Energy ledger of {html.escape(Path(path).name)}</h1>"
-        "<p>inertia − inertia₀ = −dissipated + injected + residual (THEORY.md §3–4).</p>"
-        f"<table><tr><th>quantity</th><th>value</th></tr>{rows}</table>"
-        + "".join(embed_png(p) for p in figures)
-        + "</body></html>"
+    name = Path(path).name
+    return write_page(
+        out / "report.html",
+        f"Energy ledger: {name}",
+        [
+            f"<h1>Energy ledger of {html.escape(name)}</h1>",
+            "<p>inertia − inertia₀ = −dissipated + injected + residual (THEORY.md §3–4).</p>",
+            f"<table><tr><th>quantity</th><th>value</th></tr>{rows}</table>",
+            *(embed_png(p) for p in figures),
+        ],
     )
-    report_path = out / "report.html"
-    report_path.write_text(page, encoding="utf-8")
-    return report_path

@@ -113,10 +113,7 @@ def resolve_method(method: str, dynamics: Dynamics) -> str:
 
 
 def _initial_state(name: str, x: object, paths: int, dtype: torch.dtype) -> Tensor:
-    try:
-        t = torch.as_tensor(x, dtype=dtype)
-    except (TypeError, ValueError, RuntimeError):
-        raise _checks.fail(name, "a tensor of shape (d,) or (paths, d)", x) from None
+    t = _checks.tensor(name, x, "a tensor of shape (d,) or (paths, d)", dtype)
     if t.dim() == 1 and t.numel() > 0:
         t = t.expand(paths, -1)
     if t.dim() != 2 or t.shape[0] != paths or t.shape[1] == 0:

@@ -38,10 +38,7 @@ F64 = torch.float64
 
 
 def _times(t: Tensor | Sequence[float]) -> Tensor:
-    try:
-        times = torch.as_tensor(t, dtype=F64)
-    except (TypeError, ValueError, RuntimeError):
-        raise _checks.fail("t", "a 1-D tensor of finite times", t) from None
+    times = _checks.tensor("t", t, "a 1-D tensor of finite times")
     if times.dim() == 0:
         times = times.reshape(1)
     if times.dim() != 1 or not bool(torch.isfinite(times).all()):
@@ -57,10 +54,7 @@ def _finite(name: str, out: Tensor) -> Tensor:
 
 
 def _vector(name: str, x: object, dim: int) -> Tensor:
-    try:
-        v = torch.as_tensor(x, dtype=F64)
-    except (TypeError, ValueError, RuntimeError):
-        raise _checks.fail(name, f"a finite tensor of shape ({dim},)", x) from None
+    v = _checks.tensor(name, x, f"a finite tensor of shape ({dim},)")
     if v.shape != (dim,) or not bool(torch.isfinite(v).all()):
         raise _checks.fail(name, f"a finite tensor of shape ({dim},)", v)
     return v
@@ -76,10 +70,7 @@ def _per_coordinate(name: str, x: object, dim: int, *, low: float, strict: bool)
 
 def _modes(hessian, q0, v0, mass, center):
     """Eigenvalues λ of M^{−½}AM^{−½} and the start (x₀, u₀) in its normal modes."""
-    try:
-        a = torch.as_tensor(hessian, dtype=F64)
-    except (TypeError, ValueError, RuntimeError):
-        raise _checks.fail("hessian", "a square (d, d) matrix", hessian) from None
+    a = _checks.tensor("hessian", hessian, "a square (d, d) matrix")
     if a.dim() != 2 or a.shape[0] != a.shape[1] or a.numel() == 0:
         raise _checks.fail("hessian", "a square (d, d) matrix", a)
     dim = a.shape[0]

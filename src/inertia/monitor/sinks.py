@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 from .. import _checks
+from ..energy import csv_cells
 
 
 class Sink:
@@ -95,7 +96,7 @@ class CSVSink(_FileSink):
             self._writer = csv.DictWriter(self._file, fieldnames=list(row))
             if not self._resuming:
                 self._writer.writeheader()
-        self._writer.writerow({k: repr(v) if isinstance(v, float) else v for k, v in row.items()})
+        self._writer.writerow(csv_cells(row))
         self._written()
 
 
