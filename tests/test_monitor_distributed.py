@@ -10,6 +10,7 @@ import torch.multiprocessing as mp
 
 from inertia import InertiaMonitor
 from inertia.monitor import MONITOR_COLUMNS
+from inertia.optim import InertiaSGD
 
 STEPS, WORLD = 12, 2
 
@@ -26,8 +27,15 @@ def batch() -> tuple[torch.Tensor, torch.Tensor]:
     return x, torch.sin(x).sum(1, keepdim=True)
 
 
-def train(model, x, y) -> dict[str, list[float]]:
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+OPTIMIZERS = {
+    "sgd": lambda ps: torch.optim.SGD(ps, lr=0.1, momentum=0.9, weight_decay=0.01),
+    # lr high enough that the brake fires: its decisions read global norms on every rank
+    "inertia": lambda ps: InertiaSGD(ps, lr=2.0, momentum=0.9, weight_decay=0.01),
+}
+
+
+def train(model, x, y, optimizer) -> dict[str, list[float]]:
+    opt = OPTIMIZERS[optimizer](model.parameters())
     monitor = InertiaMonitor(opt)
     for _ in range(STEPS):
         opt.zero_grad()
@@ -35,10 +43,12 @@ def train(model, x, y) -> dict[str, list[float]]:
         loss.backward()
         monitor.observe(loss)
         opt.step()
-    return {name: monitor.ledger[name].tolist() for name in MONITOR_COLUMNS}
+    ledger = {name: monitor.ledger[name].tolist() for name in MONITOR_COLUMNS}
+    ledger["brakes"] = [float(sum(g.get("brakes", 0) for g in opt.param_groups))]
+    return ledger
 
 
-def _worker(rank: int, mode: str, init_file: str, out_file: str) -> None:
+def _worker(rank: int, mode: str, optimizer: str, init_file: str, out_file: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     model = make_model()
     if mode == "ddp":
@@ -49,14 +59,16 @@ def _worker(rank: int, mode: str, init_file: str, out_file: str) -> None:
         fully_shard(model)
     x, y = batch()
     shard = slice(rank * 4, (rank + 1) * 4)
-    ledger = train(model, x[shard], y[shard])
+    ledger = train(model, x[shard], y[shard], optimizer)
     if rank == 0:
         torch.save(ledger, out_file)
     dist.destroy_process_group()
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "inertia"])
 @pytest.mark.parametrize("mode", ["ddp", "fsdp2"])
-def test_distributed_ledger_equals_single_process_on_the_global_batch(mode, tmp_path):
+def test_distributed_ledger_equals_single_process_on_the_global_batch(mode, optimizer, tmp_path):
+    """For InertiaSGD this also checks its brake: same decisions as one process."""
     if mode == "fsdp2":
         pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch ≥ 2.6")
         from torch.distributed import fsdp
@@ -64,10 +76,13 @@ def test_distributed_ledger_equals_single_process_on_the_global_batch(mode, tmp_
         if not hasattr(fsdp, "fully_shard"):
             pytest.skip("this torch has no FSDP2 fully_shard")
     out = tmp_path / "ledger.pt"
-    mp.spawn(_worker, args=(mode, str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
+    mp.spawn(
+        _worker, args=(mode, optimizer, str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True
+    )
     distributed = torch.load(out)
-    single = train(make_model(), *batch())
-    for name in MONITOR_COLUMNS:
+    single = train(make_model(), *batch(), optimizer)
+    assert optimizer == "sgd" or single["brakes"][0] > 0
+    for name in [*MONITOR_COLUMNS, "brakes"]:
         torch.testing.assert_close(
             torch.tensor(distributed[name]),
             torch.tensor(single[name]),

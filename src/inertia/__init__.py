@@ -5,7 +5,7 @@ decays under damping and is heated by noise. This package simulates those dynami
 structure-preserving integrators and books every change of I in an energy ledger.
 """
 
-from . import systems, theory
+from . import optim, systems, theory
 from .dynamics import CallablePotential, Dynamics, Potential
 from .energy import COLUMNS, CompensatedSum, Ledger, kinetic
 from .integrators import METHODS, SCHEMES, Scheme
@@ -29,6 +29,7 @@ __all__ = [
     "Trajectory",
     "__version__",
     "kinetic",
+    "optim",
     "simulate",
     "systems",
     "theory",

@@ -28,6 +28,8 @@ import torch
 from torch import Tensor
 
 from .. import _checks
+from .._distributed import local as _local
+from .._distributed import rank_world
 from ..energy import COLUMNS, Ledger
 from . import maps
 from .noise import estimator
@@ -52,18 +54,6 @@ MONITOR_COLUMNS = (
 OK, NONFINITE, SKIPPED = 0, 1, 2
 CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
 F64 = torch.float64
-
-
-def _local(t: Tensor) -> Tensor:
-    """The local shard of a DTensor (FSDP2), the tensor itself otherwise."""
-    return t.to_local() if hasattr(t, "to_local") and hasattr(t, "placements") else t
-
-
-def _distributed() -> tuple[int, int]:
-    """(rank, world size), (0, 1) outside torch.distributed."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
 
 
 class _Group:
@@ -191,7 +181,7 @@ class InertiaMonitor:
         self._rows: deque[tuple] = deque(maxlen=history)
         self._groups = [_Group(g["params"]) for g in optimizer.param_groups]
         self._sharded = any(g.sharded for g in self._groups)
-        self._rank, self._world = _distributed()
+        self._rank, self._world = rank_world()
         self._books, self._books_carry = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
         self.step = 0  # optimizer steps seen
         self._loss_sum: Tensor | float = 0.0
@@ -388,6 +378,8 @@ class InertiaMonitor:
                     group.snapshot()
 
     def _after_step(self, optimizer, args, kwargs) -> None:
+        if maps.decided_in_step(optimizer):
+            self._step_maps = self._maps_now()
         if self._snapshot_taken:
             for i, (group, gmap) in enumerate(zip(self._groups, self._step_maps, strict=True)):
                 torch._foreach_sub_(group.views, group.local_params())  # buffer = −Δθ
@@ -567,7 +559,8 @@ class InertiaMonitor:
         for i, m in enumerate(self._maps):
             if self.every == 1:
                 before = self._maps_before[i].h if self._maps_before else m.h
-                mu_eff = m.momentum * (m.h / before if before > 0 else 1.0)
+                rescale = m.h / before if before > 0 and not m.physical_velocity else 1.0
+                mu_eff = m.momentum * rescale
                 total += (1.0 - mu_eff * mu_eff) * self._last_kinetic[i]
             else:
                 mean_k = 0.5 * (self._last_kinetic[i] + kinetic_now[i])

@@ -13,6 +13,8 @@ Adam/AdamW: μ = β₁, h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)) (bias correct
 M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ): an approximation, as M changes every step (the
 change lands in the residual); AdamW's decoupled decay is booked as the potential (wd/2)‖θ‖².
 RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
+`inertia.optim.InertiaSGD`: h and μ of the step it took (μ = 0 for a step its brake restarted),
+read after the step; its velocity is physical, so a change of h does not rescale it.
 Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = identity.
 """
 
@@ -24,6 +26,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..optim import InertiaSGD
+
 
 @dataclass(frozen=True)
 class GroupMap:
@@ -34,6 +38,7 @@ class GroupMap:
     h: float
     momentum: float
     weight_decay: float = 0.0
+    physical_velocity: bool = False  # the optimizer carries u itself, not Δθ/η (SGD's buffer)
 
     @property
     def gamma(self) -> float:
@@ -68,6 +73,12 @@ def _rmsprop(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
     )
 
 
+def _inertia_sgd(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+    momentum = 0.0 if group["braked"] else float(group["momentum"])
+    h = float(group["h"])
+    return GroupMap("inertia-sgd", h * h, h, momentum, float(group["weight_decay"]), True)
+
+
 def _generic(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
     lr = float(group.get("lr", 1.0))
     return GroupMap("generic", lr, math.sqrt(lr), 1.0, 0.0)  # μ = 1: no friction
@@ -86,6 +97,7 @@ _MAPS = {
     torch.optim.Adam: _adam,
     torch.optim.AdamW: _adam,
     torch.optim.RMSprop: _rmsprop,
+    InertiaSGD: _inertia_sgd,
 }
 
 
@@ -95,6 +107,11 @@ def group_map(optimizer: torch.optim.Optimizer, group: dict) -> GroupMap:
     if make is None:
         make = next((m for cls, m in _MAPS.items() if isinstance(optimizer, cls)), _generic)
     return make(group, optimizer.state, group["params"])
+
+
+def decided_in_step(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the step itself chooses h and μ (InertiaSGD's brake): read its map after it."""
+    return isinstance(optimizer, InertiaSGD)
 
 
 def metric(optimizer: torch.optim.Optimizer, group: dict, kind: str) -> list[Tensor] | None:

@@ -1,0 +1,228 @@
+"""`InertiaSGD`: the conformal-symplectic heavy ball with an energy brake (THEORY.md §3–4).
+
+Each step, with h = sqrt(lr·s) (s ∈ (0, 1], the brake's step scale) and velocity p = Δθ/h:
+
+    p_{k+1} = μ p_k − h g_k,    θ_{k+1} = θ_k + h p_{k+1},    g = ∇L + wd·θ
+
+the friction flow solved exactly over the step (p ← e^{−γh} p, μ = e^{−γh}) then a kick and a
+drift: conformal symplectic Euler of θ̈ + γθ̇ + ∇L = 0. It is SGD with momentum whose velocity
+is kept in physical units, so K = ½‖p‖² carries over unchanged when a scheduler changes lr.
+
+The shadow energy H̃_k = ½‖p_k‖² + L(θ_k) − ½h⟨p_k, g_k⟩ (conserved exactly by the frictionless
+step on a quadratic, THEORY.md §4) changes over the step by
+
+    ΔH̃_k = −½(1 − μ)⟨p_k, p_k + p_{k+1}⟩ = −½(1 − μ)((1 + μ)‖p_k‖² − h⟨p_k, g_k⟩),
+
+exactly on a quadratic (ΔL by the trapezoid rule, O(h³) otherwise). It needs no loss and no
+closure, and it is known before the step is taken. A stable step dissipates; above the
+heavy-ball threshold h²λ_max > 2(1 + μ) the unstable mode makes H̃ rise.
+
+The brake (FIRE-like): the rises are summed since the lowest point E_min reached since the
+last brake; when the step would lift H̃ more than `tolerance`·(1 − μ)·K_k above E_min (the
+allowance for gradient noise and the trapezoid error, in units of one step's friction), the
+velocity is zeroed (a restart: p_k ← 0, that step is a gradient step from rest) and s ← s·
+`decrease`. After `patience` steps without a brake s grows by `increase` per step back to 1,
+so the scheduler's lr is followed again once the rise has stopped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+
+import torch
+from torch import Tensor
+
+from . import _checks
+from ._distributed import local
+
+
+def _real_in(name: str, value, low: float, high: float, *, open_low=False, open_high=False):
+    x = _checks.real(name, value)
+    bad = (x <= low if open_low else x < low) or (x >= high if open_high else x > high)
+    if bad:
+        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
+        raise _checks.fail(name, f"a number in {lo}{low}, {high}{hi}", value)
+    return x
+
+
+class _Flat:
+    """The velocities of one (device, dtype) bucket of a group's parameters (their local
+    shards under FSDP2) as one flat buffer, whose views are the optimizer state, with a scratch
+    buffer for the gradients: the step's two inner products are two dots, its update two
+    flat kernels."""
+
+    def __init__(self, params: list[Tensor], velocities: list[Tensor]):
+        self.params = params
+        self.sharded = any(local(p) is not p for p in params)
+        shards = [local(p) for p in params]
+        sizes = [t.numel() for t in shards]
+        like = shards[0]
+        self.velocity = torch.zeros(sum(sizes), dtype=like.dtype, device=like.device)
+        self.grad = torch.empty_like(self.velocity)
+        self.velocity_views = [
+            v.view(t.shape) for v, t in zip(self.velocity.split(sizes), shards, strict=True)
+        ]
+        self.grad_views = [
+            v.view(t.shape) for v, t in zip(self.grad.split(sizes), shards, strict=True)
+        ]
+        torch._foreach_copy_(self.velocity_views, velocities)
+
+    def shards(self) -> list[Tensor]:
+        """The parameters' local shards (fetched each step: FSDP2 may swap them)."""
+        return [local(p) for p in self.params] if self.sharded else self.params
+
+
+class InertiaSGD(torch.optim.Optimizer):
+    """Heavy ball p ← μp − h(∇L + wd θ), θ ← θ + hp with h = sqrt(lr·scale), and an energy brake.
+
+    Args:
+        params: parameters or parameter groups (each group may set lr, momentum, weight_decay,
+            restart, tolerance).
+        lr: learning rate η = h² (the step scale s multiplies it while the brake acts).
+        momentum: μ = e^{−γh} ∈ [0, 1), the exact friction factor of one step.
+        restart: use the energy brake; without it this is SGD with momentum (velocity in
+            physical units).
+        weight_decay: wd, coupled: the potential is L + (wd/2)‖θ‖².
+        tolerance: the allowed rise of the shadow energy above its lowest point since the last
+            brake, in units of one step's friction (1 − μ)·K.
+        decrease: factor on the step scale at each brake, in (0, 1).
+        increase: factor per step on the step scale while it recovers, ≥ 1.
+        patience: steps without a brake before the step scale recovers.
+        min_scale: the step scale never drops below this.
+
+    After each step, ``optimizer.state[p]`` holds the velocity and each group holds its ledger:
+    ``h`` (the step taken), ``scale``, ``braked`` (whether this step restarted), ``brakes`` (a
+    count), ``kinetic`` ½‖p_k‖² before the step, ``rise`` its ΔH̃ and ``energy`` Σ ΔH̃ since
+    the last brake (``lowest`` its minimum).
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        momentum: float = 0.9,
+        *,
+        restart: bool = True,
+        weight_decay: float = 0.0,
+        tolerance: float = 0.25,
+        decrease: float = 0.5,
+        increase: float = 1.1,
+        patience: int = 5,
+        min_scale: float = 1e-4,
+    ):
+        defaults = {
+            "lr": _real_in("lr", lr, 0.0, math.inf, open_high=True),
+            "momentum": _real_in("momentum", momentum, 0.0, 1.0, open_high=True),
+            "restart": bool(restart),
+            "weight_decay": _real_in("weight_decay", weight_decay, 0.0, math.inf, open_high=True),
+            "tolerance": _real_in("tolerance", tolerance, 0.0, math.inf, open_high=True),
+            "decrease": _real_in("decrease", decrease, 0.0, 1.0, open_low=True, open_high=True),
+            "increase": _real_in("increase", increase, 1.0, math.inf, open_high=True),
+            "patience": _checks.integer("patience", patience, low=0),
+            "min_scale": _real_in("min_scale", min_scale, 0.0, 1.0, open_low=True),
+        }
+        super().__init__(params, defaults)
+        for group in self.param_groups:
+            for key in ("lr", "momentum", "weight_decay", "tolerance"):
+                _real_in(key, group[key], 0.0, math.inf, open_high=True)
+            _real_in("momentum", group["momentum"], 0.0, 1.0, open_high=True)
+            group.setdefault("scale", 1.0)
+            group.setdefault("calm", 0)
+            group.setdefault("energy", 0.0)
+            group.setdefault("lowest", 0.0)
+            group.setdefault("brakes", 0)
+            group.setdefault("braked", False)
+            group.setdefault("h", math.sqrt(group["lr"]))
+            group.setdefault("kinetic", 0.0)
+            group.setdefault("rise", 0.0)
+        self._flats: dict[int, tuple[tuple, list[_Flat]]] = {}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self._flats.clear()  # the loaded velocities are new tensors: rebuild the flat buffers
+
+    def _buckets(self, index: int, group: dict) -> list[_Flat]:
+        """Flat buffers over the group's parameters that have a gradient, rebuilt when that set
+        changes (a parameter without a gradient keeps its velocity and does not move)."""
+        live = [p for p in group["params"] if p.grad is not None]
+        key = tuple(id(p) for p in live)
+        cached = self._flats.get(index)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        by_kind: dict[tuple, list[Tensor]] = {}
+        for p in live:
+            if p.grad.is_sparse:
+                raise ValueError("InertiaSGD does not support sparse gradients")
+            by_kind.setdefault((p.device, p.dtype), []).append(p)
+        if cached is not None:  # detach the old views from the old flat buffers
+            for flat in cached[1]:
+                for p, v in zip(flat.params, flat.velocity_views, strict=True):
+                    self.state[p]["velocity"] = v.clone()
+        flats = []
+        for params in by_kind.values():
+            velocities = [self.state[p].get("velocity", torch.zeros_like(local(p))) for p in params]
+            flat = _Flat(params, velocities)
+            for p, v in zip(params, flat.velocity_views, strict=True):
+                self.state[p]["velocity"] = v
+            flats.append(flat)
+        self._flats[index] = (key, flats)
+        return flats
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None):
+        """One step; `closure` (optional) re-evaluates the loss, as for any optimizer."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            flats = self._buckets(index, group)
+            if not flats:
+                continue
+            mu, wd = group["momentum"], group["weight_decay"]
+            h = math.sqrt(group["lr"] * group["scale"])
+            shards = [flat.shards() for flat in flats]
+            for flat, params in zip(flats, shards, strict=True):
+                torch._foreach_copy_(flat.grad_views, [local(p.grad) for p in flat.params])
+                if wd:
+                    torch._foreach_add_(flat.grad_views, params, alpha=wd)
+            dots = (
+                torch.stack(
+                    [
+                        torch.stack([f.velocity.dot(f.velocity), f.velocity.dot(f.grad)])
+                        for f in flats
+                    ]
+                )
+                .double()
+                .sum(0)
+            )
+            if any(f.sharded for f in flats):  # FSDP2: the norms are sums over the shards
+                torch.distributed.all_reduce(dots)
+            pp, pg = dots.tolist()
+            rise = -0.5 * (1.0 - mu) * ((1.0 + mu) * pp - h * pg)  # ΔH̃ of this step
+            group["kinetic"], group["rise"] = 0.5 * pp, rise
+            brake = (
+                group["restart"]
+                and pp > 0
+                and group["energy"] + rise - group["lowest"]
+                > group["tolerance"] * (1.0 - mu) * 0.5 * pp
+            )
+            group["braked"] = brake
+            if brake:  # restart: this step starts from rest, so its ΔH̃ is 0
+                group["energy"] = group["lowest"] = 0.0
+                group["brakes"] += 1
+                group["calm"] = 0
+                group["scale"] = max(group["scale"] * group["decrease"], group["min_scale"])
+                h = math.sqrt(group["lr"] * group["scale"])
+            else:
+                group["energy"] += rise
+                group["lowest"] = min(group["lowest"], group["energy"])
+                group["calm"] += 1
+                if group["calm"] > group["patience"]:
+                    group["scale"] = min(1.0, group["scale"] * group["increase"])
+            group["h"] = h
+            for flat, params in zip(flats, shards, strict=True):
+                flat.velocity.mul_(0.0 if brake else mu).add_(flat.grad, alpha=-h)
+                torch._foreach_add_(params, flat.velocity_views, alpha=h)
+        return loss
