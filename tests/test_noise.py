@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import warnings
-
 import pytest
 import torch
 
@@ -152,52 +149,3 @@ def test_noise_floor_needs_an_estimate_and_rows():
         InertiaMonitor(opt, noise="magic")
     with pytest.raises(ValueError, match="at least 4 rows"):
         InertiaMonitor(opt, noise="fluctuation").noise_floor()
-
-
-@pytest.mark.parametrize("factor", [1.03, 1.05])
-def test_alarm_fires_before_full_batch_gradient_descent_blows_up(factor):
-    """Experimental alarm, where it is validated: full batch, no momentum, λmax known."""
-    x, y, best = regression()
-    hessian = x.T @ x / len(y)
-    lam, vecs = torch.linalg.eigh(hessian)
-    lr = factor * 2 / float(lam.max())
-    theta = torch.nn.Parameter(best + 2.0 * vecs[:, 0] + 1e-3 * vecs[:, -1])
-    opt = torch.optim.SGD([theta], lr=lr)
-    alarms = []
-    monitor = InertiaMonitor(opt, alarm=True, on_alarm=alarms.append)
-    start = full_loss(x, y, theta.detach()) - full_loss(x, y, best)
-    blow_up = None
-    with warnings.catch_warnings(record=True):
-        for k in range(400):
-            opt.zero_grad()
-            loss = 0.5 * ((x @ theta - y) ** 2).mean()
-            loss.backward()
-            monitor.observe(loss)
-            opt.step()
-            if (
-                blow_up is None
-                and full_loss(x, y, theta.detach()) - full_loss(x, y, best) > 10 * start
-            ):
-                blow_up = k
-    assert blow_up is not None and alarms and alarms[0]["step"] <= blow_up
-    assert alarms[0]["margin"] > 1
-    # once the unstable mode dominates the motion, the margin is the learning rate's factor
-    assert float(monitor.ledger["margin"][-1]) == pytest.approx(factor, rel=1e-3)
-
-
-def test_alarm_stays_silent_below_the_threshold():
-    x, y, best = regression()
-    lam = torch.linalg.eigvalsh(x.T @ x / len(y))
-    theta = torch.nn.Parameter(best + 1.0)
-    opt = torch.optim.SGD([theta], lr=0.8 * 2 / float(lam.max()))
-    monitor = InertiaMonitor(opt, alarm=True)
-    for _ in range(300):
-        opt.zero_grad()
-        loss = 0.5 * ((x @ theta - y) ** 2).mean()
-        loss.backward()
-        monitor.observe(loss)
-        opt.step()
-    margins = monitor.ledger["margin"]
-    assert int(monitor.ledger["alarm"].sum()) == 0
-    assert float(margins[torch.isfinite(margins)].max()) <= 0.8 + 1e-9
-    assert not math.isnan(float(margins[-1]))

@@ -53,6 +53,7 @@ MONITOR_COLUMNS = (
 )
 OK, NONFINITE, SKIPPED = 0, 1, 2
 CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
+ALARM_Z = 2.0  # the margin must exceed 1 by this many noise standard errors
 F64 = torch.float64
 
 
@@ -159,7 +160,7 @@ class InertiaMonitor:
         history: int | None = None,
         noise: str | None = None,
         alarm: bool = False,
-        alarm_patience: int = 2,
+        alarm_patience: int = 1,
         on_alarm: Callable[[dict], None] | None = None,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
@@ -202,7 +203,8 @@ class InertiaMonitor:
         groups = len(self._groups)
         self._last_noise = [math.nan] * groups  # tr(C)/B at the last row, per group
         self._grad_dot_before = [0.0] * groups  # ⟨−Δθ, g⟩ with the step's own gradient
-        self._curvature = [[0.0, 0.0] for _ in range(groups)]  # EMA of ⟨Δg, Δθ⟩ and ‖Δθ‖²
+        # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group
+        self._curvature = [[0.0, 0.0, 0.0] for _ in range(groups)]
         self._above = 0  # rows in a row with margin > 1
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
@@ -458,8 +460,12 @@ class InertiaMonitor:
         grad_dot_before = local[3 + 2 * g : 3 + 3 * g]
         delta_sq = local[3 + 3 * g : 3 + 4 * g]
         noise = local[3 + 4 * g :]
-        margin = self._margin(now, grad_dot, grad_dot_before, delta_sq) if self.alarm else math.nan
-        self._above = self._above + 1 if margin > 1 else 0
+        margin, stderr = (
+            self._margin(now, grad_dot, grad_dot_before, delta_sq)
+            if self.alarm
+            else (math.nan, math.nan)
+        )
+        self._above = self._above + 1 if margin - ALARM_Z * stderr > 1 else 0
         alarm = int(self._above >= self.alarm_patience)
         kinetic = sum(kinetic_groups)
         potential = loss + decay
@@ -528,28 +534,37 @@ class InertiaMonitor:
         )
         return heat * self.every
 
-    def _margin(self, now, grad_dot, grad_dot_before, delta_sq) -> float:
-        """Stability margin max_groups h²λ̂/(2(1 + μ)) (THEORY.md §4: stable iff < 1).
+    def _margin(self, now, grad_dot, grad_dot_before, delta_sq) -> tuple[float, float]:
+        """Stability margin max_groups h²λ̂/(2(1 + μ)) (THEORY.md §4: stable iff < 1) and the
+        margin's noise standard error in that group.
 
-        λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², with the bias
-        h²·tr(C)/B that the step's own gradient noise puts into the numerator removed (when a
-        noise estimate exists), plus wd; numerator and denominator are averaged over rows
-        (exponentially, weight ½) so that a single noisy step does not decide.
+        λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd. With a
+        noise estimate, the bias h²·tr(C)/B that the step's own gradient noise puts into the
+        numerator is removed, and the numerator's noise variance 2‖Δθ‖²·tr(C)/B (a bound:
+        ΔθᵀCΔθ ≤ ‖Δθ‖² tr C) gives the standard error. Numerator, denominator and variance are
+        averaged over rows (exponentially, weight ½) so that a single noisy step does not decide.
         """
         if not self._has_delta or self._maps is None:
-            return math.nan
-        margins = []
+            return math.nan, math.nan
+        best = (math.nan, math.nan)
+        w = CURVATURE_MEMORY
         for i, (m, step_map) in enumerate(zip(now, self._maps, strict=True)):
             numerator = grad_dot_before[i] - grad_dot[i]  # ⟨g_k − g_{k−1}, Δθ_{k−1}⟩
+            variance = 0.0
             if math.isfinite(self._last_noise[i]):
                 numerator -= step_map.h * step_map.h * self._last_noise[i]
+                variance = 2.0 * delta_sq[i] * self._last_noise[i]
             numerator += m.weight_decay * delta_sq[i]
             ema = self._curvature[i]
-            ema[0] = CURVATURE_MEMORY * ema[0] + (1 - CURVATURE_MEMORY) * numerator
-            ema[1] = CURVATURE_MEMORY * ema[1] + (1 - CURVATURE_MEMORY) * delta_sq[i]
+            ema[0] = w * ema[0] + (1 - w) * numerator
+            ema[1] = w * ema[1] + (1 - w) * delta_sq[i]
+            ema[2] = w * w * ema[2] + (1 - w) ** 2 * variance
             if ema[1] > 0 and math.isfinite(m.h) and m.momentum < 1:
-                margins.append(m.h * m.h * (ema[0] / ema[1]) / (2.0 * (1.0 + m.momentum)))
-        return max(margins) if margins else math.nan
+                scale = m.h * m.h / (2.0 * (1.0 + m.momentum) * ema[1])
+                margin = scale * ema[0]
+                if not margin <= best[0]:  # the largest margin, NaN-safe
+                    best = (margin, scale * math.sqrt(ema[2]))
+        return best
 
     def _friction(self, kinetic_now: list[float]) -> float:
         """Energy removed by friction since the last row (THEORY.md §4: (1 − μ²) of K a step)."""
