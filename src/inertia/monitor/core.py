@@ -193,6 +193,7 @@ class InertiaMonitor:
         self._maps: list[maps.GroupMap] | None = None  # of the last step taken
         self._maps_before: list[maps.GroupMap] | None = None  # of the step before it
         self._has_delta = False
+        self._buffer_is_delta = False  # the buffers hold −Δθ of the last step (until a snapshot)
         self._noise = estimator(noise, self._groups)
         self.noise = noise
         self.alarm = bool(alarm)
@@ -224,7 +225,8 @@ class InertiaMonitor:
         if not accumulate and self._loss_count:
             self._book_row(self._maps_now(), SKIPPED)
         if self._noise is not None:
-            self._noise.observe(self._groups, per_sample)
+            along = [g.buffer for g in self._groups] if self._buffer_is_delta else None
+            self._noise.observe(self._groups, per_sample, along)
         value = loss.detach().to(F64) if isinstance(loss, Tensor) else float(loss)
         self._loss_sum = self._loss_sum + value
         self._loss_count += 1
@@ -304,6 +306,7 @@ class InertiaMonitor:
             "maps": _plain(self._maps),
             "maps_before": _plain(self._maps_before),
             "has_delta": self._has_delta,
+            "buffer_is_delta": self._buffer_is_delta,
             "buffers": [g.buffer.clone() for g in self._groups],
             "norms": [(g.delta_sq, g.theta_sq) for g in self._groups],
             "noise": list(self._last_noise),
@@ -326,6 +329,7 @@ class InertiaMonitor:
         self._kinetic_local = list(state["kinetic_local"])
         self._maps, self._maps_before = _maps_of(state["maps"]), _maps_of(state["maps_before"])
         self._has_delta = state["has_delta"]
+        self._buffer_is_delta = state.get("buffer_is_delta", False)
         for group, buffer, (delta_sq, theta_sq) in zip(
             self._groups, state["buffers"], state["norms"], strict=True
         ):
@@ -371,6 +375,7 @@ class InertiaMonitor:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
         self._step_maps = self._maps_now()  # before the step: Adam's h depends on its count
         self._snapshot_taken = (self.step + 1) % self.every == 0
+        self._buffer_is_delta = False
         if self.step % self.every == 0:
             self._book_row(self._step_maps, OK, snapshot=self._snapshot_taken)
         else:  # a step between rows consumes its loss unbooked
@@ -393,6 +398,7 @@ class InertiaMonitor:
                 sq = group.delta_sq if m is None else _dot(delta * delta, group.load_scratch(m))
                 self._kinetic_local[i] = 0.5 * sq / (gmap.h * gmap.h) if gmap.h > 0 else 0.0
             self._has_delta = True
+        self._buffer_is_delta = self._snapshot_taken
         self._maps_before, self._maps = self._maps, self._step_maps
         self.step += 1
 
@@ -428,12 +434,12 @@ class InertiaMonitor:
             decay += 0.5 * m.weight_decay * theta_sq
             if self._has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
                 shadow += 0.25 * m.weight_decay * (before - theta_sq - group.delta_sq)
-        noise = (
+        g = len(self._groups)
+        noise, along = (
             self._noise.take(self._groups, grad_sq)
             if self._noise is not None
-            else [math.nan] * len(now)
+            else ([math.nan] * g, [math.nan] * g)
         )
-        g = len(self._groups)
         local = [
             float(loss),
             decay,
@@ -443,25 +449,27 @@ class InertiaMonitor:
             *self._grad_dot_before,
             *(gr.delta_sq for gr in self._groups),
             *noise,
+            *along,
         ]
         if self._world > 1:
             packed = torch.tensor([*local, 1.0], dtype=F64)
-            shared = slice(1, len(local) - (0 if fluctuation else g))  # replicated: count once
+            per_rank = 0 if fluctuation else 2 * g  # the noise estimates, one per rank
+            shared = slice(1, len(local) - per_rank)  # replicated: count once
             if not self._sharded and self._rank != 0:
                 packed[shared] = 0.0
             torch.distributed.all_reduce(packed)
             packed[0] /= packed[-1]  # mean loss over ranks
-            if not fluctuation:  # per-rank estimates of tr(C)/B_local: mean ÷ world = tr(C)/B
-                packed[len(local) - g : len(local)] /= self._world * self._world
+            # per-rank estimates of tr(C)/B_local: their mean ÷ world = tr(C)/B
+            packed[len(local) - per_rank : len(local)] /= self._world * self._world
             local = packed[:-1].tolist()
         loss, decay, shadow = local[:3]
         kinetic_groups = local[3 : 3 + g]
         grad_dot = local[3 + g : 3 + 2 * g]
         grad_dot_before = local[3 + 2 * g : 3 + 3 * g]
         delta_sq = local[3 + 3 * g : 3 + 4 * g]
-        noise = local[3 + 4 * g :]
+        noise, along = local[3 + 4 * g : 3 + 5 * g], local[3 + 5 * g :]
         margin, stderr = (
-            self._margin(now, grad_dot, grad_dot_before, delta_sq)
+            self._margin(now, grad_dot, grad_dot_before, delta_sq, along)
             if self.alarm
             else (math.nan, math.nan)
         )
@@ -534,15 +542,16 @@ class InertiaMonitor:
         )
         return heat * self.every
 
-    def _margin(self, now, grad_dot, grad_dot_before, delta_sq) -> tuple[float, float]:
+    def _margin(self, now, grad_dot, grad_dot_before, delta_sq, along) -> tuple[float, float]:
         """Stability margin max_groups h²λ̂/(2(1 + μ)) (THEORY.md §4: stable iff < 1) and the
         margin's noise standard error in that group.
 
         λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd. With a
         noise estimate, the bias h²·tr(C)/B that the step's own gradient noise puts into the
-        numerator is removed, and the numerator's noise variance 2‖Δθ‖²·tr(C)/B (a bound:
-        ΔθᵀCΔθ ≤ ‖Δθ‖² tr C) gives the standard error. Numerator, denominator and variance are
-        averaged over rows (exponentially, weight ½) so that a single noisy step does not decide.
+        numerator is removed, and the numerator's noise variance, 2Δθᵀ(C/B)Δθ (two independent
+        gradients), gives the standard error; where the estimate has no direction
+        ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. Numerator, denominator and variance
+        are averaged over rows (exponentially, weight ½) so that a single step does not decide.
         """
         if not self._has_delta or self._maps is None:
             return math.nan, math.nan
@@ -553,7 +562,8 @@ class InertiaMonitor:
             variance = 0.0
             if math.isfinite(self._last_noise[i]):
                 numerator -= step_map.h * step_map.h * self._last_noise[i]
-                variance = 2.0 * delta_sq[i] * self._last_noise[i]
+                bound = delta_sq[i] * self._last_noise[i]
+                variance = 2.0 * (along[i] if math.isfinite(along[i]) else bound)
             numerator += m.weight_decay * delta_sq[i]
             ema = self._curvature[i]
             ema[0] = w * ema[0] + (1 - w) * numerator

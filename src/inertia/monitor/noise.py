@@ -9,6 +9,9 @@ parameter group (THEORY.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
   gradient is a sum of m independent increments d_j, so its variance is m·Var(d).
 - "fluctuation": no extra work, ‖g_B‖² of the step: tr(C)/B + ‖∇L‖², so an upper bound that is
   tight at stationarity, where ∇L ≈ 0.
+
+"per_sample" and "microbatch" also give the noise along the last step, Δθᵀ(C/B)Δθ (the
+stability margin's error, `InertiaMonitor._margin`); "fluctuation" cannot (NaN).
 """
 
 from __future__ import annotations
@@ -23,14 +26,23 @@ KINDS = ("per_sample", "microbatch", "fluctuation")
 
 
 class NoiseEstimator:
-    """Collects per-group noise between rows; `take` returns tr(C)/B per group and resets."""
+    """Collects per-group noise between rows; `take` returns it and resets."""
 
-    def observe(self, groups, per_sample: Tensor | None) -> None:
-        """Called by `InertiaMonitor.observe`."""
+    def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
+        """Called by `InertiaMonitor.observe`; `along`: each group's last step Δθ (flat), if
+        one was measured."""
 
-    def take(self, groups, grad_sq: list[float]) -> list[float]:
-        """tr(C)/B per group since the last row (`grad_sq`: ‖g_B‖² of the step's gradient)."""
+    def take(self, groups, grad_sq: list[float]) -> tuple[list[float], list[float]]:
+        """tr(C)/B and Δθᵀ(C/B)Δθ per group since the last row (`grad_sq`: ‖g_B‖² of the
+        step's gradient)."""
         raise NotImplementedError
+
+
+def _mean(sums: list[list[float]] | None, count: int, groups) -> list[list[float]]:
+    """The running sums of (trace, along) averaged over `count` observations."""
+    if sums is None:
+        return [[math.nan] * len(groups), [math.nan] * len(groups)]
+    return [[x / count for x in column] for column in sums]
 
 
 class PerSample(NoiseEstimator):
@@ -38,7 +50,7 @@ class PerSample(NoiseEstimator):
         self._sums: list[float] | None = None
         self._count = 0
 
-    def observe(self, groups, per_sample: Tensor | None) -> None:
+    def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
         if per_sample is None:
             raise ValueError(
                 "per_sample: noise='per_sample' needs observe(loss, per_sample=losses)"
@@ -56,61 +68,87 @@ class PerSample(NoiseEstimator):
             retain_graph=True,
             allow_unused=True,
         )
-        sums, i = [], 0
-        for group in groups:
-            total = 0.0
-            for _ in group.params:
+        traces, alongs, i = [], [], 0
+        for k, group in enumerate(groups):
+            trace, projection = 0.0, torch.zeros(batch, dtype=F64)
+            direction = along[k].split([p.numel() for p in group.params]) if along else None
+            for j, _ in enumerate(group.params):
                 g = grads[i]
                 i += 1
                 if g is not None:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
-                    flat = g.reshape(batch, -1).to(F64)
-                    total += float((flat - flat.mean(0)).square().sum()) / (batch - 1) / batch
-            sums.append(total)
+                    centred = g.reshape(batch, -1).to(F64)
+                    centred = centred - centred.mean(0)
+                    trace += float(centred.square().sum()) / (batch - 1) / batch
+                    if direction is not None:
+                        projection += centred @ direction[j]
+            traces.append(trace)
+            alongs.append(
+                float(projection.square().sum()) / (batch - 1) / batch if along else math.nan
+            )
+        new = [traces, alongs]
         self._sums = (
-            sums if self._sums is None else [a + b for a, b in zip(self._sums, sums, strict=True)]
+            new
+            if self._sums is None
+            else [
+                [a + b for a, b in zip(x, y, strict=True)]
+                for x, y in zip(self._sums, new, strict=True)
+            ]
         )
         self._count += 1
 
-    def take(self, groups, grad_sq) -> list[float]:
-        if self._sums is None:
-            return [math.nan] * len(groups)
-        out = [s / self._count for s in self._sums]
+    def take(self, groups, grad_sq):
+        out = _mean(self._sums, self._count, groups)
         self._sums, self._count = None, 0
-        return out
+        return out[0], out[1]
 
 
 class MicroBatch(NoiseEstimator):
     def __init__(self, groups):
         self._previous = [torch.zeros_like(g.buffer) for g in groups]
         self._square = [0.0] * len(groups)
+        self._projected = [[0.0, 0.0] for _ in groups]  # Σ⟨d_j, Δθ⟩, Σ⟨d_j, Δθ⟩²
+        self._along = False
         self._count = 0
 
-    def observe(self, groups, per_sample: Tensor | None) -> None:
+    def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
+        self._along = along is not None
         for i, group in enumerate(groups):
             flat = group.load_scratch(group.grads())
-            self._square[i] += float(torch.dot(flat - self._previous[i], flat - self._previous[i]))
+            increment = flat - self._previous[i]
+            self._square[i] += float(torch.dot(increment, increment))
+            if along is not None:
+                p = float(torch.dot(increment, along[i]))
+                self._projected[i][0] += p
+                self._projected[i][1] += p * p
             self._previous[i].copy_(flat)
         self._count += 1
 
-    def take(self, groups, grad_sq) -> list[float]:
+    def take(self, groups, grad_sq):
         m = self._count
-        out = []
+        traces, alongs = [], []
         for i in range(len(groups)):
             total = self._previous[i]  # Σ d_j: the accumulated gradient
             if m < 2:
-                out.append(math.nan)
-            else:
+                traces.append(math.nan)
+                alongs.append(math.nan)
+            else:  # the variance of the sum of m increments: m·Var(d)
                 var = (self._square[i] - float(torch.dot(total, total)) / m) / (m - 1)
-                out.append(m * var)
+                traces.append(m * var)
+                first, second = self._projected[i]
+                alongs.append(
+                    m * (second - first * first / m) / (m - 1) if self._along else math.nan
+                )
             self._previous[i].zero_()
             self._square[i] = 0.0
+            self._projected[i] = [0.0, 0.0]
         self._count = 0
-        return out
+        return traces, alongs
 
 
 class Fluctuation(NoiseEstimator):
-    def take(self, groups, grad_sq) -> list[float]:
-        return list(grad_sq)  # ‖g_B‖² per group, computed by the monitor with the step's gradient
+    def take(self, groups, grad_sq):
+        # ‖g_B‖² per group, computed by the monitor with the step's gradient; nothing along Δθ
+        return list(grad_sq), [math.nan] * len(groups)
 
 
 def estimator(kind: str | None, groups) -> NoiseEstimator | None:
