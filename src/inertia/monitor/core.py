@@ -227,8 +227,12 @@ class InertiaMonitor:
         if self._noise is not None:
             along = [g.buffer for g in self._groups] if self._buffer_is_delta else None
             self._noise.observe(self._groups, per_sample, along)
-        value = loss.detach().to(F64) if isinstance(loss, Tensor) else float(loss)
-        self._loss_sum = self._loss_sum + value
+        value = loss.detach() if isinstance(loss, Tensor) else float(loss)
+        if self._loss_count:  # micro-batches: summed in float64
+            value = value.to(F64) if isinstance(value, Tensor) else value
+            self._loss_sum = self._loss_sum + value
+        else:
+            self._loss_sum = value
         self._loss_count += 1
 
     def noise_floor(self, last: int | None = None) -> dict[str, float]:
@@ -389,7 +393,9 @@ class InertiaMonitor:
             self._step_maps = self._maps_now()
         if self._snapshot_taken:
             for i, (group, gmap) in enumerate(zip(self._groups, self._step_maps, strict=True)):
-                torch._foreach_sub_(group.views, group.local_params())  # buffer = −Δθ
+                # buffer = θ_k − θ_{k+1} = −Δθ (a float64 copy, then one flat kernel: faster
+                # than a mixed-dtype foreach subtraction)
+                group.buffer.sub_(group.load_scratch(group.local_params()))
                 m = maps.metric(optimizer, optimizer.param_groups[i], gmap.kind)
                 delta = group.buffer
                 group.delta_sq = _dot(delta, delta)
@@ -407,7 +413,7 @@ class InertiaMonitor:
     def _book_row(self, now: list[maps.GroupMap], flag: int, *, snapshot: bool = False) -> None:
         """Close row `self.step`: energies at θ_step and the books since the last row; with
         `snapshot`, leave θ_step in the buffers for the step's velocity."""
-        loss = self._loss_sum / self._loss_count if self._loss_count else math.nan
+        loss = float(self._loss_sum) / self._loss_count if self._loss_count else math.nan
         self._loss_sum, self._loss_count = 0.0, 0
         decay = shadow = 0.0
         grad_dot, grad_sq = [0.0] * len(now), [math.nan] * len(now)
@@ -517,8 +523,10 @@ class InertiaMonitor:
             flag,
         )
         self._rows.append(row)
-        record = dict(zip(MONITOR_COLUMNS, row, strict=True))
-        if alarm and self._above == self.alarm_patience:
+        writes = self._rank == 0 and self.sinks
+        fired = alarm and self._above == self.alarm_patience
+        record = dict(zip(MONITOR_COLUMNS, row, strict=True)) if writes or fired else None
+        if fired:
             warnings.warn(
                 f"inertia: stability margin {margin:.3g} > 1 for {self._above} rows at step "
                 f"{self.step}: the learning rate is above the heavy-ball threshold",
@@ -527,7 +535,7 @@ class InertiaMonitor:
             )
             if self.on_alarm is not None:
                 self.on_alarm(record)
-        if self._rank == 0 and self.sinks:
+        if writes:
             for sink in self.sinks:
                 sink.write(record)
 
