@@ -5,9 +5,11 @@ blocks with and without the monitor alternate, and the ratio of the medians is p
 
     python benchmarks/monitor_overhead.py [--blocks 15] [--block-steps 100] [--every 1]
                                           [--noise {microbatch,fluctuation,per_sample}]
+                                          [--optimizer {sgd,inertia}]
 
 With --noise the monitored run also estimates the gradient noise; with microbatch both runs
-split each batch of 64 into 2 micro-batches (gradient accumulation).
+split each batch of 64 into 2 micro-batches (gradient accumulation). With --optimizer inertia
+both runs use InertiaSGD, whose report the monitor books without touching the parameters.
 """
 
 from __future__ import annotations
@@ -20,6 +22,9 @@ import torch
 from sklearn.datasets import load_digits
 
 from inertia import InertiaMonitor
+from inertia.optim import InertiaSGD
+
+OPTIMIZERS = {"sgd": torch.optim.SGD, "inertia": InertiaSGD}
 
 
 def digits(batch: int):
@@ -60,11 +65,18 @@ class Run:
     """One model, optimizer and data stream; `monitor=True` attaches an InertiaMonitor."""
 
     def __init__(
-        self, make_model, *, monitor: bool, every: int, noise: str | None = None, batch: int = 64
+        self,
+        make_model,
+        *,
+        monitor: bool,
+        every: int,
+        noise: str | None = None,
+        batch: int = 64,
+        optimizer: str = "sgd",
     ):
         torch.manual_seed(0)
         self.model = make_model()
-        self.opt = torch.optim.SGD(
+        self.opt = OPTIMIZERS[optimizer](
             self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4
         )
         self.noise = noise
@@ -99,10 +111,11 @@ def main() -> None:
     parser.add_argument(
         "--noise", choices=("microbatch", "fluctuation", "per_sample"), default=None
     )
+    parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
     args = parser.parse_args()
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, "
-        f"SGD momentum 0.9, "
+        f"{args.optimizer} momentum 0.9, "
         f"every={args.every}, noise={args.noise}, {args.blocks} blocks of {args.block_steps} "
         "steps each way"
     )
@@ -112,8 +125,8 @@ def main() -> None:
     )
     for name, make in (("MLP", mlp), ("CNN", cnn)):
         plain, monitored = (
-            Run(make, monitor=False, every=args.every, noise=args.noise),
-            Run(make, monitor=True, every=args.every, noise=args.noise),
+            Run(make, monitor=False, every=args.every, noise=args.noise, optimizer=args.optimizer),
+            Run(make, monitor=True, every=args.every, noise=args.noise, optimizer=args.optimizer),
         )
         plain.steps(50), monitored.steps(50)  # warm up
         t_plain, t_mon = [], []

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -239,6 +240,38 @@ def test_monitor_reads_its_ledger_through_brakes_and_a_schedule():
     torch.testing.assert_close(led["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-10, atol=0)
     dissipated = torch.tensor([0.0, *friction[:-1]], dtype=F64).cumsum(0)
     torch.testing.assert_close(led["dissipated"], dissipated, rtol=1e-10, atol=1e-12 * scale)
+
+
+def test_monitor_books_from_the_report_what_it_measures_from_the_parameters():
+    """The monitor reads InertiaSGD's report (no pass over the parameters); with the alarm on
+    it measures Δθ from its own buffers instead. Both ledgers agree, brakes, weight decay,
+    parameter groups and a schedule included."""
+    torch.manual_seed(0)
+    a = torch.nn.Parameter(torch.ones(20, dtype=F64))
+    b = torch.nn.Parameter(0.5 * torch.randn(3, dtype=F64))
+    opt = InertiaSGD(
+        [{"params": [a], "weight_decay": 0.05}, {"params": [b], "lr": 0.3}],
+        lr=1.5 * threshold(0.9),
+        momentum=0.9,
+    )
+    sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
+    reported, measured = InertiaMonitor(opt), InertiaMonitor(opt, alarm=True)
+    assert reported._reported and not measured._reported
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for _ in range(120):
+            opt.zero_grad()
+            loss = quadratic(a) + (b**2).sum() + 0.1 * (b**4).sum()
+            loss.backward()
+            reported.observe(loss)
+            measured.observe(loss)
+            opt.step()
+            sched.step()
+    assert opt.param_groups[0]["brakes"] > 0
+    one, two = reported.ledger, measured.ledger
+    scale = float(two["inertia"].abs().max())
+    for name in ("kinetic", "potential", "inertia", "dissipated", "residual", "shadow"):
+        torch.testing.assert_close(one[name], two[name], rtol=1e-10, atol=1e-12 * scale, msg=name)
 
 
 @pytest.mark.parametrize(

@@ -93,8 +93,10 @@ class InertiaSGD(torch.optim.Optimizer):
 
     After each step, ``optimizer.state[p]`` holds the velocity and each group holds its ledger:
     ``h`` (the step taken), ``scale``, ``braked`` (whether this step restarted), ``brakes`` (a
-    count), ``kinetic`` ½‖p_k‖² before the step, ``rise`` its ΔH̃ and ``energy`` Σ ΔH̃ since
-    the last brake (``lowest`` its minimum).
+    count), ``kinetic`` ½‖p_k‖² before the step, ``power`` ⟨p_k, g_k⟩, ``theta_sq`` ‖θ_k‖² (with
+    weight decay), ``h_before`` the h that produced p_k, ``rise`` the step's ΔH̃ and ``energy``
+    Σ ΔH̃ since the last brake (``lowest`` its minimum): `InertiaMonitor` books its rows from
+    these, with no pass of its own over the parameters.
     """
 
     def __init__(
@@ -136,7 +138,25 @@ class InertiaSGD(torch.optim.Optimizer):
             group.setdefault("h", math.sqrt(group["lr"]))
             group.setdefault("kinetic", 0.0)
             group.setdefault("rise", 0.0)
+            group.setdefault("power", 0.0)
+            group.setdefault("theta_sq", 0.0)
+            group.setdefault("h_before", group["h"])
         self._flats: dict[int, tuple[tuple, list[_Flat]]] = {}
+
+    @torch.no_grad()
+    def kinetic_energy(self) -> list[float]:
+        """½‖p‖² of each group's current velocity (summed over FSDP2 shards)."""
+        out = []
+        for group in self.param_groups:
+            velocities = [self.state[p]["velocity"] for p in group["params"] if p in self.state]
+            norms = torch._foreach_norm(velocities, 2) if velocities else []
+            total = (
+                torch.stack([n.double() ** 2 for n in norms]).sum() if norms else torch.zeros(())
+            )
+            if any(local(p) is not p for p in group["params"]):
+                torch.distributed.all_reduce(total)
+            out.append(0.5 * float(total))
+        return out
 
     def load_state_dict(self, state_dict: dict) -> None:
         super().load_state_dict(state_dict)
@@ -187,21 +207,22 @@ class InertiaSGD(torch.optim.Optimizer):
                 torch._foreach_copy_(flat.grad_views, [local(p.grad) for p in flat.params])
                 if wd:
                     torch._foreach_add_(flat.grad_views, params, alpha=wd)
-            dots = (
-                torch.stack(
-                    [
-                        torch.stack([f.velocity.dot(f.velocity), f.velocity.dot(f.grad)])
-                        for f in flats
-                    ]
-                )
-                .double()
-                .sum(0)
-            )
+            sums = [f.velocity.dot(f.velocity) for f in flats] + [
+                f.velocity.dot(f.grad) for f in flats
+            ]
+            if wd:  # ‖θ‖² for the monitor's potential L + (wd/2)‖θ‖²
+                norms = torch._foreach_norm([local(p) for p in group["params"]], 2)
+                sums += torch._foreach_pow(norms, 2)
+            dots = torch.stack([x.double() for x in sums])
             if any(f.sharded for f in flats):  # FSDP2: the norms are sums over the shards
                 torch.distributed.all_reduce(dots)
-            pp, pg = dots.tolist()
+            n = len(flats)
+            pp, pg = float(dots[:n].sum()), float(dots[n : 2 * n].sum())
             rise = -0.5 * (1.0 - mu) * ((1.0 + mu) * pp - h * pg)  # ΔH̃ of this step
-            group["kinetic"], group["rise"] = 0.5 * pp, rise
+            # the step's report, read by InertiaMonitor: K of θ_k, ⟨p_k, g_k⟩ and ‖θ_k‖²
+            group["kinetic"], group["power"], group["rise"] = 0.5 * pp, pg, rise
+            group["theta_sq"] = float(dots[2 * n :].sum()) if wd else 0.0
+            group["h_before"] = group["h"]  # the h that produced p_k
             brake = (
                 group["restart"]
                 and pp > 0

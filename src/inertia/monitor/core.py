@@ -194,6 +194,7 @@ class InertiaMonitor:
         self._maps_before: list[maps.GroupMap] | None = None  # of the step before it
         self._has_delta = False
         self._buffer_is_delta = False  # the buffers hold −Δθ of the last step (until a snapshot)
+        self._snapshot_taken = False  # the step under way is measured
         self._noise = estimator(noise, self._groups)
         self.noise = noise
         self.alarm = bool(alarm)
@@ -207,6 +208,9 @@ class InertiaMonitor:
         # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group
         self._curvature = [[0.0, 0.0, 0.0] for _ in range(groups)]
         self._above = 0  # rows in a row with margin > 1
+        # An optimizer that reports its energies (InertiaSGD) is booked from its report, with no
+        # pass over the parameters, unless the alarm or a noise estimate needs the buffers.
+        self._reported = maps.reports_energy(optimizer) and not self.alarm and noise is None
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -377,6 +381,8 @@ class InertiaMonitor:
 
     def _open_step(self) -> None:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
+        if self._reported:  # the row is booked after the step, from the optimizer's report
+            return
         self._step_maps = self._maps_now()  # before the step: Adam's h depends on its count
         self._snapshot_taken = (self.step + 1) % self.every == 0
         self._buffer_is_delta = False
@@ -389,9 +395,15 @@ class InertiaMonitor:
                     group.snapshot()
 
     def _after_step(self, optimizer, args, kwargs) -> None:
-        if maps.decided_in_step(optimizer):
+        if maps.reports_energy(optimizer):  # h and μ are decided in the step: read them now
             self._step_maps = self._maps_now()
-        if self._snapshot_taken:
+        if self._reported:
+            if self.step % self.every == 0:
+                self._book_row(self._step_maps, OK)
+            else:
+                self._loss_sum, self._loss_count = 0.0, 0
+            self._has_delta = True
+        elif self._snapshot_taken:
             for i, (group, gmap) in enumerate(zip(self._groups, self._step_maps, strict=True)):
                 # buffer = θ_k − θ_{k+1} = −Δθ (a float64 copy, then one flat kernel: faster
                 # than a mixed-dtype foreach subtraction)
@@ -418,28 +430,10 @@ class InertiaMonitor:
         decay = shadow = 0.0
         grad_dot, grad_sq = [0.0] * len(now), [math.nan] * len(now)
         fluctuation = self.noise == "fluctuation"
-        for i, (group, m) in enumerate(zip(self._groups, now, strict=True)):
-            if self._has_delta or fluctuation:
-                grads = group.load_scratch(group.grads())
-                if self._has_delta:  # buffer = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
-                    grad_dot[i] = _dot(group.buffer, grads)
-                    shadow += 0.5 * grad_dot[i]
-                if fluctuation:
-                    grad_sq[i] = _dot(grads, grads)
-            if not m.weight_decay:
-                if snapshot:
-                    group.snapshot()
-                continue
-            before = group.theta_sq  # ‖θ_{k−1}‖² (at the last snapshot)
-            if snapshot:
-                group.snapshot()
-                theta_sq = group.theta_sq
-            else:
-                norms = torch._foreach_norm(group.local_params(), 2, dtype=F64)
-                theta_sq = float(torch.stack(norms).square().sum()) if norms else 0.0
-            decay += 0.5 * m.weight_decay * theta_sq
-            if self._has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
-                shadow += 0.25 * m.weight_decay * (before - theta_sq - group.delta_sq)
+        if self._reported:
+            decay, shadow = self._read_report(now, after_step=flag != SKIPPED)
+        else:
+            decay, shadow = self._measure(now, snapshot, grad_dot, grad_sq, fluctuation)
         g = len(self._groups)
         noise, along = (
             self._noise.take(self._groups, grad_sq)
@@ -461,7 +455,8 @@ class InertiaMonitor:
             packed = torch.tensor([*local, 1.0], dtype=F64)
             per_rank = 0 if fluctuation else 2 * g  # the noise estimates, one per rank
             shared = slice(1, len(local) - per_rank)  # replicated: count once
-            if not self._sharded and self._rank != 0:
+            replicated = not self._sharded or self._reported  # a report is already global
+            if replicated and self._rank != 0:
                 packed[shared] = 0.0
             torch.distributed.all_reduce(packed)
             packed[0] /= packed[-1]  # mean loss over ranks
@@ -538,6 +533,51 @@ class InertiaMonitor:
         if writes:
             for sink in self.sinks:
                 sink.write(record)
+
+    def _measure(self, now, snapshot, grad_dot, grad_sq, fluctuation) -> tuple[float, float]:
+        """Energies at θ_k from the buffers (buffer = −Δθ_{k−1} when measured): fills
+        `grad_dot` ⟨−Δθ, ∇L⟩ and `grad_sq` ‖g‖² per group; returns (decay, shadow term)."""
+        decay = shadow = 0.0
+        for i, (group, m) in enumerate(zip(self._groups, now, strict=True)):
+            if self._has_delta or fluctuation:
+                grads = group.load_scratch(group.grads())
+                if self._has_delta:  # buffer = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
+                    grad_dot[i] = _dot(group.buffer, grads)
+                    shadow += 0.5 * grad_dot[i]
+                if fluctuation:
+                    grad_sq[i] = _dot(grads, grads)
+            if not m.weight_decay:
+                if snapshot:
+                    group.snapshot()
+                continue
+            before = group.theta_sq  # ‖θ_{k−1}‖² (at the last snapshot)
+            if snapshot:
+                group.snapshot()
+                theta_sq = group.theta_sq
+            else:
+                norms = torch._foreach_norm(group.local_params(), 2, dtype=F64)
+                theta_sq = float(torch.stack(norms).square().sum()) if norms else 0.0
+            decay += 0.5 * m.weight_decay * theta_sq
+            if self._has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
+                shadow += 0.25 * m.weight_decay * (before - theta_sq - group.delta_sq)
+        return decay, shadow
+
+    def _read_report(self, now: list[maps.GroupMap], *, after_step: bool) -> tuple[float, float]:
+        """Energies at θ_k from the optimizer's report (InertiaSGD): K = ½‖p_k‖², the shadow term
+        −½h⟨p_k, ∇L + wd θ⟩ and (wd/2)‖θ_k‖²; returns (decay, shadow term). A row with no step
+        behind it (skipped) reads K from the current velocity and books no shadow term."""
+        decay = shadow = 0.0
+        kinetic = None if after_step else self.optimizer.kinetic_energy()  # of the velocity now
+        for i, (group, m) in enumerate(zip(self.optimizer.param_groups, now, strict=True)):
+            if after_step:
+                self._kinetic_local[i] = group["kinetic"]
+                shadow -= 0.5 * group["h_before"] * group["power"]
+                decay += 0.5 * m.weight_decay * group["theta_sq"]
+            else:
+                self._kinetic_local[i] = kinetic[i]
+                norms = torch._foreach_norm([_local(p) for p in group["params"]], 2, dtype=F64)
+                decay += 0.5 * m.weight_decay * float(torch.stack(norms).square().sum())
+        return decay, shadow
 
     def _injection(self) -> float:
         """Heat injected by gradient noise since the last row: ½ h² tr(C)/B per step."""

@@ -20,6 +20,7 @@ Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = identity.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -101,16 +102,20 @@ _MAPS = {
 }
 
 
+@functools.cache
+def _maker(kind: type):
+    """The map of an optimizer class: its own, else its nearest mapped base, else generic."""
+    return next((_MAPS[cls] for cls in kind.__mro__ if cls in _MAPS), _generic)
+
+
 def group_map(optimizer: torch.optim.Optimizer, group: dict) -> GroupMap:
     """The map of one parameter group of `optimizer`, at its current hyper-parameters."""
-    make = next((m for cls, m in _MAPS.items() if type(optimizer) is cls), None)
-    if make is None:
-        make = next((m for cls, m in _MAPS.items() if isinstance(optimizer, cls)), _generic)
-    return make(group, optimizer.state, group["params"])
+    return _maker(type(optimizer))(group, optimizer.state, group["params"])
 
 
-def decided_in_step(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the step itself chooses h and μ (InertiaSGD's brake): read its map after it."""
+def reports_energy(optimizer: torch.optim.Optimizer) -> bool:
+    """Whether the step itself chooses h and μ (InertiaSGD's brake), so that its map is read
+    after the step, and reports the energies of the point it started from."""
     return isinstance(optimizer, InertiaSGD)
 
 
