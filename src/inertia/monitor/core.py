@@ -60,12 +60,13 @@ F64 = torch.float64
 class _Group:
     """A parameter group's two flat float64 buffers, one view per parameter: `buffer` holds
     θ_k at the step, then −Δθ_k after it (exact: any two float32/bf16 values differ exactly in
-    float64); `scratch` takes ∇L or the metric M for a dot product."""
+    float64); `scratch` takes ∇L or the metric M for a dot product. Without `buffers` (an
+    optimizer that reports its energies) both are empty."""
 
-    def __init__(self, params: list[Tensor]):
+    def __init__(self, params: list[Tensor], *, buffers: bool = True):
         self.params = list(params)
         self.sharded = any(_local(p) is not p for p in self.params)
-        local = [_local(p).detach() for p in self.params]
+        local = [_local(p).detach() for p in self.params] if buffers else []
         device = local[0].device if local else torch.device("cpu")
         sizes = [t.numel() for t in local]
         self.buffer = torch.zeros(sum(sizes), dtype=F64, device=device)
@@ -180,7 +181,12 @@ class InertiaMonitor:
             history = _checks.integer("history", history, low=1)
         self.optimizer = optimizer
         self._rows: deque[tuple] = deque(maxlen=history)
-        self._groups = [_Group(g["params"]) for g in optimizer.param_groups]
+        # An optimizer that reports its energies (InertiaSGD) is booked from its report, with no
+        # pass over the parameters, unless the alarm or a noise estimate needs the buffers.
+        self._reported = maps.reports_energy(optimizer) and not alarm and noise is None
+        self._groups = [
+            _Group(g["params"], buffers=not self._reported) for g in optimizer.param_groups
+        ]
         self._sharded = any(g.sharded for g in self._groups)
         self._rank, self._world = rank_world()
         self._books, self._books_carry = [0.0, 0.0, 0.0], [0.0, 0.0, 0.0]
@@ -208,9 +214,6 @@ class InertiaMonitor:
         # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group
         self._curvature = [[0.0, 0.0, 0.0] for _ in range(groups)]
         self._above = 0  # rows in a row with margin > 1
-        # An optimizer that reports its energies (InertiaSGD) is booked from its report, with no
-        # pass over the parameters, unless the alarm or a noise estimate needs the buffers.
-        self._reported = maps.reports_energy(optimizer) and not self.alarm and noise is None
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
