@@ -36,8 +36,9 @@ from .noise import estimator
 from .sinks import CSVSink, Sink, _FileSink
 
 #: The monitor's columns, in order. `noise_trace`: tr(C)/B (NaN without a noise estimate);
-#: `margin`: the stability margin h²λ̂/(2(1 + μ)); `alarm`: 1 while the margin has stayed above 1
-#: for `alarm_patience` rows. `flag`: 0 a normal step, 1 a non-finite loss, 2 an iteration whose
+#: `margin`: the stability margin h²λ̂/(2(1 + μ)); `alarm`: 1 while the evidence that the
+#: margin exceeds 1 (a CUSUM in noise standard errors) has passed its threshold for
+#: `alarm_patience` rows. `flag`: 0 a normal step, 1 a non-finite loss, 2 an iteration whose
 #: optimizer step was skipped (e.g. by GradScaler).
 MONITOR_COLUMNS = (
     "step",
@@ -53,7 +54,7 @@ MONITOR_COLUMNS = (
 )
 OK, NONFINITE, SKIPPED = 0, 1, 2
 CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
-ALARM_Z = 2.0  # the margin must exceed 1 by this many noise standard errors
+ALARM_EVIDENCE = 4.0  # the alarm's threshold on S = Σ (margin − 1)/stderr (a CUSUM, in z units)
 F64 = torch.float64
 
 
@@ -146,8 +147,10 @@ class InertiaMonitor:
             gradient-noise estimate behind `noise_trace`, the injected heat ½h²·tr(C)/B per step
             and `noise_floor()`.
         alarm: compute the stability margin and raise the alarm (a `RuntimeWarning` and
-            `on_alarm(row)`) when it stays above 1 for `alarm_patience` rows. Experimental, off
-            by default: see docs/monitor.md for where it fires in time and where it does not yet.
+            `on_alarm(row)`) once the evidence that it exceeds 1 passes its threshold (at once
+            without noise; accumulated over rows with noise) for `alarm_patience` rows (one
+            extra dot product a step). In time on full-batch runs, silent below the threshold;
+            with minibatch noise sometimes late (docs/monitor.md).
     """
 
     def __init__(
@@ -213,7 +216,8 @@ class InertiaMonitor:
         self._grad_dot_before = [0.0] * groups  # ⟨−Δθ, g⟩ with the step's own gradient
         # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group
         self._curvature = [[0.0, 0.0, 0.0] for _ in range(groups)]
-        self._above = 0  # rows in a row with margin > 1
+        self._above = 0  # rows in a row with the evidence above its threshold
+        self._evidence = 0.0  # S_k = max(0, S_{k−1} + (margin − 1)/stderr)
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -321,7 +325,12 @@ class InertiaMonitor:
             "buffers": [g.buffer.clone() for g in self._groups],
             "norms": [(g.delta_sq, g.theta_sq) for g in self._groups],
             "noise": list(self._last_noise),
-            "alarm": (list(self._grad_dot_before), [list(c) for c in self._curvature], self._above),
+            "alarm": (
+                list(self._grad_dot_before),
+                [list(c) for c in self._curvature],
+                self._above,
+                self._evidence,
+            ),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -347,7 +356,7 @@ class InertiaMonitor:
             group.buffer.copy_(buffer)
             group.delta_sq, group.theta_sq = delta_sq, theta_sq
         self._last_noise = list(state["noise"])
-        dots, curvature, self._above = state["alarm"]
+        dots, curvature, self._above, self._evidence = state["alarm"]
         self._grad_dot_before, self._curvature = list(dots), [list(c) for c in curvature]
         self._rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
@@ -477,7 +486,8 @@ class InertiaMonitor:
             if self.alarm
             else (math.nan, math.nan)
         )
-        self._above = self._above + 1 if margin - ALARM_Z * stderr > 1 else 0
+        self._evidence = self._weigh(margin, stderr)
+        self._above = self._above + 1 if self._evidence > ALARM_EVIDENCE else 0
         alarm = int(self._above >= self.alarm_patience)
         kinetic = sum(kinetic_groups)
         potential = loss + decay
@@ -526,7 +536,7 @@ class InertiaMonitor:
         record = dict(zip(MONITOR_COLUMNS, row, strict=True)) if writes or fired else None
         if fired:
             warnings.warn(
-                f"inertia: stability margin {margin:.3g} > 1 for {self._above} rows at step "
+                f"inertia: the stability margin exceeds 1 (now {margin:.3g}) at step "
                 f"{self.step}: the learning rate is above the heavy-ball threshold",
                 RuntimeWarning,
                 stacklevel=3,
@@ -626,6 +636,17 @@ class InertiaMonitor:
                 if not margin <= best[0]:  # the largest margin, NaN-safe
                     best = (margin, scale * math.sqrt(ema[2]))
         return best
+
+    def _weigh(self, margin: float, stderr: float) -> float:
+        """The alarm's evidence that the margin exceeds 1: a one-sided CUSUM of the standardised
+        excess, S_k = max(0, S_{k−1} + (margin − 1)/stderr). Without noise (stderr 0) one row
+        above 1 decides; with noise a run of rows above 1 accumulates until S passes
+        `ALARM_EVIDENCE`, while rows below 1 pull it back to 0."""
+        if not math.isfinite(margin):
+            return 0.0
+        if not stderr > 0:
+            return math.inf if margin > 1 else 0.0
+        return max(0.0, self._evidence + (margin - 1.0) / stderr)
 
     def _friction(self, kinetic_now: list[float]) -> float:
         """Energy removed by friction since the last row (THEORY.md §4: (1 − μ²) of K a step)."""
