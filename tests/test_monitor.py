@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 
 import pytest
 import torch
@@ -209,6 +210,23 @@ def test_non_finite_loss_is_flagged_and_training_goes_on():
     finite = led["flag"] == 0
     assert bool(torch.isfinite(led["residual"]).all())
     assert float(led.closure_error()[finite].abs().max()) < 1e-13
+
+
+def test_a_run_of_non_finite_losses_warns_once_and_flags_every_row():
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt)
+    losses = [1.0, *[float("nan")] * 5, 1.0, float("inf")]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for value in losses:
+            opt.zero_grad()
+            quadratic_loss(theta).backward()
+            monitor.observe(value)
+            opt.step()
+    steps = [str(w.message).split(" at step ")[1].split(";")[0] for w in caught]
+    assert steps == ["1", "7"]  # the first of each run of non-finite rows
+    assert monitor.ledger["flag"].tolist() == [0, 1, 1, 1, 1, 1, 0, 1]
 
 
 def test_on_nan_raise_stops_before_the_step():

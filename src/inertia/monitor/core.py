@@ -204,6 +204,7 @@ class InertiaMonitor:
         self._has_delta = False
         self._buffer_is_delta = False  # the buffers hold −Δθ of the last step (until a snapshot)
         self._snapshot_taken = False  # the step under way is measured
+        self._in_nonfinite_run = False  # the last row's loss was not finite
         self._noise = estimator(noise, self._groups)
         self.noise = noise
         self.alarm = bool(alarm)
@@ -496,11 +497,13 @@ class InertiaMonitor:
             flag = NONFINITE
             if self.on_nan == "raise":
                 raise FloatingPointError(f"loss is {loss} at step {self.step}")
-            warnings.warn(
-                f"inertia: non-finite loss {loss} at step {self.step}; recorded and flagged",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+            if not self._in_nonfinite_run:  # once per run of non-finite rows
+                warnings.warn(
+                    f"inertia: non-finite loss {loss} at step {self.step}; recorded and flagged"
+                    " (and so are the non-finite rows that follow it)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
         elif self._last_inertia is not None:
             dissipated = self._friction(kinetic_groups) if flag != SKIPPED else 0.0
             injected = self._injection() if flag != SKIPPED else 0.0
@@ -510,6 +513,7 @@ class InertiaMonitor:
                 self._books_carry,
                 (dissipated, injected, change + dissipated - injected),
             )
+        self._in_nonfinite_run = flag == NONFINITE
         if flag != NONFINITE:
             self._last_inertia = inertia
             self._last_kinetic = kinetic_groups
