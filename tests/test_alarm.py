@@ -78,12 +78,19 @@ def test_quadratic_above_the_threshold_alarms_before_the_loss_grows_tenfold(mu, 
     assert float(margins[torch.isfinite(margins)][-1]) == pytest.approx(factor, rel=1e-3)
 
 
+# Minibatches small enough to diverge below the full-batch threshold (momentum 0.9 with 64 of
+# 4000 samples does, from the curvature's fluctuation) are not stable runs: the batches here are.
+STABLE_BATCH = {0.0: 64, 0.9: 1024}
+
+
 @pytest.mark.parametrize("mu", MOMENTA)
-@pytest.mark.parametrize("batch", [None, 64])
-def test_quadratic_at_0_8_of_the_threshold_stays_silent(mu, batch):
-    monitor, alarm, _ = regression_run(mu, 0.8, 400, batch=batch)
+@pytest.mark.parametrize("noisy", [False, True])
+def test_quadratic_at_0_8_of_the_threshold_stays_silent(mu, noisy):
+    batch = STABLE_BATCH[mu] if noisy else None
+    monitor, alarm, blow_up = regression_run(mu, 0.8, 400, batch=batch)
+    assert blow_up is None  # a stable run
     assert alarm is None and int(monitor.ledger["alarm"].sum()) == 0
-    if batch is None:  # the secant curvature is a mean of the Hessian's eigenvalues
+    if not noisy:  # the secant curvature is a mean of the Hessian's eigenvalues
         margins = monitor.ledger["margin"]
         assert float(margins[torch.isfinite(margins)].max()) <= 0.8 + 1e-9
 
@@ -167,5 +174,6 @@ def test_mlp_above_the_threshold_alarms_before_the_loss_grows_tenfold(mlp, mu, f
 @pytest.mark.parametrize("mu", MOMENTA)
 @pytest.mark.parametrize("batch", [None, 128])
 def test_mlp_at_0_8_of_the_threshold_stays_silent(mlp, mu, batch):
-    monitor, alarm, _ = mlp_run(mlp, mu, 0.8, 300, batch=batch)
+    monitor, alarm, blow_up = mlp_run(mlp, mu, 0.8, 300, batch=batch)
+    assert blow_up is None  # a stable run
     assert alarm is None and int(monitor.ledger["alarm"].sum()) == 0
