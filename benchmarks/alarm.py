@@ -1,9 +1,9 @@
 """Lead time of the stability alarm: on runs at 1.02× and 1.05× the heavy-ball threshold
 2(1 + μ)/λ_max (the unstable direction starting small), the step of the first alarm and the
 step at which the loss first exceeds 10× its start; at 0.8× the threshold, how many runs
-raised a false alarm (and in how many the loss still grew tenfold). Quadratic (linear
-regression) and an MLP near a minimum, full batch and minibatch (per-sample noise estimate),
-3 seeds each. The scenarios are those of tests/test_alarm.py.
+raised an alarm and in how many the loss still grew tenfold (an alarm is false only where
+it did not). Quadratic (linear regression) and an MLP near a minimum, full batch and
+minibatch (per-sample noise estimate), 3 seeds each. The scenarios are those of tests/test_alarm.py.
 
     python benchmarks/alarm.py [--seeds 3]
 """
@@ -51,11 +51,9 @@ def main() -> None:
                     runs = [run(mu, factor, batch, seed)[1:] for seed in seeds]
                     label = "full" if batch is None else str(batch)
                     if factor < 1:
-                        false = sum(a is not None for a, _ in runs)
+                        fired = sum(a is not None for a, _ in runs)
                         grew = sum(b is not None for _, b in runs)
-                        cell = (
-                            f"false alarms: {false} of {len(runs)}; loss > 10× start in {grew} | —"
-                        )
+                        cell = f"alarms: {fired} of {len(runs)}; loss > 10× start in {grew} | —"
                     else:
                         cell = describe(runs)
                     print(f"| {name} | {label} | {mu:g} | {factor:g} | {cell} |", flush=True)

@@ -95,6 +95,15 @@ def test_quadratic_at_0_8_of_the_threshold_stays_silent(mu, noisy):
         assert float(margins[torch.isfinite(margins)].max()) <= 0.8 + 1e-9
 
 
+def test_quadratic_diverging_from_curvature_noise_below_the_threshold_is_alarmed():
+    """Momentum 0.9 with 64 of 4000 samples diverges at 0.8× the full-batch threshold: the
+    minibatch curvature fluctuates. The mean-square margin (per-sample curvature along the
+    step, `theory.heavy_ball_margin`) sees it; the mean curvature alone does not."""
+    monitor, alarm, blow_up = regression_run(0.9, 0.8, 120, batch=64)
+    assert blow_up is not None and alarm is not None
+    assert float(monitor.ledger["margin"][alarm]) > 1
+
+
 # ---------------------------------------------------------------- MLP
 
 

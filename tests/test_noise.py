@@ -164,8 +164,29 @@ def test_noise_along_the_last_step_is_the_variance_of_projected_gradients(noise)
             chunk.backward(retain_graph=True)
             monitor.observe(chunk * 4, accumulate=True)
         expected = 4 * float((torch.stack(increments) @ step).var())
-    _, along = monitor._noise.take(monitor._groups, [math.nan])
+    _, along, _ = monitor._noise.take(monitor._groups, [math.nan])
     assert along[0] == pytest.approx(expected, rel=1e-10)
+
+
+def test_curvature_spread_is_the_variance_of_per_sample_curvature_along_the_step():
+    """With the alarm, noise="per_sample" also measures Var_i(d̂ᵀHᵢd̂)/B along the last step d:
+    for least squares Hᵢ = xᵢxᵢᵀ, so d̂ᵀHᵢd̂ = (xᵢ·d̂)²."""
+    x, y, best = regression(n=64)
+    theta = torch.nn.Parameter(best + 0.3)
+    opt = torch.optim.SGD([theta], lr=0.01)
+    monitor = InertiaMonitor(opt, noise="per_sample", alarm=True)
+    before = theta.detach().clone()
+    per_sample = 0.5 * (x @ theta - y) ** 2
+    monitor.observe(per_sample.mean(), per_sample=per_sample)
+    per_sample.mean().backward()
+    opt.step()
+    step = theta.detach() - before
+    opt.zero_grad()
+    per_sample = 0.5 * (x @ theta - y) ** 2
+    monitor.observe(per_sample.mean(), per_sample=per_sample)
+    expected = float(((x @ step) ** 2).var()) / 64 / float(step @ step) ** 2
+    _, _, spread = monitor._noise.take(monitor._groups, [math.nan])
+    assert spread[0] == pytest.approx(expected, rel=1e-10)
 
 
 def test_injected_heat_is_half_h_squared_noise_trace_per_step():

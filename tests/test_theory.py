@@ -292,3 +292,32 @@ def test_ensemble_mean_and_confidence_band():
 def test_bad_arguments_name_themselves(call, name):
     with pytest.raises(ValueError, match=rf"^{name}"):
         call()
+
+
+def _second_moment_radius(x: float, v: float, mu: float) -> float:
+    """Spectral radius of the map (E θ_k², E θ_kθ_{k−1}, E θ_{k−1}²) of the heavy ball with
+    iid curvature: a_k = 1 + μ − h²λ_k, mean ā = 1 + μ − x, variance v."""
+    a = 1 + mu - x
+    m = np.array([[a * a + v, -2 * mu * a, mu * mu], [a, -mu, 0.0], [1.0, 0.0, 0.0]])
+    return float(max(abs(np.linalg.eigvals(m))))
+
+
+@pytest.mark.parametrize("mu", [0.0, 0.5, 0.9])
+@pytest.mark.parametrize("variance", [0.0, 0.1, 1.0])
+def test_heavy_ball_margin_is_the_mean_square_stability_boundary(mu, variance):
+    """At margin 1 the second-moment recursion sits on its stability boundary: a learning
+    rate 1% lower is stable, 1% higher is not (independent numerical eigenvalues)."""
+    x = 1.7
+    c = 1.0 / theory.heavy_ball_margin(x, mu, variance=variance)  # lr factor to margin 1
+    assert _second_moment_radius(c * x, c * c * variance, mu) == pytest.approx(1.0, abs=1e-9)
+    assert _second_moment_radius(0.99 * c * x, (0.99 * c) ** 2 * variance, mu) < 1
+    assert _second_moment_radius(1.01 * c * x, (1.01 * c) ** 2 * variance, mu) > 1
+    if variance == 0:  # the deterministic threshold h²λ = 2(1 + μ)
+        assert c * x == pytest.approx(2 * (1 + mu), rel=1e-12)
+
+
+def test_heavy_ball_margin_rejects_bad_input():
+    with pytest.raises(ValueError, match="momentum"):
+        theory.heavy_ball_margin(1.0, 1.0)
+    with pytest.raises(ValueError, match="curvature"):
+        theory.heavy_ball_margin(0.0, 0.5)

@@ -211,6 +211,27 @@ def critical_damping(eigenvalues, *, mass=1.0) -> float:
     return 2.0 * math.sqrt(float(_eigen_over_mass(eigenvalues, mass).min()))
 
 
+def heavy_ball_margin(curvature: float, momentum: float, *, variance: float = 0.0) -> float:
+    """Mean-square stability margin of the heavy ball θ_{k+1} = θ_k + μ(θ_k − θ_{k−1}) − h²λ_k θ_k
+    along one direction whose curvature λ_k is random and independent across steps (minibatch
+    Hessians), with mean λ̄ = `curvature`/h² and variance `variance`/h⁴ (both given times h²
+    and h⁴, i.e. in step units):
+
+        margin = h²λ̄/(2(1 + μ)) + h⁴Var(λ)/(2(1 − μ)·h²λ̄)
+
+    E[θ_k²] stays bounded iff margin < 1. The first term is the deterministic threshold
+    h²λ < 2(1 + μ) (THEORY.md §4); the second is where the second-moment recursion
+    (E θ², E θ_kθ_{k−1}) loses stability first when the curvature fluctuates: det(I − M) = 0
+    gives (1 − μ)ā² + (1 + μ)Var(a) = (1 + μ)(1 − μ²) for a = 1 + μ − h²λ.
+    """
+    x = _checks.real("curvature", curvature, low=0.0, strict=True)
+    mu = _checks.real("momentum", momentum, low=0.0)
+    if mu >= 1:
+        raise _checks.fail("momentum", "a number in [0, 1)", momentum)
+    v = _checks.real("variance", variance, low=0.0)
+    return x / (2.0 * (1.0 + mu)) + v / (2.0 * (1.0 - mu) * x)
+
+
 def _eigen_over_mass(eigenvalues, mass) -> Tensor:
     lam = torch.as_tensor(
         _checks.scalar_or_vector("eigenvalues", eigenvalues, low=0.0, strict=False), dtype=F64

@@ -205,7 +205,7 @@ class InertiaMonitor:
         self._buffer_is_delta = False  # the buffers hold −Δθ of the last step (until a snapshot)
         self._snapshot_taken = False  # the step under way is measured
         self._in_nonfinite_run = False  # the last row's loss was not finite
-        self._noise = estimator(noise, self._groups)
+        self._noise = estimator(noise, self._groups, curvature=bool(alarm))
         self.noise = noise
         self.alarm = bool(alarm)
         self.alarm_patience = _checks.integer("alarm_patience", alarm_patience, low=1)
@@ -215,8 +215,8 @@ class InertiaMonitor:
         groups = len(self._groups)
         self._last_noise = [math.nan] * groups  # tr(C)/B at the last row, per group
         self._grad_dot_before = [0.0] * groups  # ⟨−Δθ, g⟩ with the step's own gradient
-        # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group
-        self._curvature = [[0.0, 0.0, 0.0] for _ in range(groups)]
+        # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖², the numerator's noise variance and the curvature's, per group
+        self._curvature = [[0.0, 0.0, 0.0, 0.0] for _ in range(groups)]
         self._above = 0  # rows in a row with the evidence above its threshold
         self._evidence = 0.0  # S_k = max(0, S_{k−1} + (margin − 1)/stderr)
         self._handles = [
@@ -448,10 +448,10 @@ class InertiaMonitor:
         else:
             decay, shadow = self._measure(now, snapshot, grad_dot, grad_sq, fluctuation)
         g = len(self._groups)
-        noise, along = (
+        noise, along, spread = (
             self._noise.take(self._groups, grad_sq)
             if self._noise is not None
-            else ([math.nan] * g, [math.nan] * g)
+            else ([math.nan] * g, [math.nan] * g, [math.nan] * g)
         )
         local = [
             float(loss),
@@ -463,10 +463,11 @@ class InertiaMonitor:
             *(gr.delta_sq for gr in self._groups),
             *noise,
             *along,
+            *spread,
         ]
         if self._world > 1:
             packed = torch.tensor([*local, 1.0], dtype=F64)
-            per_rank = 0 if fluctuation else 2 * g  # the noise estimates, one per rank
+            per_rank = 0 if fluctuation else 3 * g  # the noise estimates, one per rank
             shared = slice(1, len(local) - per_rank)  # replicated: count once
             replicated = not self._sharded or self._reported  # a report is already global
             if replicated and self._rank != 0:
@@ -481,9 +482,10 @@ class InertiaMonitor:
         grad_dot = local[3 + g : 3 + 2 * g]
         grad_dot_before = local[3 + 2 * g : 3 + 3 * g]
         delta_sq = local[3 + 3 * g : 3 + 4 * g]
-        noise, along = local[3 + 4 * g : 3 + 5 * g], local[3 + 5 * g :]
+        noise, along = local[3 + 4 * g : 3 + 5 * g], local[3 + 5 * g : 3 + 6 * g]
+        spread = local[3 + 6 * g :]
         margin, stderr = (
-            self._margin(now, grad_dot, grad_dot_before, delta_sq, along)
+            self._margin(now, grad_dot, grad_dot_before, delta_sq, along, spread)
             if self.alarm
             else (math.nan, math.nan)
         )
@@ -607,16 +609,21 @@ class InertiaMonitor:
         )
         return heat * self.every
 
-    def _margin(self, now, grad_dot, grad_dot_before, delta_sq, along) -> tuple[float, float]:
-        """Stability margin max_groups h²λ̂/(2(1 + μ)) (THEORY.md §4: stable iff < 1) and the
-        margin's noise standard error in that group.
+    def _margin(
+        self, now, grad_dot, grad_dot_before, delta_sq, along, spread
+    ) -> tuple[float, float]:
+        """Stability margin (THEORY.md §4: stable iff < 1), the largest over groups, and its
+        noise standard error in that group.
 
-        λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd. With a
-        noise estimate, the bias h²·tr(C)/B that the step's own gradient noise puts into the
-        numerator is removed, and the numerator's noise variance, 2Δθᵀ(C/B)Δθ (two independent
-        gradients), gives the standard error; where the estimate has no direction
-        ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. Numerator, denominator and variance
-        are averaged over rows (exponentially, weight ½) so that a single step does not decide.
+        λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd, and the
+        margin h²λ̂/(2(1 + μ)). With a noise estimate, the bias h²·tr(C)/B that the step's own
+        gradient noise puts into the numerator is removed, and the numerator's noise variance,
+        2Δθᵀ(C/B)Δθ (two independent gradients), gives the standard error; where the estimate
+        has no direction ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. Where the
+        minibatch curvature's variance along the motion is known ("per_sample" with the alarm),
+        the margin is the mean-square one, + h²Var(λ_B)/(2(1 − μ)λ̂)
+        (`inertia.theory.heavy_ball_margin`). Numerator, denominator, variances are averaged
+        over rows (exponentially, weight ½) so that a single step does not decide.
         """
         if not self._has_delta or self._maps is None:
             return math.nan, math.nan
@@ -634,11 +641,19 @@ class InertiaMonitor:
             ema[0] = w * ema[0] + (1 - w) * numerator
             ema[1] = w * ema[1] + (1 - w) * delta_sq[i]
             ema[2] = w * w * ema[2] + (1 - w) ** 2 * variance
+            if math.isfinite(spread[i]):
+                ema[3] = w * ema[3] + (1 - w) * spread[i]
             if ema[1] > 0 and math.isfinite(m.h) and m.momentum < 1:
-                scale = m.h * m.h / (2.0 * (1.0 + m.momentum) * ema[1])
-                margin = scale * ema[0]
+                h2 = m.h * m.h
+                scale = h2 / (2.0 * (1.0 + m.momentum) * ema[1])
+                margin, stderr = scale * ema[0], scale * math.sqrt(ema[2])
+                curvature = ema[0] / ema[1]
+                if ema[3] > 0 and curvature > 0:  # the mean-square term, ∝ 1/λ̂: it carries
+                    extra = h2 * ema[3] / (2.0 * (1.0 - m.momentum) * curvature)
+                    stderr *= math.hypot(1.0, extra / margin)  # λ̂'s relative error too
+                    margin += extra
                 if not margin <= best[0]:  # the largest margin, NaN-safe
-                    best = (margin, scale * math.sqrt(ema[2]))
+                    best = (margin, stderr)
         return best
 
     def _weigh(self, margin: float, stderr: float) -> float:
