@@ -274,6 +274,20 @@ def test_monitor_books_from_the_report_what_it_measures_from_the_parameters():
         torch.testing.assert_close(one[name], two[name], rtol=1e-10, atol=1e-12 * scale, msg=name)
 
 
+def test_a_group_added_later_gets_its_checks_and_its_brake_state():
+    a = torch.nn.Parameter(torch.ones(3, dtype=F64))
+    b = torch.nn.Parameter(torch.ones(2, dtype=F64))
+    opt = InertiaSGD([a], lr=0.1)
+    opt.add_param_group({"params": [b], "lr": 0.2})
+    (a.sum() + b.sum()).backward()
+    opt.step()
+    assert opt.param_groups[1]["h"] == pytest.approx(math.sqrt(0.2))
+    assert opt.param_groups[1]["scale"] == 1.0
+    with pytest.raises(ValueError, match="momentum"):
+        opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1))], "momentum": 1.5})
+    assert len(opt.param_groups) == 2  # the bad group was not added
+
+
 @pytest.mark.parametrize(
     ("kwargs", "name"),
     [

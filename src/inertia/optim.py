@@ -124,24 +124,36 @@ class InertiaSGD(torch.optim.Optimizer):
             "patience": _checks.integer("patience", patience, low=0),
             "min_scale": _real_in("min_scale", min_scale, 0.0, 1.0, open_low=True),
         }
-        super().__init__(params, defaults)
-        for group in self.param_groups:
-            for key in ("lr", "momentum", "weight_decay", "tolerance"):
-                _real_in(key, group[key], 0.0, math.inf, open_high=True)
-            _real_in("momentum", group["momentum"], 0.0, 1.0, open_high=True)
-            group.setdefault("scale", 1.0)
-            group.setdefault("calm", 0)
-            group.setdefault("energy", 0.0)
-            group.setdefault("lowest", 0.0)
-            group.setdefault("brakes", 0)
-            group.setdefault("braked", False)
-            group.setdefault("h", math.sqrt(group["lr"]))
-            group.setdefault("kinetic", 0.0)
-            group.setdefault("rise", 0.0)
-            group.setdefault("power", 0.0)
-            group.setdefault("theta_sq", 0.0)
-            group.setdefault("h_before", group["h"])
         self._flats: dict[int, tuple[tuple, list[_Flat]]] = {}
+        super().__init__(params, defaults)
+
+    def add_param_group(self, param_group: dict) -> None:
+        """As torch's, plus each group's checks (before it is added) and its brake's state."""
+
+        def value(key):
+            return param_group.get(key, self.defaults[key])
+
+        for key in ("lr", "weight_decay", "tolerance"):
+            _real_in(key, value(key), 0.0, math.inf, open_high=True)
+        _real_in("momentum", value("momentum"), 0.0, 1.0, open_high=True)
+        super().add_param_group(param_group)
+        group = self.param_groups[-1]
+        h = math.sqrt(group["lr"])
+        for key, value in (
+            ("scale", 1.0),
+            ("calm", 0),
+            ("energy", 0.0),
+            ("lowest", 0.0),
+            ("brakes", 0),
+            ("braked", False),
+            ("h", h),
+            ("h_before", h),
+            ("kinetic", 0.0),
+            ("rise", 0.0),
+            ("power", 0.0),
+            ("theta_sq", 0.0),
+        ):
+            group.setdefault(key, value)
 
     @torch.no_grad()
     def kinetic_energy(self) -> list[float]:
