@@ -49,15 +49,17 @@ def mlp() -> torch.nn.Module:
     )
 
 
-def cnn() -> torch.nn.Module:
+def cnn(width: int = 16) -> torch.nn.Module:
+    """Two 3×3 convolutions (width, 2·width channels), a 2×2 max-pool and a linear layer, for
+    8×8 digits; also the CNN of benchmarks/optimizers.py (width 8)."""
     return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 16, 3, padding=1),
+        torch.nn.Conv2d(1, width, 3, padding=1),
         torch.nn.ReLU(),
-        torch.nn.Conv2d(16, 32, 3, padding=1),
+        torch.nn.Conv2d(width, 2 * width, 3, padding=1),
         torch.nn.ReLU(),
         torch.nn.MaxPool2d(2),
         torch.nn.Flatten(),
-        torch.nn.Linear(32 * 16, 10),
+        torch.nn.Linear(2 * width * 16, 10),
     )
 
 

@@ -26,6 +26,7 @@ import torch
 from sklearn.datasets import load_breast_cancer, load_digits
 
 from inertia.optim import InertiaSGD
+from monitor_overhead import cnn
 
 ROOT = Path(__file__).resolve().parents[1]
 MOMENTUM = 0.9
@@ -149,18 +150,6 @@ def mlp():
     return torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 10))
 
 
-def cnn():
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, 8, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(8, 16, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(16 * 16, 10),
-    )
-
-
 SGD_GRID = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0]
 ADAM_GRID = [1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2]
 
@@ -192,7 +181,13 @@ def tasks() -> list[Task]:
             300,
         ),
         Task("MLP, digits", lambda s: Classification(s, flat, mlp), SGD_GRID, ADAM_GRID, 600),
-        Task("CNN, digits", lambda s: Classification(s, images, cnn), SGD_GRID, ADAM_GRID, 400),
+        Task(
+            "CNN, digits",
+            lambda s: Classification(s, images, lambda: cnn(8)),
+            SGD_GRID,
+            ADAM_GRID,
+            400,
+        ),
     ]
 
 

@@ -14,16 +14,30 @@ def fail(name: str, allowed: str, got: object) -> ValueError:
     return ValueError(f"{name} must be {allowed}; got {shown}")
 
 
-def real(name: str, x: object, *, low: float | None = None, strict: bool = False) -> float:
-    """A finite real number, ≥ low (> low when strict)."""
-    bound = "" if low is None else f" {'>' if strict else '≥'} {low:g}"
-    allowed = f"a finite number{bound}"
+def real(
+    name: str,
+    x: object,
+    *,
+    low: float | None = None,
+    strict: bool = False,
+    high: float | None = None,
+    strict_high: bool = False,
+) -> float:
+    """A finite real number, ≥ low (> low when strict) and ≤ high (< high when strict_high)."""
+    bounds = []
+    if low is not None:
+        bounds.append(f"{'>' if strict else '≥'} {low:g}")
+    if high is not None:
+        bounds.append(f"{'<' if strict_high else '≤'} {high:g}")
+    allowed = "a finite number" + (" " + " and ".join(bounds) if bounds else "")
     if isinstance(x, Tensor) and x.numel() == 1 and not x.is_complex():
         x = x.item()
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise fail(name, allowed, x)
     x = float(x)
-    if not math.isfinite(x) or (low is not None and (x <= low if strict else x < low)):
+    too_low = low is not None and (x <= low if strict else x < low)
+    too_high = high is not None and (x >= high if strict_high else x > high)
+    if not math.isfinite(x) or too_low or too_high:
         raise fail(name, allowed, x)
     return x
 

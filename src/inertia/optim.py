@@ -36,14 +36,16 @@ from torch import Tensor
 from . import _checks
 from ._distributed import local
 
-
-def _real_in(name: str, value, low: float, high: float, *, open_low=False, open_high=False):
-    x = _checks.real(name, value)
-    bad = (x <= low if open_low else x < low) or (x >= high if open_high else x > high)
-    if bad:
-        lo, hi = "(" if open_low else "[", ")" if open_high else "]"
-        raise _checks.fail(name, f"a number in {lo}{low}, {high}{hi}", value)
-    return x
+# The bounds of each group's numbers (`_checks.real` keywords): checked as a group is added.
+_BOUNDS = {
+    "lr": {"low": 0.0},
+    "momentum": {"low": 0.0, "high": 1.0, "strict_high": True},
+    "weight_decay": {"low": 0.0},
+    "tolerance": {"low": 0.0},
+    "decrease": {"low": 0.0, "strict": True, "high": 1.0, "strict_high": True},
+    "increase": {"low": 1.0},
+    "min_scale": {"low": 0.0, "strict": True, "high": 1.0},
+}
 
 
 class _Flat:
@@ -114,28 +116,24 @@ class InertiaSGD(torch.optim.Optimizer):
         min_scale: float = 1e-4,
     ):
         defaults = {
-            "lr": _real_in("lr", lr, 0.0, math.inf, open_high=True),
-            "momentum": _real_in("momentum", momentum, 0.0, 1.0, open_high=True),
+            "lr": lr,
+            "momentum": momentum,
             "restart": bool(restart),
-            "weight_decay": _real_in("weight_decay", weight_decay, 0.0, math.inf, open_high=True),
-            "tolerance": _real_in("tolerance", tolerance, 0.0, math.inf, open_high=True),
-            "decrease": _real_in("decrease", decrease, 0.0, 1.0, open_low=True, open_high=True),
-            "increase": _real_in("increase", increase, 1.0, math.inf, open_high=True),
-            "patience": _checks.integer("patience", patience, low=0),
-            "min_scale": _real_in("min_scale", min_scale, 0.0, 1.0, open_low=True),
+            "weight_decay": weight_decay,
+            "tolerance": tolerance,
+            "decrease": decrease,
+            "increase": increase,
+            "patience": patience,
+            "min_scale": min_scale,
         }
         self._flats: dict[int, tuple[tuple, list[_Flat]]] = {}
-        super().__init__(params, defaults)
+        super().__init__(params, defaults)  # checks each group in add_param_group
 
     def add_param_group(self, param_group: dict) -> None:
         """As torch's, plus each group's checks (before it is added) and its brake's state."""
-
-        def value(key):
-            return param_group.get(key, self.defaults[key])
-
-        for key in ("lr", "weight_decay", "tolerance"):
-            _real_in(key, value(key), 0.0, math.inf, open_high=True)
-        _real_in("momentum", value("momentum"), 0.0, 1.0, open_high=True)
+        for key, bounds in _BOUNDS.items():
+            _checks.real(key, param_group.get(key, self.defaults[key]), **bounds)
+        _checks.integer("patience", param_group.get("patience", self.defaults["patience"]), low=0)
         super().add_param_group(param_group)
         group = self.param_groups[-1]
         h = math.sqrt(group["lr"])

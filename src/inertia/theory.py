@@ -225,9 +225,7 @@ def heavy_ball_margin(curvature: float, momentum: float, *, variance: float = 0.
     gives (1 − μ)ā² + (1 + μ)Var(a) = (1 + μ)(1 − μ²) for a = 1 + μ − h²λ.
     """
     x = _checks.real("curvature", curvature, low=0.0, strict=True)
-    mu = _checks.real("momentum", momentum, low=0.0)
-    if mu >= 1:
-        raise _checks.fail("momentum", "a number in [0, 1)", momentum)
+    mu = _checks.real("momentum", momentum, low=0.0, high=1.0, strict_high=True)
     v = _checks.real("variance", variance, low=0.0)
     return x / (2.0 * (1.0 + mu)) + v / (2.0 * (1.0 - mu) * x)
 

@@ -202,8 +202,9 @@ class InertiaMonitor:
         self._maps: list[maps.GroupMap] | None = None  # of the last step taken
         self._maps_before: list[maps.GroupMap] | None = None  # of the step before it
         self._has_delta = False
-        self._buffer_is_delta = False  # the buffers hold −Δθ of the last step (until a snapshot)
-        self._snapshot_taken = False  # the step under way is measured
+        # the step under way (between steps: the last one) is measured, so that between steps
+        # the buffers hold its −Δθ
+        self._snapshot_taken = False
         self._in_nonfinite_run = False  # the last row's loss was not finite
         self._noise = estimator(noise, self._groups, curvature=bool(alarm))
         self.noise = noise
@@ -237,7 +238,7 @@ class InertiaMonitor:
         if not accumulate and self._loss_count:
             self._book_row(self._maps_now(), SKIPPED)
         if self._noise is not None:
-            along = [g.buffer for g in self._groups] if self._buffer_is_delta else None
+            along = [g.buffer for g in self._groups] if self._snapshot_taken else None
             self._noise.observe(self._groups, per_sample, along)
         value = loss.detach() if isinstance(loss, Tensor) else float(loss)
         if self._loss_count:  # micro-batches: summed in float64
@@ -322,7 +323,7 @@ class InertiaMonitor:
             "maps": _plain(self._maps),
             "maps_before": _plain(self._maps_before),
             "has_delta": self._has_delta,
-            "buffer_is_delta": self._buffer_is_delta,
+            "snapshot_taken": self._snapshot_taken,
             "buffers": [g.buffer.clone() for g in self._groups],
             "norms": [(g.delta_sq, g.theta_sq) for g in self._groups],
             "noise": list(self._last_noise),
@@ -350,7 +351,7 @@ class InertiaMonitor:
         self._kinetic_local = list(state["kinetic_local"])
         self._maps, self._maps_before = _maps_of(state["maps"]), _maps_of(state["maps_before"])
         self._has_delta = state["has_delta"]
-        self._buffer_is_delta = state.get("buffer_is_delta", False)
+        self._snapshot_taken = state["snapshot_taken"]
         for group, buffer, (delta_sq, theta_sq) in zip(
             self._groups, state["buffers"], state["norms"], strict=True
         ):
@@ -398,7 +399,6 @@ class InertiaMonitor:
             return
         self._step_maps = self._maps_now()  # before the step: Adam's h depends on its count
         self._snapshot_taken = (self.step + 1) % self.every == 0
-        self._buffer_is_delta = False
         if self.step % self.every == 0:
             self._book_row(self._step_maps, OK, snapshot=self._snapshot_taken)
         else:  # a step between rows consumes its loss unbooked
@@ -429,7 +429,6 @@ class InertiaMonitor:
                 sq = group.delta_sq if m is None else _dot(delta * delta, group.load_scratch(m))
                 self._kinetic_local[i] = 0.5 * sq / (gmap.h * gmap.h) if gmap.h > 0 else 0.0
             self._has_delta = True
-        self._buffer_is_delta = self._snapshot_taken
         self._maps_before, self._maps = self._maps, self._step_maps
         self.step += 1
 
