@@ -263,11 +263,12 @@ def test_step_skipped_by_grad_scaler_is_recorded_as_skipped():
     assert monitor.ledger["step"].tolist() == [0, 1, 1, 2, 3]
 
 
-def test_state_dict_resumes_the_same_ledger():
+@pytest.mark.parametrize("alarm", [False, True])
+def test_state_dict_resumes_the_same_ledger(alarm):
     def make():
         theta = torch.nn.Parameter(THETA0.clone())
         opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9, weight_decay=0.01)
-        return theta, opt, InertiaMonitor(opt)
+        return theta, opt, InertiaMonitor(opt, alarm=alarm)
 
     def run(theta, opt, monitor, n):
         for _ in range(n):

@@ -55,6 +55,7 @@ MONITOR_COLUMNS = (
 OK, NONFINITE, SKIPPED = 0, 1, 2
 CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
 ALARM_EVIDENCE = 4.0  # the alarm's threshold on S = Σ (margin − 1)/stderr (a CUSUM, in z units)
+PARALLEL = 1e-6  # sin² of the angle below which two steps span one direction, not two
 F64 = torch.float64
 
 
@@ -62,9 +63,10 @@ class _Group:
     """A parameter group's two flat float64 buffers, one view per parameter: `buffer` holds
     θ_k at the step, then −Δθ_k after it (exact: any two float32/bf16 values differ exactly in
     float64); `scratch` takes ∇L or the metric M for a dot product. Without `buffers` (an
-    optimizer that reports its energies) both are empty."""
+    optimizer that reports its energies) both are empty. With `two_steps`, a third, `previous`,
+    keeps the step before the last (the alarm's two-step curvature)."""
 
-    def __init__(self, params: list[Tensor], *, buffers: bool = True):
+    def __init__(self, params: list[Tensor], *, buffers: bool = True, two_steps: bool = False):
         self.params = list(params)
         self.sharded = any(_local(p) is not p for p in self.params)
         local = [_local(p).detach() for p in self.params] if buffers else []
@@ -77,6 +79,8 @@ class _Group:
             v.view(t.shape) for v, t in zip(self.scratch.split(sizes), local, strict=True)
         ]
         self._cached = None if self.sharded else local
+        self.previous = torch.zeros_like(self.buffer) if two_steps else None
+        self.has_previous = False  # `previous` holds a measured step
         self.delta_sq = 0.0  # ‖Δθ‖² of the last measured step
         self.theta_sq = 0.0  # ‖θ‖² at the last snapshot
 
@@ -106,6 +110,19 @@ class _Group:
 def _dot(a: Tensor, b: Tensor) -> float:
     """aᵀb of two float64 buffers."""
     return float(torch.dot(a, b))
+
+
+def _two_step_curvature(a11, a21, a22, b11, b12, b22) -> float:
+    """The largest curvature over span(d₁, d₂), a Rayleigh–Ritz value: with D = [d₁ d₂],
+    A = DᵀHD and B = DᵀD, the larger root λ of det(A − λB) = 0, i.e. of
+    (b11·b22 − b12²)λ² − (a11·b22 + a22·b11 − 2·a21·b12)λ + (a11·a22 − a21²) = 0.
+    On a quadratic it never exceeds λ_max and equals it once the two steps span the top
+    eigenvector; where d₁ and d₂ are (nearly) parallel it is the secant a11/b11."""
+    det = b11 * b22 - b12 * b12
+    if not (det > PARALLEL * b11 * b22 and math.isfinite(a21 + a22 + b12)):
+        return a11 / b11
+    half = 0.5 * (a11 * b22 + a22 * b11 - 2.0 * a21 * b12)
+    return (half + math.sqrt(max(half * half - det * (a11 * a22 - a21 * a21), 0.0))) / det
 
 
 def _plain(group_maps: list[maps.GroupMap] | None) -> list[dict] | None:
@@ -187,8 +204,12 @@ class InertiaMonitor:
         # An optimizer that reports its energies (InertiaSGD) is booked from its report, with no
         # pass over the parameters, unless the alarm or a noise estimate needs the buffers.
         self._reported = maps.reports_energy(optimizer) and not alarm and noise is None
+        # Without noise the alarm's curvature is the largest over the last two steps (the
+        # max over a subspace is biased upward by noise: with a noise estimate, the last step).
+        self._two_steps = bool(alarm) and noise is None
         self._groups = [
-            _Group(g["params"], buffers=not self._reported) for g in optimizer.param_groups
+            _Group(g["params"], buffers=not self._reported, two_steps=self._two_steps)
+            for g in optimizer.param_groups
         ]
         self._sharded = any(g.sharded for g in self._groups)
         self._rank, self._world = rank_world()
@@ -216,6 +237,8 @@ class InertiaMonitor:
         groups = len(self._groups)
         self._last_noise = [math.nan] * groups  # tr(C)/B at the last row, per group
         self._grad_dot_before = [0.0] * groups  # ⟨−Δθ, g⟩ with the step's own gradient
+        self._cross_before = [math.nan] * groups  # ⟨−Δθ_prev, g⟩ with the last step's gradient
+        self._last_secant: list[tuple[float, float] | None] = [None] * groups  # (dᵀHd, ‖d‖²)
         # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖², the numerator's noise variance and the curvature's, per group
         self._curvature = [[0.0, 0.0, 0.0, 0.0] for _ in range(groups)]
         self._above = 0  # rows in a row with the evidence above its threshold
@@ -333,6 +356,11 @@ class InertiaMonitor:
                 self._above,
                 self._evidence,
             ),
+            "two_steps": (
+                [g.previous.clone() if g.has_previous else None for g in self._groups],
+                list(self._cross_before),
+                list(self._last_secant),
+            ),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -360,6 +388,13 @@ class InertiaMonitor:
         self._last_noise = list(state["noise"])
         dots, curvature, self._above, self._evidence = state["alarm"]
         self._grad_dot_before, self._curvature = list(dots), [list(c) for c in curvature]
+        previous, cross_before, last_secant = state["two_steps"]
+        for group, step in zip(self._groups, previous, strict=True):
+            group.has_previous = group.previous is not None and step is not None
+            if group.has_previous:
+                group.previous.copy_(step)
+        self._cross_before = list(cross_before)
+        self._last_secant = [None if s is None else tuple(s) for s in last_secant]
         self._rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
             sink.truncate(self.step)
@@ -425,7 +460,10 @@ class InertiaMonitor:
                 delta = group.buffer
                 group.delta_sq = _dot(delta, delta)
                 if self.alarm:  # ⟨−Δθ_k, g_k⟩: the secant curvature's other half, next row
-                    self._grad_dot_before[i] = _dot(delta, group.load_scratch(group.grads()))
+                    grads = group.load_scratch(group.grads())
+                    self._grad_dot_before[i] = _dot(delta, grads)
+                    if group.has_previous:  # and the two-step curvature's cross term
+                        self._cross_before[i] = _dot(group.previous, grads)
                 sq = group.delta_sq if m is None else _dot(delta * delta, group.load_scratch(m))
                 self._kinetic_local[i] = 0.5 * sq / (gmap.h * gmap.h) if gmap.h > 0 else 0.0
             self._has_delta = True
@@ -439,14 +477,17 @@ class InertiaMonitor:
         `snapshot`, leave θ_step in the buffers for the step's velocity."""
         loss = float(self._loss_sum) / self._loss_count if self._loss_count else math.nan
         self._loss_sum, self._loss_count = 0.0, 0
-        decay = shadow = 0.0
-        grad_dot, grad_sq = [0.0] * len(now), [math.nan] * len(now)
+        g = len(self._groups)
+        grad_dot, grad_sq = [0.0] * g, [math.nan] * g
+        cross_grad, cross = [math.nan] * g, [math.nan] * g
         fluctuation = self.noise == "fluctuation"
         if self._reported:
             decay, shadow = self._read_report(now, after_step=flag != SKIPPED)
         else:
-            decay, shadow = self._measure(now, snapshot, grad_dot, grad_sq, fluctuation)
-        g = len(self._groups)
+            decay, shadow = self._measure(now, snapshot, fluctuation)
+            for i, group in enumerate(self._groups):
+                grad_dot[i], grad_sq[i] = group.grad_dot, group.grad_sq
+                cross_grad[i], cross[i] = group.cross_grad, group.cross
         noise, along, spread = (
             self._noise.take(self._groups, grad_sq)
             if self._noise is not None
@@ -460,6 +501,9 @@ class InertiaMonitor:
             *grad_dot,
             *self._grad_dot_before,
             *(gr.delta_sq for gr in self._groups),
+            *cross_grad,
+            *cross,
+            *self._cross_before,
             *noise,
             *along,
             *spread,
@@ -477,17 +521,11 @@ class InertiaMonitor:
             packed[len(local) - per_rank : len(local)] /= self._world * self._world
             local = packed[:-1].tolist()
         loss, decay, shadow = local[:3]
-        kinetic_groups = local[3 : 3 + g]
-        grad_dot = local[3 + g : 3 + 2 * g]
-        grad_dot_before = local[3 + 2 * g : 3 + 3 * g]
-        delta_sq = local[3 + 3 * g : 3 + 4 * g]
-        noise, along = local[3 + 4 * g : 3 + 5 * g], local[3 + 5 * g : 3 + 6 * g]
-        spread = local[3 + 6 * g :]
-        margin, stderr = (
-            self._margin(now, grad_dot, grad_dot_before, delta_sq, along, spread)
-            if self.alarm
-            else (math.nan, math.nan)
-        )
+        per_group = [local[3 + j * g : 3 + (j + 1) * g] for j in range(10)]
+        kinetic_groups, noise = per_group[0], per_group[7]
+        margin = stderr = math.nan
+        if self.alarm:
+            margin, stderr = self._margin(now, *per_group[1:7], *per_group[8:])
         self._evidence = self._weigh(margin, stderr)
         self._above = self._above + 1 if self._evidence > ALARM_EVIDENCE else 0
         alarm = int(self._above >= self.alarm_patience)
@@ -552,18 +590,28 @@ class InertiaMonitor:
             for sink in self.sinks:
                 sink.write(record)
 
-    def _measure(self, now, snapshot, grad_dot, grad_sq, fluctuation) -> tuple[float, float]:
-        """Energies at θ_k from the buffers (buffer = −Δθ_{k−1} when measured): fills
-        `grad_dot` ⟨−Δθ, ∇L⟩ and `grad_sq` ‖g‖² per group; returns (decay, shadow term)."""
+    def _measure(self, now, snapshot, fluctuation) -> tuple[float, float]:
+        """Energies at θ_k from the buffers (buffer = −Δθ_{k−1} when measured); leaves in each
+        group ⟨−Δθ, ∇L⟩ (`grad_dot`), ‖∇L‖² (`grad_sq`, for "fluctuation") and, for the
+        two-step curvature, ⟨−Δθ_prev, ∇L⟩ (`cross_grad`) and ⟨Δθ, Δθ_prev⟩ (`cross`), NaN
+        where not measured; returns (decay, shadow term)."""
         decay = shadow = 0.0
-        for i, (group, m) in enumerate(zip(self._groups, now, strict=True)):
+        for group, m in zip(self._groups, now, strict=True):
+            group.grad_dot, group.grad_sq = 0.0, math.nan
+            group.cross_grad = group.cross = math.nan
             if self._has_delta or fluctuation:
                 grads = group.load_scratch(group.grads())
                 if self._has_delta:  # buffer = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
-                    grad_dot[i] = _dot(group.buffer, grads)
-                    shadow += 0.5 * grad_dot[i]
+                    group.grad_dot = _dot(group.buffer, grads)
+                    shadow += 0.5 * group.grad_dot
+                    if group.previous is not None:
+                        if group.has_previous:
+                            group.cross_grad = _dot(group.previous, grads)
+                            group.cross = _dot(group.buffer, group.previous)
+                        group.previous.copy_(group.buffer)
+                        group.has_previous = True
                 if fluctuation:
-                    grad_sq[i] = _dot(grads, grads)
+                    group.grad_sq = _dot(grads, grads)
             if not m.weight_decay:
                 if snapshot:
                     group.snapshot()
@@ -609,7 +657,16 @@ class InertiaMonitor:
         return heat * self.every
 
     def _margin(
-        self, now, grad_dot, grad_dot_before, delta_sq, along, spread
+        self,
+        now,
+        grad_dot,
+        grad_dot_before,
+        delta_sq,
+        cross_grad,
+        cross,
+        cross_before,
+        along,
+        spread,
     ) -> tuple[float, float]:
         """Stability margin (THEORY.md §4: stable iff < 1), the largest over groups, and its
         noise standard error in that group.
@@ -621,8 +678,11 @@ class InertiaMonitor:
         has no direction ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. Where the
         minibatch curvature's variance along the motion is known ("per_sample" with the alarm),
         the margin is the mean-square one, + h²Var(λ_B)/(2(1 − μ)λ̂)
-        (`inertia.theory.heavy_ball_margin`). Numerator, denominator, variances are averaged
-        over rows (exponentially, weight ½) so that a single step does not decide.
+        (`inertia.theory.heavy_ball_margin`). Without a noise estimate λ̂ is the largest
+        curvature over the last two steps (`_two_step_curvature`): a mode that is still a small
+        part of the motion is seen as soon as the two steps hold it. Numerator, denominator,
+        variances are averaged over rows (exponentially, weight ½) so that a single step does
+        not decide.
         """
         if not self._has_delta or self._maps is None:
             return math.nan, math.nan
@@ -636,6 +696,14 @@ class InertiaMonitor:
                 bound = delta_sq[i] * self._last_noise[i]
                 variance = 2.0 * (along[i] if math.isfinite(along[i]) else bound)
             numerator += m.weight_decay * delta_sq[i]
+            if self._two_steps:
+                last, self._last_secant[i] = self._last_secant[i], (numerator, delta_sq[i])
+                if last is not None and delta_sq[i] > 0:
+                    # ⟨Δθ_prev, H Δθ⟩ = ⟨Δθ_prev, g_k − g_{k−1}⟩ (+ wd ⟨Δθ_prev, Δθ⟩)
+                    a21 = cross_before[i] - cross_grad[i] + m.weight_decay * cross[i]
+                    numerator = delta_sq[i] * _two_step_curvature(
+                        numerator, a21, last[0], delta_sq[i], cross[i], last[1]
+                    )
             ema = self._curvature[i]
             ema[0] = w * ema[0] + (1 - w) * numerator
             ema[1] = w * ema[1] + (1 - w) * delta_sq[i]
