@@ -152,13 +152,13 @@ class MicroBatch(NoiseEstimator):
         self._along = along is not None
         for i, group in enumerate(groups):
             flat = group.load_scratch(group.grads())
-            increment = flat - self._previous[i]
-            self._square[i] += float(torch.dot(increment, increment))
+            previous = self._previous[i].sub_(flat)  # −d_j = G_{j−1} − G_j, in place
+            self._square[i] += float(torch.dot(previous, previous))
             if along is not None:
-                p = float(torch.dot(increment, along[i]))
+                p = -float(torch.dot(previous, along[i]))
                 self._projected[i][0] += p
                 self._projected[i][1] += p * p
-            self._previous[i].copy_(flat)
+            previous.copy_(flat)
         self._count += 1
 
     def take(self, groups, grad_sq):
