@@ -220,6 +220,7 @@ class InertiaMonitor:
         self._last_inertia: float | None = None
         self._last_kinetic = [0.0] * len(self._groups)  # per group, at the last row
         self._kinetic_local = [0.0] * len(self._groups)  # per group, measured after the last step
+        self._step_maps: list[maps.GroupMap] | None = None  # of the step under way
         self._maps: list[maps.GroupMap] | None = None  # of the last step taken
         self._maps_before: list[maps.GroupMap] | None = None  # of the step before it
         self._has_delta = False
@@ -432,9 +433,11 @@ class InertiaMonitor:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
         if self._reported:  # the row is booked after the step, from the optimizer's report
             return
-        self._step_maps = self._maps_now()  # before the step: Adam's h depends on its count
         self._snapshot_taken = (self.step + 1) % self.every == 0
-        if self.step % self.every == 0:
+        booked = self.step % self.every == 0
+        # the maps of a booked or measured step, read before it (Adam's h depends on its count)
+        self._step_maps = self._maps_now() if booked or self._snapshot_taken else None
+        if booked:
             self._book_row(self._step_maps, OK, snapshot=self._snapshot_taken)
         else:  # a step between rows consumes its loss unbooked
             self._loss_sum, self._loss_count = 0.0, 0
@@ -443,8 +446,8 @@ class InertiaMonitor:
                     group.snapshot()
 
     def _after_step(self, optimizer, args, kwargs) -> None:
-        if maps.reports_energy(optimizer):  # h and μ are decided in the step: read them now
-            self._step_maps = self._maps_now()
+        if maps.reports_energy(optimizer) and (self._reported or self._step_maps is not None):
+            self._step_maps = self._maps_now()  # h and μ are decided in the step: read them now
         if self._reported:
             if self.step % self.every == 0:
                 self._book_row(self._step_maps, OK)
@@ -467,7 +470,8 @@ class InertiaMonitor:
                 sq = group.delta_sq if m is None else _dot(delta * delta, group.load_scratch(m))
                 self._kinetic_local[i] = 0.5 * sq / (gmap.h * gmap.h) if gmap.h > 0 else 0.0
             self._has_delta = True
-        self._maps_before, self._maps = self._maps, self._step_maps
+        if self._step_maps is not None:  # a step neither booked nor measured keeps no maps
+            self._maps_before, self._maps = self._maps, self._step_maps
         self.step += 1
 
     # ------------------------------------------------------------------ booking
