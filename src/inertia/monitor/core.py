@@ -101,10 +101,10 @@ class _Group:
             for p in self.params
         ]
 
-    def snapshot(self) -> None:
-        """buffer ← θ, remembering ‖θ‖²."""
+    def snapshot(self, norm: bool) -> None:
+        """buffer ← θ, remembering ‖θ‖² if `norm` (weight decay books it; else NaN)."""
         torch._foreach_copy_(self.views, self.local_params())
-        self.theta_sq = _dot(self.buffer, self.buffer)
+        self.theta_sq = _dot(self.buffer, self.buffer) if norm else math.nan
 
 
 def _dot(a: Tensor, b: Tensor) -> float:
@@ -442,8 +442,8 @@ class InertiaMonitor:
         else:  # a step between rows consumes its loss unbooked
             self._loss_sum, self._loss_count = 0.0, 0
             if self._snapshot_taken:
-                for group in self._groups:
-                    group.snapshot()
+                for group, m in zip(self._groups, self._step_maps, strict=True):
+                    group.snapshot(norm=m.weight_decay != 0)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         if maps.reports_energy(optimizer) and (self._reported or self._step_maps is not None):
@@ -618,11 +618,11 @@ class InertiaMonitor:
                     group.grad_sq = _dot(grads, grads)
             if not m.weight_decay:
                 if snapshot:
-                    group.snapshot()
+                    group.snapshot(norm=False)
                 continue
-            before = group.theta_sq  # ‖θ_{k−1}‖² (at the last snapshot)
+            before = group.theta_sq  # ‖θ_{k−1}‖² (at the last snapshot; NaN if wd was 0 then)
             if snapshot:
-                group.snapshot()
+                group.snapshot(norm=True)
                 theta_sq = group.theta_sq
             else:
                 norms = torch._foreach_norm(group.local_params(), 2, dtype=F64)
