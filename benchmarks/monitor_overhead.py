@@ -10,6 +10,12 @@ blocks with and without the monitor alternate, and the ratio of the medians is p
 With --noise the monitored run also estimates the gradient noise; with microbatch both runs
 split each batch of 64 into 2 micro-batches (gradient accumulation). With --optimizer inertia
 both runs use InertiaSGD, whose report the monitor books without touching the parameters.
+
+    python benchmarks/monitor_overhead.py --scaling
+
+prints instead the time the monitor adds to a step against the number of parameters, on a
+"model" that is only its parameters (loss ½‖θ‖², SGD with momentum and weight decay), so that
+the difference is the monitor's own cost: a fixed part and a part per parameter.
 """
 
 from __future__ import annotations
@@ -105,6 +111,40 @@ class Run:
         return time.perf_counter() - start
 
 
+def scaling(blocks: int) -> None:
+    """Added time a step of an every=1 monitor, for 4 parameter tensors of n/4 elements each."""
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, every=1, SGD")
+    print(f"{'params':>9s} {'µs/step plain':>14s} {'µs added':>9s} {'ns/param':>9s}")
+    for n in (40, 50_000, 500_000, 5_000_000):
+        runs = []
+        for monitored in (False, True):
+            torch.manual_seed(0)
+            params = [torch.nn.Parameter(torch.randn(n // 4)) for _ in range(4)]
+            opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+            runs.append((params, opt, InertiaMonitor(opt, history=100) if monitored else None))
+
+        def steps(run, k=10) -> float:
+            params, opt, monitor = run
+            start = time.perf_counter()
+            for _ in range(k):
+                opt.zero_grad(set_to_none=True)
+                loss = sum(0.5 * p.square().sum() for p in params)
+                loss.backward()
+                if monitor is not None:
+                    monitor.observe(loss)
+                opt.step()
+            return (time.perf_counter() - start) / k
+
+        steps(runs[0]), steps(runs[1])  # warm up
+        times = [[], []]
+        for _ in range(blocks if n < 10**6 else max(blocks // 4, 3)):
+            for t, run in zip(times, runs, strict=True):
+                t.append(steps(run))
+        plain, added = statistics.median(times[0]), statistics.median(times[1])
+        added -= plain
+        print(f"{n:9d} {1e6 * plain:14.1f} {1e6 * added:9.1f} {1e9 * added / n:9.1f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--blocks", type=int, default=15)
@@ -114,7 +154,11 @@ def main() -> None:
         "--noise", choices=("microbatch", "fluctuation", "per_sample"), default=None
     )
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
+    parser.add_argument("--scaling", action="store_true", help="added time against size")
     args = parser.parse_args()
+    if args.scaling:
+        scaling(args.blocks)
+        return
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, "
         f"{args.optimizer} momentum 0.9, "
