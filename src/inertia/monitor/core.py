@@ -81,6 +81,8 @@ class _Group:
         self._cached = None if self.sharded else local
         self.previous = torch.zeros_like(self.buffer) if two_steps else None
         self.has_previous = False  # `previous` holds a measured step
+        # the dots of the last booked row (`InertiaMonitor._measure`)
+        self.grad_dot, self.grad_sq, self.cross_grad, self.cross = 0.0, math.nan, math.nan, math.nan
         self.delta_sq = 0.0  # ‖Δθ‖² of the last measured step
         self.theta_sq = 0.0  # ‖θ‖² at the last snapshot
 
@@ -482,36 +484,29 @@ class InertiaMonitor:
         loss = float(self._loss_sum) / self._loss_count if self._loss_count else math.nan
         self._loss_sum, self._loss_count = 0.0, 0
         g = len(self._groups)
-        grad_dot, grad_sq = [0.0] * g, [math.nan] * g
-        cross_grad, cross = [math.nan] * g, [math.nan] * g
         fluctuation = self.noise == "fluctuation"
         if self._reported:
             decay, shadow = self._read_report(now, after_step=flag != SKIPPED)
         else:
             decay, shadow = self._measure(now, snapshot, fluctuation)
-            for i, group in enumerate(self._groups):
-                grad_dot[i], grad_sq[i] = group.grad_dot, group.grad_sq
-                cross_grad[i], cross[i] = group.cross_grad, group.cross
         noise, along, spread = (
-            self._noise.take(self._groups, grad_sq)
+            self._noise.take(self._groups, [gr.grad_sq for gr in self._groups])
             if self._noise is not None
             else ([math.nan] * g, [math.nan] * g, [math.nan] * g)
         )
-        local = [
-            float(loss),
-            decay,
-            shadow,
-            *self._kinetic_local,
-            *grad_dot,
-            *self._grad_dot_before,
-            *(gr.delta_sq for gr in self._groups),
-            *cross_grad,
-            *cross,
-            *self._cross_before,
-            *noise,
-            *along,
-            *spread,
-        ]
+        per_group = {
+            "kinetic": self._kinetic_local,
+            "grad_dot": [gr.grad_dot for gr in self._groups],
+            "grad_dot_before": self._grad_dot_before,
+            "delta_sq": [gr.delta_sq for gr in self._groups],
+            "cross_grad": [gr.cross_grad for gr in self._groups],
+            "cross": [gr.cross for gr in self._groups],
+            "cross_before": self._cross_before,
+            "noise": noise,  # the noise estimates last: one per rank under DDP
+            "along": along,
+            "spread": spread,
+        }
+        local = [float(loss), decay, shadow, *(x for v in per_group.values() for x in v)]
         if self._world > 1:
             packed = torch.tensor([*local, 1.0], dtype=F64)
             per_rank = 0 if fluctuation else 3 * g  # the noise estimates, one per rank
@@ -525,11 +520,11 @@ class InertiaMonitor:
             packed[len(local) - per_rank : len(local)] /= self._world * self._world
             local = packed[:-1].tolist()
         loss, decay, shadow = local[:3]
-        per_group = [local[3 + j * g : 3 + (j + 1) * g] for j in range(10)]
-        kinetic_groups, noise = per_group[0], per_group[7]
-        margin = stderr = math.nan
-        if self.alarm:
-            margin, stderr = self._margin(now, *per_group[1:7], *per_group[8:])
+        per_group = {  # global sums under DDP/FSDP
+            name: local[3 + j * g : 3 + (j + 1) * g] for j, name in enumerate(per_group)
+        }
+        kinetic_groups, noise = per_group["kinetic"], per_group["noise"]
+        margin, stderr = self._margin(now, per_group) if self.alarm else (math.nan, math.nan)
         self._evidence = self._weigh(margin, stderr)
         self._above = self._above + 1 if self._evidence > ALARM_EVIDENCE else 0
         alarm = int(self._above >= self.alarm_patience)
@@ -660,18 +655,7 @@ class InertiaMonitor:
         )
         return heat * self.every
 
-    def _margin(
-        self,
-        now,
-        grad_dot,
-        grad_dot_before,
-        delta_sq,
-        cross_grad,
-        cross,
-        cross_before,
-        along,
-        spread,
-    ) -> tuple[float, float]:
+    def _margin(self, now: list[maps.GroupMap], per_group: dict) -> tuple[float, float]:
         """Stability margin (THEORY.md §4: stable iff < 1), the largest over groups, and its
         noise standard error in that group.
 
@@ -692,6 +676,10 @@ class InertiaMonitor:
             return math.nan, math.nan
         best = (math.nan, math.nan)
         w = CURVATURE_MEMORY
+        grad_dot, grad_dot_before = per_group["grad_dot"], per_group["grad_dot_before"]
+        delta_sq, along, spread = per_group["delta_sq"], per_group["along"], per_group["spread"]
+        cross_grad, cross = per_group["cross_grad"], per_group["cross"]
+        cross_before = per_group["cross_before"]
         for i, (m, step_map) in enumerate(zip(now, self._maps, strict=True)):
             numerator = grad_dot_before[i] - grad_dot[i]  # ⟨g_k − g_{k−1}, Δθ_{k−1}⟩
             variance = 0.0
