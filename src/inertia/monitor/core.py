@@ -56,6 +56,7 @@ OK, NONFINITE, SKIPPED = 0, 1, 2
 CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
 ALARM_EVIDENCE = 4.0  # the alarm's threshold on S = Σ (margin − 1)/stderr (a CUSUM, in z units)
 PARALLEL = 1e-6  # sin² of the angle below which two steps span one direction, not two
+ROUND_OFF = 1e-3  # the largest relative round-off the two-step curvature may carry
 F64 = torch.float64
 
 
@@ -80,6 +81,8 @@ class _Group:
         ]
         self._cached = None if self.sharded else local
         self.previous = torch.zeros_like(self.buffer) if two_steps else None
+        # the parameters' unit round-off: the relative error of a step is eps·‖θ‖/‖Δθ‖
+        self.eps = max((torch.finfo(p.dtype).eps for p in self.params), default=0.0)
         self.has_previous = False  # `previous` holds a measured step
         # the dots of the last booked row (`InertiaMonitor._measure`)
         self.grad_dot, self.grad_sq, self.cross_grad, self.cross = 0.0, math.nan, math.nan, math.nan
@@ -114,14 +117,17 @@ def _dot(a: Tensor, b: Tensor) -> float:
     return float(torch.dot(a, b))
 
 
-def _two_step_curvature(a11, a21, a22, b11, b12, b22) -> float:
+def _two_step_curvature(a11, a21, a22, b11, b12, b22, precision: float = 0.0) -> float:
     """The largest curvature over span(d₁, d₂), a Rayleigh–Ritz value: with D = [d₁ d₂],
     A = DᵀHD and B = DᵀD, the larger root λ of det(A − λB) = 0, i.e. of
     (b11·b22 − b12²)λ² − (a11·b22 + a22·b11 − 2·a21·b12)λ + (a11·a22 − a21²) = 0.
     On a quadratic it never exceeds λ_max and equals it once the two steps span the top
-    eigenvector; where d₁ and d₂ are (nearly) parallel it is the secant a11/b11."""
+    eigenvector. Resolving a second direction divides the data's relative error
+    (`precision`) by sin²(d₁, d₂): where that exceeds ROUND_OFF, or the steps are (nearly)
+    parallel, it is the secant a11/b11."""
     det = b11 * b22 - b12 * b12
-    if not (det > PARALLEL * b11 * b22 and math.isfinite(a21 + a22 + b12)):
+    resolved = det > max(PARALLEL, precision / ROUND_OFF) * b11 * b22
+    if not (resolved and math.isfinite(a21 + a22 + b12)):
         return a11 / b11
     half = 0.5 * (a11 * b22 + a22 * b11 - 2.0 * a21 * b12)
     return (half + math.sqrt(max(half * half - det * (a11 * a22 - a21 * a21), 0.0))) / det
@@ -445,7 +451,7 @@ class InertiaMonitor:
             self._loss_sum, self._loss_count = 0.0, 0
             if self._snapshot_taken:
                 for group, m in zip(self._groups, self._step_maps, strict=True):
-                    group.snapshot(norm=m.weight_decay != 0)
+                    group.snapshot(norm=m.weight_decay != 0 or self._two_steps)
 
     def _after_step(self, optimizer, args, kwargs) -> None:
         if maps.reports_energy(optimizer) and (self._reported or self._step_maps is not None):
@@ -499,6 +505,7 @@ class InertiaMonitor:
             "grad_dot": [gr.grad_dot for gr in self._groups],
             "grad_dot_before": self._grad_dot_before,
             "delta_sq": [gr.delta_sq for gr in self._groups],
+            "theta_sq": [gr.theta_sq for gr in self._groups],
             "cross_grad": [gr.cross_grad for gr in self._groups],
             "cross": [gr.cross for gr in self._groups],
             "cross_before": self._cross_before,
@@ -613,7 +620,7 @@ class InertiaMonitor:
                     group.grad_sq = _dot(grads, grads)
             if not m.weight_decay:
                 if snapshot:
-                    group.snapshot(norm=False)
+                    group.snapshot(norm=self._two_steps)  # the two-step curvature's precision
                 continue
             before = group.theta_sq  # ‖θ_{k−1}‖² (at the last snapshot; NaN if wd was 0 then)
             if snapshot:
@@ -679,7 +686,7 @@ class InertiaMonitor:
         grad_dot, grad_dot_before = per_group["grad_dot"], per_group["grad_dot_before"]
         delta_sq, along, spread = per_group["delta_sq"], per_group["along"], per_group["spread"]
         cross_grad, cross = per_group["cross_grad"], per_group["cross"]
-        cross_before = per_group["cross_before"]
+        cross_before, theta_sq = per_group["cross_before"], per_group["theta_sq"]
         for i, (m, step_map) in enumerate(zip(now, self._maps, strict=True)):
             numerator = grad_dot_before[i] - grad_dot[i]  # ⟨g_k − g_{k−1}, Δθ_{k−1}⟩
             variance = 0.0
@@ -693,8 +700,9 @@ class InertiaMonitor:
                 if last is not None and delta_sq[i] > 0:
                     # ⟨Δθ_prev, H Δθ⟩ = ⟨Δθ_prev, g_k − g_{k−1}⟩ (+ wd ⟨Δθ_prev, Δθ⟩)
                     a21 = cross_before[i] - cross_grad[i] + m.weight_decay * cross[i]
+                    precision = self._groups[i].eps * math.sqrt(theta_sq[i] / delta_sq[i])
                     numerator = delta_sq[i] * _two_step_curvature(
-                        numerator, a21, last[0], delta_sq[i], cross[i], last[1]
+                        numerator, a21, last[0], delta_sq[i], cross[i], last[1], precision
                     )
             ema = self._curvature[i]
             ema[0] = w * ema[0] + (1 - w) * numerator
