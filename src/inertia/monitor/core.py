@@ -173,9 +173,11 @@ class InertiaMonitor:
             and `noise_floor()`.
         alarm: compute the stability margin and raise the alarm (a `RuntimeWarning` and
             `on_alarm(row)`) once the evidence that it exceeds 1 passes its threshold (at once
-            without noise; accumulated over rows with noise) for `alarm_patience` rows (one
-            extra dot product a step). In time on full-batch runs, silent below the threshold;
-            with minibatch noise sometimes late (docs/monitor.md).
+            without noise; accumulated over rows with noise) for `alarm_patience` rows (a few
+            dot products a step). In time on full-batch runs, silent below the threshold;
+            with minibatch noise sometimes late (docs/monitor.md). Without a `noise` estimate
+            the gradients are taken as exact: with minibatches pass one, or their noise reads
+            as curvature and raises false alarms.
     """
 
     def __init__(
