@@ -95,6 +95,12 @@ def test_two_step_curvature_is_the_rayleigh_ritz_value_over_both_steps():
         assert top == pytest.approx(float(lam.max()), rel=1e-8)
     d = torch.randn(8, generator=gen, dtype=F64)
     assert value(d, -2 * d) == pytest.approx(float(d @ hessian @ d / (d @ d)), rel=1e-12)
+    # steps whose round-off, divided by sin², would pass ROUND_OFF: the secant
+    d1, d2 = (torch.randn(8, generator=gen, dtype=F64) for _ in range(2))
+    entries = (d1 @ hessian @ d1, d2 @ hessian @ d1, d2 @ hessian @ d2, d1 @ d1, d1 @ d2, d2 @ d2)
+    secant = float(d1 @ hessian @ d1 / (d1 @ d1))
+    for precision in (ROUND_OFF, math.nan):  # sin² would have to exceed 1, or unknown
+        assert _two_step_curvature(*(float(x) for x in entries), precision) == secant
 
 
 @pytest.mark.parametrize("mu", MOMENTA)

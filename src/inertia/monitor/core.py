@@ -126,8 +126,8 @@ def _two_step_curvature(a11, a21, a22, b11, b12, b22, precision: float = 0.0) ->
     (`precision`) by sin²(d₁, d₂): where that exceeds ROUND_OFF, or the steps are (nearly)
     parallel, it is the secant a11/b11."""
     det = b11 * b22 - b12 * b12
-    resolved = det > max(PARALLEL, precision / ROUND_OFF) * b11 * b22
-    if not (resolved and math.isfinite(a21 + a22 + b12)):
+    floor = max(PARALLEL, precision / ROUND_OFF) if math.isfinite(precision) else math.inf
+    if not (det > floor * b11 * b22 and math.isfinite(a21 + a22 + b12)):  # sin² > floor
         return a11 / b11
     half = 0.5 * (a11 * b22 + a22 * b11 - 2.0 * a21 * b12)
     return (half + math.sqrt(max(half * half - det * (a11 * a22 - a21 * a21), 0.0))) / det
