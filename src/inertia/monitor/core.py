@@ -503,7 +503,7 @@ class InertiaMonitor:
             else ([math.nan] * g, [math.nan] * g, [math.nan] * g)
         )
         per_group = {
-            "kinetic": self._kinetic_local,
+            "kinetic": list(self._kinetic_local),  # a copy: the next step overwrites it
             "grad_dot": [gr.grad_dot for gr in self._groups],
             "grad_dot_before": self._grad_dot_before,
             "delta_sq": [gr.delta_sq for gr in self._groups],
@@ -515,23 +515,8 @@ class InertiaMonitor:
             "along": along,
             "spread": spread,
         }
-        local = [float(loss), decay, shadow, *(x for v in per_group.values() for x in v)]
         if self._world > 1:
-            packed = torch.tensor([*local, 1.0], dtype=F64)
-            per_rank = 0 if fluctuation else 3 * g  # the noise estimates, one per rank
-            shared = slice(1, len(local) - per_rank)  # replicated: count once
-            replicated = not self._sharded or self._reported  # a report is already global
-            if replicated and self._rank != 0:
-                packed[shared] = 0.0
-            torch.distributed.all_reduce(packed)
-            packed[0] /= packed[-1]  # mean loss over ranks
-            # per-rank estimates of tr(C)/B_local: their mean ÷ world = tr(C)/B
-            packed[len(local) - per_rank : len(local)] /= self._world * self._world
-            local = packed[:-1].tolist()
-        loss, decay, shadow = local[:3]
-        per_group = {  # global sums under DDP/FSDP
-            name: local[3 + j * g : 3 + (j + 1) * g] for j, name in enumerate(per_group)
-        }
+            loss, decay, shadow, per_group = self._reduce(loss, decay, shadow, per_group)
         kinetic_groups, noise = per_group["kinetic"], per_group["noise"]
         margin, stderr = self._margin(now, per_group) if self.alarm else (math.nan, math.nan)
         self._evidence = self._weigh(margin, stderr)
@@ -597,6 +582,25 @@ class InertiaMonitor:
         if writes:
             for sink in self.sinks:
                 sink.write(record)
+
+    def _reduce(self, loss: float, decay: float, shadow: float, per_group: dict) -> tuple:
+        """The row's numbers over ranks (one `all_reduce`): the mean loss; sums of the norms and
+        dots, counted once where the parameters are replicated (DDP) and over shards (FSDP2);
+        the mean of the per-rank noise estimates ÷ world (tr(C)/B of the global batch)."""
+        g = len(self._groups)
+        local = [loss, decay, shadow, *(x for v in per_group.values() for x in v)]
+        packed = torch.tensor([*local, 1.0], dtype=F64)
+        per_rank = 0 if self.noise == "fluctuation" else 3 * g  # noise estimates, the last 3g
+        shared = slice(1, len(local) - per_rank)  # replicated: count once
+        replicated = not self._sharded or self._reported  # a report is already global
+        if replicated and self._rank != 0:
+            packed[shared] = 0.0
+        torch.distributed.all_reduce(packed)
+        packed[0] /= packed[-1]  # mean loss over ranks
+        packed[len(local) - per_rank : len(local)] /= self._world * self._world
+        local = packed[:-1].tolist()
+        per_group = {name: local[3 + j * g : 3 + (j + 1) * g] for j, name in enumerate(per_group)}
+        return local[0], local[1], local[2], per_group
 
     def _measure(self, now, snapshot, fluctuation) -> tuple[float, float]:
         """Energies at θ_k from the buffers (buffer = −Δθ_{k−1} when measured); leaves in each
