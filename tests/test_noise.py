@@ -98,7 +98,7 @@ def test_predicted_floor_for_softmax_regression_on_digits():
         return loss
 
     lbfgs.step(closure)
-    best = float(full())
+    best = float(full().detach())
     opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=wd)
     monitor = InertiaMonitor(opt, noise="per_sample")
     gen = torch.Generator().manual_seed(0)
