@@ -11,7 +11,7 @@ import warnings
 
 import pytest
 import torch
-from torch.func import functional_call, grad, jvp
+from torch.func import functional_call, grad, vjp
 
 from inertia import InertiaMonitor
 from inertia.monitor.core import ROUND_OFF, _two_step_curvature
@@ -188,7 +188,7 @@ def mlp_near_a_minimum(seed=0, n=1024):
 
     v = torch.randn(star.shape, generator=gen, dtype=F64)
     for _ in range(200):
-        hv = jvp(grad(loss), (star,), (v / v.norm(),))[1]
+        hv = vjp(grad(loss), star)[1](v / v.norm())[0]  # H v, reverse over reverse
         lam, v = float((v / v.norm()) @ hv), hv
     return model, x, y, star, lam, v / v.norm()
 
