@@ -31,6 +31,7 @@ from .. import _checks
 from .._distributed import local as _local
 from .._distributed import rank_world
 from ..energy import COLUMNS, Ledger
+from ..theory import heavy_ball_margin
 from . import maps
 from .noise import estimator
 from .sinks import CSVSink, Sink, _FileSink
@@ -721,10 +722,11 @@ class InertiaMonitor:
                 scale = h2 / (2.0 * (1.0 + m.momentum) * ema[1])
                 margin, stderr = scale * ema[0], scale * math.sqrt(ema[2])
                 curvature = ema[0] / ema[1]
-                if ema[3] > 0 and curvature > 0:  # the mean-square term, ∝ 1/λ̂: it carries
-                    extra = h2 * ema[3] / (2.0 * (1.0 - m.momentum) * curvature)
-                    stderr *= math.hypot(1.0, extra / margin)  # λ̂'s relative error too
-                    margin += extra
+                if ema[3] > 0 and curvature > 0 and math.isfinite(curvature * ema[3]):
+                    total = heavy_ball_margin(h2 * curvature, m.momentum, variance=h2 * h2 * ema[3])
+                    # the mean-square term is ∝ 1/λ̂: it carries λ̂'s relative error too
+                    stderr *= math.hypot(1.0, (total - margin) / margin)
+                    margin = total
                 if not margin <= best[0]:  # the largest margin, NaN-safe
                     best = (margin, stderr)
         return best
