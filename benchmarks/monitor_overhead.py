@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from functools import partial
 
 import torch
 from sklearn.datasets import load_digits
@@ -111,38 +112,48 @@ class Run:
         return time.perf_counter() - start
 
 
+def side_by_side(plain, monitored, blocks: int) -> tuple[float, float]:
+    """Median times of `plain()` and `monitored()` over `blocks` alternating calls (warm
+    them up first): both see the same machine state, drifts and all."""
+    times = ([], [])
+    for _ in range(blocks):
+        times[0].append(plain())
+        times[1].append(monitored())
+    return statistics.median(times[0]), statistics.median(times[1])
+
+
+def parameters_only(n: int, *, monitor: bool):
+    """A "model" that is only 4 parameter tensors of n/4 elements (loss ½‖θ‖², SGD with
+    momentum and weight decay), so that a monitored step differs by the monitor's own cost;
+    returns a function timing 10 steps (seconds a step)."""
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(n // 4)) for _ in range(4)]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
+    monitored = InertiaMonitor(opt, history=100) if monitor else None
+
+    def steps(k: int = 10) -> float:
+        start = time.perf_counter()
+        for _ in range(k):
+            opt.zero_grad(set_to_none=True)
+            loss = sum(0.5 * p.square().sum() for p in params)
+            loss.backward()
+            if monitored is not None:
+                monitored.observe(loss)
+            opt.step()
+        return (time.perf_counter() - start) / k
+
+    return steps
+
+
 def scaling(blocks: int) -> None:
-    """Added time a step of an every=1 monitor, for 4 parameter tensors of n/4 elements each."""
+    """Added time a step of an every=1 monitor against the number of parameters."""
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, every=1, SGD")
     print(f"{'params':>9s} {'µs/step plain':>14s} {'µs added':>9s} {'ns/param':>9s}")
     for n in (40, 50_000, 500_000, 5_000_000):
-        runs = []
-        for monitored in (False, True):
-            torch.manual_seed(0)
-            params = [torch.nn.Parameter(torch.randn(n // 4)) for _ in range(4)]
-            opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=1e-4)
-            runs.append((params, opt, InertiaMonitor(opt, history=100) if monitored else None))
-
-        def steps(run, k=10) -> float:
-            params, opt, monitor = run
-            start = time.perf_counter()
-            for _ in range(k):
-                opt.zero_grad(set_to_none=True)
-                loss = sum(0.5 * p.square().sum() for p in params)
-                loss.backward()
-                if monitor is not None:
-                    monitor.observe(loss)
-                opt.step()
-            return (time.perf_counter() - start) / k
-
-        steps(runs[0]), steps(runs[1])  # warm up
-        times = [[], []]
-        for _ in range(blocks if n < 10**6 else max(blocks // 4, 3)):
-            for t, run in zip(times, runs, strict=True):
-                t.append(steps(run))
-        plain, added = statistics.median(times[0]), statistics.median(times[1])
-        added -= plain
-        print(f"{n:9d} {1e6 * plain:14.1f} {1e6 * added:9.1f} {1e9 * added / n:9.1f}")
+        plain, monitored = parameters_only(n, monitor=False), parameters_only(n, monitor=True)
+        plain(), monitored()  # warm up
+        a, b = side_by_side(plain, monitored, blocks if n < 10**6 else max(blocks // 4, 3))
+        print(f"{n:9d} {1e6 * a:14.1f} {1e6 * (b - a):9.1f} {1e9 * (b - a) / n:9.1f}")
 
 
 def main() -> None:
@@ -175,11 +186,11 @@ def main() -> None:
             Run(make, monitor=True, every=args.every, noise=args.noise, optimizer=args.optimizer),
         )
         plain.steps(50), monitored.steps(50)  # warm up
-        t_plain, t_mon = [], []
-        for _ in range(args.blocks):
-            t_plain.append(plain.steps(args.block_steps))
-            t_mon.append(monitored.steps(args.block_steps))
-        a, b = statistics.median(t_plain), statistics.median(t_mon)
+        a, b = side_by_side(
+            partial(plain.steps, args.block_steps),
+            partial(monitored.steps, args.block_steps),
+            args.blocks,
+        )
         params = sum(p.numel() for p in plain.model.parameters())
         print(
             f"{name:6s} {params:8d} {1e3 * a / args.block_steps:14.3f} "
