@@ -263,19 +263,24 @@ def test_step_skipped_by_grad_scaler_is_recorded_as_skipped():
     assert monitor.ledger["step"].tolist() == [0, 1, 1, 2, 3]
 
 
-@pytest.mark.parametrize("alarm", [False, True])
-def test_state_dict_resumes_the_same_ledger(alarm):
+@pytest.mark.parametrize("alarm, noise", [(False, None), (True, None), (True, "per_sample")])
+def test_state_dict_resumes_the_same_ledger(alarm, noise):
+    """Bit-identical, also with the alarm's state: the two-step secant's (no noise) and the
+    tracked Hessian directions (per-sample losses)."""
+    rows = math.sqrt(3.0) * torch.linalg.cholesky(A).T  # mean of ½(rowᵢ·θ)² = ½θᵀAθ
+
     def make():
         theta = torch.nn.Parameter(THETA0.clone())
         opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9, weight_decay=0.01)
-        return theta, opt, InertiaMonitor(opt, alarm=alarm)
+        return theta, opt, InertiaMonitor(opt, alarm=alarm, noise=noise)
 
     def run(theta, opt, monitor, n):
         for _ in range(n):
             opt.zero_grad()
-            loss = quadratic_loss(theta)
+            per_sample = 0.5 * (rows @ theta) ** 2
+            loss = per_sample.mean()
+            monitor.observe(loss, per_sample=per_sample if noise else None)
             loss.backward()
-            monitor.observe(loss)
             opt.step()
 
     theta, opt, monitor = make()

@@ -59,6 +59,9 @@ ALARM_EVIDENCE = 4.0  # the alarm's threshold on S = Σ (margin − 1)/stderr (a
 PARALLEL = 1e-6  # sin² of the angle below which two steps span one direction, not two
 ROUND_OFF = 1e-3  # the largest relative round-off the two-step curvature may carry
 F64 = torch.float64
+#: The row's estimates from each rank's own batch, last in its packing: name → p, where the
+#: mean over ranks is further ÷ world^p (a variance of the mean gradient: p = 1).
+PER_RANK = {"noise": 1, "along": 1, "spread": 1, "curvature": 0}
 
 
 class _Group:
@@ -174,11 +177,13 @@ class InertiaMonitor:
             and `noise_floor()`.
         alarm: compute the stability margin and raise the alarm (a `RuntimeWarning` and
             `on_alarm(row)`) once the evidence that it exceeds 1 passes its threshold (at once
-            without noise; accumulated over rows with noise) for `alarm_patience` rows (a few
-            dot products a step). In time on full-batch runs, silent below the threshold;
-            with minibatch noise sometimes late (docs/monitor.md). Without a `noise` estimate
-            the gradients are taken as exact: with minibatches pass one, or their noise reads
-            as curvature and raises false alarms.
+            without noise; accumulated over rows with noise) for `alarm_patience` rows. The
+            curvature: without noise, from the gradients the steps have (a few dot products a
+            step); with noise="per_sample", from Hessian-vector products on the step's batch
+            (in time in the tests' minibatch runs); with the other estimates, a secant that
+            can be late at high momentum (docs/monitor.md). Without a `noise` estimate the
+            gradients are taken as exact: with minibatches pass one, or their noise reads as
+            curvature and raises false alarms.
     """
 
     def __init__(
@@ -215,8 +220,10 @@ class InertiaMonitor:
         # An optimizer that reports its energies (InertiaSGD) is booked from its report, with no
         # pass over the parameters, unless the alarm or a noise estimate needs the buffers.
         self._reported = maps.reports_energy(optimizer) and not alarm and noise is None
-        # Without noise the alarm's curvature is the largest over the last two steps (the
-        # max over a subspace is biased upward by noise: with a noise estimate, the last step).
+        # The alarm's curvature (`_margin`): with per-sample losses, from Hessian-vector products
+        # on the step's batch; without noise, the largest over the last two steps' secants (a
+        # max over a subspace is biased upward by gradient noise: with it, the last step's).
+        self._hessian = bool(alarm) and noise == "per_sample"
         self._two_steps = bool(alarm) and noise is None
         self._groups = [
             _Group(g["params"], buffers=not self._reported, two_steps=self._two_steps)
@@ -251,8 +258,8 @@ class InertiaMonitor:
         self._grad_dot_before = [0.0] * groups  # ⟨−Δθ, g⟩ with the step's own gradient
         self._cross_before = [math.nan] * groups  # ⟨−Δθ_prev, g⟩ with the last step's gradient
         self._last_secant: list[tuple[float, float] | None] = [None] * groups  # (dᵀHd, ‖d‖²)
-        # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖², the numerator's noise variance and the curvature's, per group
-        self._curvature = [[0.0, 0.0, 0.0, 0.0] for _ in range(groups)]
+        # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group (`_secant`)
+        self._curvature = [[0.0, 0.0, 0.0] for _ in range(groups)]
         self._above = 0  # rows in a row with the evidence above its threshold
         self._evidence = 0.0  # S_k = max(0, S_{k−1} + (margin − 1)/stderr)
         self._handles = [
@@ -272,7 +279,7 @@ class InertiaMonitor:
         call this after each micro-batch's `backward`."""
         if not accumulate and self._loss_count:
             self._book_row(self._maps_now(), SKIPPED)
-        if self._noise is not None:
+        if self._noise is not None and self.step % self.every == 0:  # a booked step's noise
             along = [g.buffer for g in self._groups] if self._snapshot_taken else None
             self._noise.observe(self._groups, per_sample, along)
         value = loss.detach() if isinstance(loss, Tensor) else float(loss)
@@ -368,6 +375,7 @@ class InertiaMonitor:
                 self._above,
                 self._evidence,
             ),
+            "top_curvature": self._noise.top.state_dict() if self._hessian else None,
             "two_steps": (
                 [g.previous.clone() if g.has_previous else None for g in self._groups],
                 list(self._cross_before),
@@ -400,6 +408,8 @@ class InertiaMonitor:
         self._last_noise = list(state["noise"])
         dots, curvature, self._above, self._evidence = state["alarm"]
         self._grad_dot_before, self._curvature = list(dots), [list(c) for c in curvature]
+        if self._hessian:
+            self._noise.top.load_state_dict(state["top_curvature"] or [])
         previous, cross_before, last_secant = state["two_steps"]
         for group, step in zip(self._groups, previous, strict=True):
             group.has_previous = group.previous is not None and step is not None
@@ -498,10 +508,10 @@ class InertiaMonitor:
             decay, shadow = self._read_report(now, after_step=flag != SKIPPED)
         else:
             decay, shadow = self._measure(now, snapshot, fluctuation)
-        noise, along, spread = (
+        noise, along, spread, curvature = (
             self._noise.take(self._groups, [gr.grad_sq for gr in self._groups])
             if self._noise is not None
-            else ([math.nan] * g, [math.nan] * g, [math.nan] * g)
+            else ([math.nan] * g,) * 4
         )
         per_group = {
             "kinetic": list(self._kinetic_local),  # a copy: the next step overwrites it
@@ -512,9 +522,11 @@ class InertiaMonitor:
             "cross_grad": [gr.cross_grad for gr in self._groups],
             "cross": [gr.cross for gr in self._groups],
             "cross_before": self._cross_before,
-            "noise": noise,  # the noise estimates last: one per rank under DDP
+            # last, the estimates from each rank's own batch (`PER_RANK`)
+            "noise": noise,
             "along": along,
             "spread": spread,
+            "curvature": curvature,
         }
         if self._world > 1:
             loss, decay, shadow, per_group = self._reduce(loss, decay, shadow, per_group)
@@ -587,18 +599,20 @@ class InertiaMonitor:
     def _reduce(self, loss: float, decay: float, shadow: float, per_group: dict) -> tuple:
         """The row's numbers over ranks (one `all_reduce`): the mean loss; sums of the norms and
         dots, counted once where the parameters are replicated (DDP) and over shards (FSDP2);
-        the mean of the per-rank noise estimates ÷ world (tr(C)/B of the global batch)."""
+        the per-rank estimates from each rank's own batch (`PER_RANK`, last) averaged over
+        ranks, the noise ones ÷ world once more (tr(C)/B of the global batch)."""
         g = len(self._groups)
         local = [loss, decay, shadow, *(x for v in per_group.values() for x in v)]
         packed = torch.tensor([*local, 1.0], dtype=F64)
-        per_rank = 0 if self.noise == "fluctuation" else 3 * g  # noise estimates, the last 3g
-        shared = slice(1, len(local) - per_rank)  # replicated: count once
+        per_rank = PER_RANK if self.noise != "fluctuation" else {}  # ‖g_B‖²: global already
+        end = len(local) - g * len(per_rank)
         replicated = not self._sharded or self._reported  # a report is already global
         if replicated and self._rank != 0:
-            packed[shared] = 0.0
+            packed[1:end] = 0.0  # replicated: count once
         torch.distributed.all_reduce(packed)
         packed[0] /= packed[-1]  # mean loss over ranks
-        packed[len(local) - per_rank : len(local)] /= self._world * self._world
+        for j, power in enumerate(per_rank.values()):
+            packed[end + j * g : end + (j + 1) * g] /= self._world ** (1 + power)
         local = packed[:-1].tolist()
         per_group = {name: local[3 + j * g : 3 + (j + 1) * g] for j, name in enumerate(per_group)}
         return local[0], local[1], local[2], per_group
@@ -670,66 +684,81 @@ class InertiaMonitor:
         return heat * self.every
 
     def _margin(self, now: list[maps.GroupMap], per_group: dict) -> tuple[float, float]:
-        """Stability margin (THEORY.md §4: stable iff < 1), the largest over groups, and its
-        noise standard error in that group.
+        """Stability margin h²λ̂/(2(1 + μ)) (THEORY.md §4: stable iff < 1), the largest over
+        groups, and its noise standard error in that group. λ̂ (+ wd) is:
 
-        λ̂ is the secant curvature along the motion, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd, and the
-        margin h²λ̂/(2(1 + μ)). With a noise estimate, the bias h²·tr(C)/B that the step's own
-        gradient noise puts into the numerator is removed, and the numerator's noise variance,
-        2Δθᵀ(C/B)Δθ (two independent gradients), gives the standard error; where the estimate
-        has no direction ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. Where the
-        minibatch curvature's variance along the motion is known ("per_sample" with the alarm),
-        the margin is the mean-square one, + h²Var(λ_B)/(2(1 − μ)λ̂)
-        (`inertia.theory.heavy_ball_margin`). Without a noise estimate λ̂ is the largest
-        curvature over the last two steps (`_two_step_curvature`): a mode that is still a small
-        part of the motion is seen as soon as the two steps hold it. Numerator, denominator,
-        variances are averaged over rows (exponentially, weight ½) so that a single step does
-        not decide.
+        - with noise="per_sample", the top curvature of the step's minibatch Hessian along the
+          motion (`inertia.monitor.curvature`), and the margin is the mean-square one,
+          + h²Var(λ_B)/(2(1 − μ)λ̂) (`inertia.theory.heavy_ball_margin`), its standard error
+          from the per-sample curvatures;
+        - otherwise from the gradients the steps have (`_secant`).
         """
         if not self._has_delta or self._maps is None:
             return math.nan, math.nan
         best = (math.nan, math.nan)
-        w = CURVATURE_MEMORY
-        grad_dot, grad_dot_before = per_group["grad_dot"], per_group["grad_dot_before"]
-        delta_sq, along, spread = per_group["delta_sq"], per_group["along"], per_group["spread"]
-        cross_grad, cross = per_group["cross_grad"], per_group["cross"]
-        cross_before, theta_sq = per_group["cross_before"], per_group["theta_sq"]
         for i, (m, step_map) in enumerate(zip(now, self._maps, strict=True)):
-            numerator = grad_dot_before[i] - grad_dot[i]  # ⟨g_k − g_{k−1}, Δθ_{k−1}⟩
-            variance = 0.0
-            if math.isfinite(self._last_noise[i]):
-                numerator -= step_map.h * step_map.h * self._last_noise[i]
-                bound = delta_sq[i] * self._last_noise[i]
-                variance = 2.0 * (along[i] if math.isfinite(along[i]) else bound)
-            numerator += m.weight_decay * delta_sq[i]
-            if self._two_steps:
-                last, self._last_secant[i] = self._last_secant[i], (numerator, delta_sq[i])
-                if last is not None and delta_sq[i] > 0:
-                    # ⟨Δθ_prev, H Δθ⟩ = ⟨Δθ_prev, g_k − g_{k−1}⟩ (+ wd ⟨Δθ_prev, Δθ⟩)
-                    a21 = cross_before[i] - cross_grad[i] + m.weight_decay * cross[i]
-                    precision = self._groups[i].eps * math.sqrt(theta_sq[i] / delta_sq[i])
-                    numerator = delta_sq[i] * _two_step_curvature(
-                        numerator, a21, last[0], delta_sq[i], cross[i], last[1], precision
-                    )
-            ema = self._curvature[i]
-            ema[0] = w * ema[0] + (1 - w) * numerator
-            ema[1] = w * ema[1] + (1 - w) * delta_sq[i]
-            ema[2] = w * w * ema[2] + (1 - w) ** 2 * variance
-            if math.isfinite(spread[i]):
-                ema[3] = w * ema[3] + (1 - w) * spread[i]
-            if ema[1] > 0 and math.isfinite(m.h) and m.momentum < 1:
-                h2 = m.h * m.h
-                scale = h2 / (2.0 * (1.0 + m.momentum) * ema[1])
-                margin, stderr = scale * ema[0], scale * math.sqrt(ema[2])
-                curvature = ema[0] / ema[1]
-                if ema[3] > 0 and curvature > 0 and math.isfinite(curvature * ema[3]):
-                    total = heavy_ball_margin(h2 * curvature, m.momentum, variance=h2 * h2 * ema[3])
-                    # the mean-square term is ∝ 1/λ̂: it carries λ̂'s relative error too
-                    stderr *= math.hypot(1.0, (total - margin) / margin)
-                    margin = total
-                if not margin <= best[0]:  # the largest margin, NaN-safe
-                    best = (margin, stderr)
+            if self._hessian:
+                curvature = per_group["curvature"][i] + m.weight_decay
+                variance = per_group["spread"][i]  # of λ_B, and λ̂'s squared standard error
+                stderr, fluctuation = math.sqrt(variance), variance
+            else:
+                curvature, stderr = self._secant(i, m, step_map, per_group)
+                fluctuation = 0.0
+            if not (math.isfinite(curvature) and math.isfinite(m.h) and m.momentum < 1):
+                continue
+            h2 = m.h * m.h
+            scale = h2 / (2.0 * (1.0 + m.momentum))
+            margin, stderr = scale * curvature, scale * stderr
+            if fluctuation > 0 and curvature > 0 and math.isfinite(fluctuation):
+                total = heavy_ball_margin(
+                    h2 * curvature, m.momentum, variance=h2 * h2 * fluctuation
+                )
+                # the mean-square term is ∝ 1/λ̂: it carries λ̂'s relative error too
+                stderr *= math.hypot(1.0, (total - margin) / margin)
+                margin = total
+            if not margin <= best[0]:  # the largest margin, NaN-safe
+                best = (margin, stderr)
         return best
+
+    def _secant(self, i: int, m: maps.GroupMap, step_map: maps.GroupMap, per_group: dict):
+        """Group i's curvature from gradients, (λ̂, standard error): the secant along the last
+        step, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd. With a noise estimate, the bias h²·tr(C)/B
+        that the step's own gradient noise puts into the numerator is removed, and the
+        numerator's noise variance, 2Δθᵀ(C/B)Δθ (two independent gradients), gives the
+        standard error; where the estimate has no direction ("fluctuation") the bound
+        2‖Δθ‖²·tr(C)/B stands in. Without a noise estimate λ̂ is the largest curvature over
+        the last two steps (`_two_step_curvature`): a mode that is still a small part of the
+        motion is seen as soon as the two steps hold it. Numerator, denominator and variance
+        are averaged over rows (exponentially, weight ½) so that a single step does not
+        decide."""
+        delta_sq, along = per_group["delta_sq"][i], per_group["along"][i]
+        numerator = per_group["grad_dot_before"][i] - per_group["grad_dot"][i]
+        variance = 0.0
+        noise = self._last_noise[i]
+        if math.isfinite(noise):
+            numerator -= step_map.h * step_map.h * noise
+            variance = 2.0 * (along if math.isfinite(along) else delta_sq * noise)
+        numerator += m.weight_decay * delta_sq
+        if self._two_steps:
+            last, self._last_secant[i] = self._last_secant[i], (numerator, delta_sq)
+            if last is not None and delta_sq > 0:
+                # ⟨Δθ_prev, H Δθ⟩ = ⟨Δθ_prev, g_k − g_{k−1}⟩ (+ wd ⟨Δθ_prev, Δθ⟩)
+                cross = per_group["cross"][i]
+                a21 = per_group["cross_before"][i] - per_group["cross_grad"][i]
+                a21 += m.weight_decay * cross
+                eps = self._groups[i].eps
+                precision = eps * math.sqrt(per_group["theta_sq"][i] / delta_sq)
+                numerator = delta_sq * _two_step_curvature(
+                    numerator, a21, last[0], delta_sq, cross, last[1], precision
+                )
+        w = CURVATURE_MEMORY
+        ema = self._curvature[i]
+        ema[0] = w * ema[0] + (1 - w) * numerator
+        ema[1] = w * ema[1] + (1 - w) * delta_sq
+        ema[2] = w * w * ema[2] + (1 - w) ** 2 * variance
+        if not ema[1] > 0:
+            return math.nan, math.nan
+        return ema[0] / ema[1], math.sqrt(ema[2]) / ema[1]
 
     def _weigh(self, margin: float, stderr: float) -> float:
         """The alarm's evidence that the margin exceeds 1: a one-sided CUSUM of the standardised

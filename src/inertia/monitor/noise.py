@@ -12,9 +12,9 @@ parameter group (THEORY.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
 
 "per_sample" and "microbatch" also give the noise along the last step, Δθᵀ(C/B)Δθ (the
 stability margin's error, `InertiaMonitor._margin`); "fluctuation" cannot (NaN). With
-`curvature`, "per_sample" also gives the variance of the minibatch curvature along the last
-step, Var_i(d̂ᵀHᵢd̂)/B, from per-sample second directional derivatives (four backward passes
-of scalars, double-backward trick): the stability margin's mean-square term.
+`curvature`, "per_sample" also gives the minibatch Hessian's top curvature along the motion
+and its variance, Var_i(x̂ᵀHᵢx̂)/B, from Hessian-vector products on the step's own batch
+(`inertia.monitor.curvature`): the stability margin's λ̂ and mean-square term.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ import math
 
 import torch
 from torch import Tensor
+
+from .curvature import TopCurvature
 
 F64 = torch.float64
 KINDS = ("per_sample", "microbatch", "fluctuation")
@@ -36,8 +38,9 @@ class NoiseEstimator:
         one was measured."""
 
     def take(self, groups, grad_sq: list[float]) -> tuple[list[float], ...]:
-        """tr(C)/B, Δθᵀ(C/B)Δθ and Var(d̂ᵀH_B d̂) per group since the last row (`grad_sq`:
-        ‖g_B‖² of the step's gradient); NaN where the estimator has none."""
+        """tr(C)/B, Δθᵀ(C/B)Δθ, Var(x̂ᵀH_Bx̂) and the top curvature x̂ᵀH_Bx̂ per group since
+        the last row (`grad_sq`: ‖g_B‖² of the step's gradient); NaN where the estimator has
+        none."""
         raise NotImplementedError
 
 
@@ -45,18 +48,20 @@ def _nan(groups) -> list[float]:
     return [math.nan] * len(groups)
 
 
-def _mean(sums: list[list[float]] | None, count: int, groups) -> list[list[float]]:
-    """The running sums of (trace, along, spread) averaged over `count` observations."""
+def _of_the_mean(sums: list[list[float]] | None, count: int, groups) -> list[list[float]]:
+    """Variances summed over the `count` independent micro-batches of a step, as those of
+    their mean gradient: ÷ count²."""
     if sums is None:
-        return [_nan(groups), _nan(groups), _nan(groups)]
-    return [[x / count for x in column] for column in sums]
+        return [_nan(groups), _nan(groups)]
+    return [[x / count**2 for x in column] for column in sums]
 
 
 class PerSample(NoiseEstimator):
-    def __init__(self, curvature: bool = False):
+    def __init__(self, groups, curvature: bool = False):
         self._sums: list[list[float]] | None = None
         self._count = 0
-        self.curvature = curvature
+        self.top = TopCurvature(groups) if curvature else None
+        self._curvature = [0.0, 0.0, 0]  # Σλ̂, ΣVar(λ̂) and their count over micro-batches
 
     def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
         if per_sample is None:
@@ -76,8 +81,11 @@ class PerSample(NoiseEstimator):
             retain_graph=True,
             allow_unused=True,
         )
-        curvature = self.curvature and along is not None
-        spreads = _curvature_spread(groups, params, losses, along) if curvature else None
+        if self.top is not None and along is not None:
+            curvature, spread = self.top.measure(losses, along)
+            self._curvature = [
+                x + y for x, y in zip(self._curvature, (curvature, spread, 1), strict=True)
+            ]
         traces, alongs, i = [], [], 0
         for k, group in enumerate(groups):
             trace, projection = 0.0, torch.zeros(batch, dtype=F64)
@@ -95,7 +103,7 @@ class PerSample(NoiseEstimator):
             alongs.append(
                 float(projection.square().sum()) / (batch - 1) / batch if along else math.nan
             )
-        new = [traces, alongs, spreads or _nan(groups)]
+        new = [traces, alongs]
         self._sums = (
             new
             if self._sums is None
@@ -107,37 +115,11 @@ class PerSample(NoiseEstimator):
         self._count += 1
 
     def take(self, groups, grad_sq):
-        out = _mean(self._sums, self._count, groups)
-        self._sums, self._count = None, 0
-        return tuple(out)
-
-
-def _curvature_spread(groups, params, losses, along) -> list[float]:
-    """Var_i(d̂ᵀHᵢd̂)/B along the whole last step d (the same for every group).
-
-    The per-sample second directional derivatives qᵢ = dᵀHᵢd come from two Jacobian-vector
-    products by the double-backward trick, each a backward pass of a scalar: with dummy
-    weights u, sᵢ = ∂/∂uᵢ ⟨∇_θ Σ uⱼℓⱼ, d⟩ = ⟨∇ℓᵢ, d⟩, and the same again on s gives qᵢ.
-    """
-    batch = losses.numel()
-    directions = [
-        v.view_as(p).to(p.dtype)
-        for group, d in zip(groups, along, strict=True)
-        for v, p in zip(d.split([q.numel() for q in group.params]), group.params, strict=True)
-    ]
-
-    def along_d(values: Tensor) -> Tensor:  # (⟨∇_θ valuesᵢ, d⟩)ᵢ, differentiable in θ
-        weights = torch.ones(batch, dtype=values.dtype, requires_grad=True)
-        grads = torch.autograd.grad(
-            (values * weights).sum(), params, create_graph=True, allow_unused=True
-        )
-        inner = sum((g * d).sum() for g, d in zip(grads, directions, strict=True) if g is not None)
-        return torch.autograd.grad(inner, weights, create_graph=True)[0]
-
-    quotient = along_d(along_d(losses)).detach().to(F64)  # dᵀHᵢd over the whole step
-    norm_sq = sum(float(d @ d) for d in along)
-    spread = float(quotient.var()) / batch / norm_sq**2 if norm_sq > 0 else math.nan
-    return [spread] * len(groups)
+        traces, alongs = _of_the_mean(self._sums, self._count, groups)
+        total, variance, n = self._curvature  # the mean curvature, and its variance
+        curvature, spread = (total / n, variance / n / n) if n else (math.nan, math.nan)
+        self._sums, self._count, self._curvature = None, 0, [0.0, 0.0, 0]
+        return traces, alongs, [spread] * len(groups), [curvature] * len(groups)
 
 
 class MicroBatch(NoiseEstimator):
@@ -180,21 +162,21 @@ class MicroBatch(NoiseEstimator):
             self._square[i] = 0.0
             self._projected[i] = [0.0, 0.0]
         self._count = 0
-        return traces, alongs, _nan(groups)
+        return traces, alongs, _nan(groups), _nan(groups)
 
 
 class Fluctuation(NoiseEstimator):
     def take(self, groups, grad_sq):
         # ‖g_B‖² per group, computed by the monitor with the step's gradient; nothing along Δθ
-        return list(grad_sq), _nan(groups), _nan(groups)
+        return list(grad_sq), _nan(groups), _nan(groups), _nan(groups)
 
 
 def estimator(kind: str | None, groups, *, curvature: bool = False) -> NoiseEstimator | None:
-    """The estimator `kind` names; `curvature`: also the curvature spread (per_sample only)."""
+    """The estimator `kind` names; `curvature`: also the top curvature (per_sample only)."""
     if kind is None:
         return None
     if kind == "per_sample":
-        return PerSample(curvature)
+        return PerSample(groups, curvature)
     if kind == "microbatch":
         return MicroBatch(groups)
     if kind == "fluctuation":

@@ -1,0 +1,129 @@
+"""The top curvature of the step's minibatch Hessian from Hessian-vector products: the stability
+alarm's λ̂ with `noise="per_sample"` (`InertiaMonitor._margin`).
+
+Each row takes the Rayleigh–Ritz value of H_B, the Hessian of the step's minibatch loss at
+θ_k, over the span of three directions: the last step d, and the last row's maximiser x̂ and
+H_B'x̂ (its image under the last row's Hessian; a restarted Lanczos step):
+
+    λ̂ = max over unit x ∈ span(d, x̂, H_B'x̂) of xᵀH_Bx,    x̂ ← the maximiser.
+
+On a fixed quadratic λ̂ never decreases and never exceeds λ_max(H_B); it climbs to λ_max like a
+power iteration, with the steps (noise kicks included) feeding it new directions. No gradient
+noise enters, unlike a secant's ⟨g_k − g_{k−1}, Δθ⟩: only the minibatch Hessian's own
+fluctuation, whose variance along x̂, Var_i(x̂ᵀHᵢx̂)/B, the per-sample second directional
+derivatives give (the double-backward trick: with dummy weights w, sᵢ = ∂/∂wᵢ⟨∇_θ Σ wⱼℓⱼ, x̂⟩
+= ⟨∇ℓᵢ, x̂⟩, and the same again on s gives x̂ᵀHᵢx̂). Cost per row: one backward pass with a
+graph, one Hessian-vector product per direction and four scalar backward passes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+F64 = torch.float64
+INDEPENDENT = 1e-12  # a direction adds to the span if more than this share of it (squared) is new
+
+Vector = list[Tensor]  # one flat float64 tensor per parameter group
+
+
+def _dot(a: Vector, b: Vector) -> float:
+    return sum(float(x @ y) for x, y in zip(a, b, strict=True))
+
+
+def _combine(coefficients: list[float], vectors: list[Vector]) -> Vector:
+    return [
+        sum(c * v[i] for c, v in zip(coefficients, vectors, strict=True))
+        for i in range(len(vectors[0]))
+    ]
+
+
+def _grad(output: Tensor, inputs: list[Tensor], **kwargs) -> list[Tensor | None]:
+    """∂output/∂inputs, None for each input it does not depend on (also where it depends on
+    none: a loss linear in θ has no curvature)."""
+    if not output.requires_grad:
+        return [None] * len(inputs)
+    return list(torch.autograd.grad(output, inputs, allow_unused=True, **kwargs))
+
+
+def _orthonormal(vectors: list[Vector]) -> list[Vector]:
+    """Gram–Schmidt (twice, for round-off), dropping what the earlier vectors already span."""
+    basis: list[Vector] = []
+    for vector in vectors:
+        rest = vector
+        for _ in range(2):
+            for u in basis:
+                share = _dot(rest, u)
+                rest = [x - share * y for x, y in zip(rest, u, strict=True)]
+        norm_sq = _dot(rest, rest)
+        if norm_sq > INDEPENDENT * _dot(vector, vector):
+            basis.append([x / math.sqrt(norm_sq) for x in rest])
+    return basis
+
+
+class TopCurvature:
+    """Tracks the top curvature of the minibatch Hessian along the training's motion."""
+
+    def __init__(self, groups):
+        self._sizes = [[p.numel() for p in g.params] for g in groups]
+        self._params = [p for g in groups for p in g.params]
+        self._tracked: list[Vector] = []  # x̂ and H_B'x̂/‖H_B'x̂‖ of the last row
+
+    def state_dict(self) -> list[Vector]:
+        return [[t.clone() for t in v] for v in self._tracked]
+
+    def load_state_dict(self, tracked: list[Vector]) -> None:
+        self._tracked = [[t.clone() for t in v] for v in tracked]
+
+    def _per_parameter(self, vector: Vector) -> list[Tensor]:
+        """A flat float64 vector as per-parameter tensors in the parameters' shapes and dtypes."""
+        views = (
+            v for flat, sizes in zip(vector, self._sizes, strict=True) for v in flat.split(sizes)
+        )
+        return [v.view_as(p).to(p.dtype) for v, p in zip(views, self._params, strict=True)]
+
+    def _flat(self, tensors: list[Tensor | None]) -> Vector:
+        parts = [
+            (t if t is not None else torch.zeros_like(p)).reshape(-1).to(F64)
+            for t, p in zip(tensors, self._params, strict=True)
+        ]
+        out, i = [], 0
+        for sizes in self._sizes:
+            out.append(torch.cat(parts[i : i + len(sizes)]))
+            i += len(sizes)
+        return out
+
+    def measure(self, losses: Tensor, step: Vector) -> tuple[float, float]:
+        """(λ̂, Var_i(x̂ᵀHᵢx̂)/B) at the current parameters from the unreduced `losses` (with
+        their graph); `step`: the last step (flat float64 per group, either sign)."""
+        basis = _orthonormal([step, *self._tracked])
+        losses = losses.reshape(-1)
+        batch = losses.numel()
+        weights = torch.ones(batch, dtype=losses.dtype, requires_grad=True)
+        grads = _grad((losses * weights).sum(), self._params, create_graph=True)
+        if not basis or all(g is None for g in grads):
+            return math.nan, math.nan
+
+        def along(gradients, direction: Vector) -> Tensor:  # ⟨gradients, d⟩
+            pairs = zip(gradients, self._per_parameter(direction), strict=True)
+            return sum(((g * d).sum() for g, d in pairs if g is not None), losses.new_zeros(()))
+
+        products = [  # H_B u = ∇_θ⟨∇L_B, u⟩ for each basis vector
+            [x / batch for x in self._flat(_grad(along(grads, u), self._params, retain_graph=True))]
+            for u in basis
+        ]
+        ritz = torch.tensor([[_dot(u, hv) for hv in products] for u in basis], dtype=F64)
+        values, vectors = torch.linalg.eigh(0.5 * (ritz + ritz.T))
+        top = vectors[:, -1].tolist()
+        x, hx = _combine(top, basis), _combine(top, products)
+        # per sample: sᵢ = ⟨∇ℓᵢ, x̂⟩, then qᵢ = ⟨∇sᵢ, x̂⟩ = x̂ᵀHᵢx̂
+        s = torch.autograd.grad(along(grads, x), weights, create_graph=True)[0]
+        again = torch.ones(batch, dtype=losses.dtype, requires_grad=True)
+        grads_s = _grad((s * again).sum(), self._params, create_graph=True)
+        q = _grad(along(grads_s, x), [again])[0]
+        q = torch.zeros(batch, dtype=F64) if q is None else q.detach().to(F64)
+        image = math.sqrt(_dot(hx, hx))
+        self._tracked = [x, *([[v / image for v in hx]] if image > 0 else [])]
+        return float(values[-1]), float(q.var()) / batch
