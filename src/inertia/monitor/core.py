@@ -76,13 +76,10 @@ class _Group:
         self.sharded = any(_local(p) is not p for p in self.params)
         local = [_local(p).detach() for p in self.params] if buffers else []
         device = local[0].device if local else torch.device("cpu")
-        sizes = [t.numel() for t in local]
-        self.buffer = torch.zeros(sum(sizes), dtype=F64, device=device)
+        self._sizes, self._shapes = [t.numel() for t in local], [t.shape for t in local]
+        self.buffer = torch.zeros(sum(self._sizes), dtype=F64, device=device)
         self.scratch = torch.zeros_like(self.buffer)
-        self.views = [v.view(t.shape) for v, t in zip(self.buffer.split(sizes), local, strict=True)]
-        self.scratch_views = [
-            v.view(t.shape) for v, t in zip(self.scratch.split(sizes), local, strict=True)
-        ]
+        self.views, self.scratch_views = self.views_of(self.buffer), self.views_of(self.scratch)
         self._cached = None if self.sharded else local
         self.previous = torch.zeros_like(self.buffer) if two_steps else None
         # the parameters' unit round-off: the relative error of a step is eps·‖θ‖/‖Δθ‖
@@ -92,6 +89,10 @@ class _Group:
         self.grad_dot, self.grad_sq, self.cross_grad, self.cross = 0.0, math.nan, math.nan, math.nan
         self.delta_sq = 0.0  # ‖Δθ‖² of the last measured step
         self.theta_sq = 0.0  # ‖θ‖² at the last snapshot
+
+    def views_of(self, flat: Tensor) -> list[Tensor]:
+        """Per-parameter views of a flat buffer laid out as `buffer`."""
+        return [v.view(s) for v, s in zip(flat.split(self._sizes), self._shapes, strict=True)]
 
     def local_params(self) -> list[Tensor]:
         """The (local shards of the) parameters; plain tensors are cached views of them."""

@@ -122,7 +122,7 @@ class TopCurvature:
         s = torch.autograd.grad(along(grads, x), weights, create_graph=True)[0]
         again = torch.ones(batch, dtype=losses.dtype, requires_grad=True)
         grads_s = _grad((s * again).sum(), self._params, create_graph=True)
-        q = _grad(along(grads_s, x), [again])[0]
+        q = _grad(along(grads_s, x), [again], retain_graph=True)[0]  # the caller's backward
         q = torch.zeros(batch, dtype=F64) if q is None else q.detach().to(F64)
         image = math.sqrt(_dot(hx, hx))
         self._tracked = [x, *([[v / image for v in hx]] if image > 0 else [])]

@@ -123,42 +123,50 @@ class PerSample(NoiseEstimator):
 
 
 class MicroBatch(NoiseEstimator):
+    """Two float64 buffers per group take the accumulated gradient G_j in turn: the one with
+    G_{j−1} becomes −d_j = G_{j−1} − G_j in place (it is overwritten next anyway), so a
+    micro-batch costs a copy, a subtraction and its dot products."""
+
     def __init__(self, groups):
-        self._previous = [torch.zeros_like(g.buffer) for g in groups]
-        self._square = [0.0] * len(groups)
+        self._buffers = [(torch.zeros_like(g.buffer), torch.zeros_like(g.buffer)) for g in groups]
+        self._views = [
+            tuple(group.views_of(b) for b in pair)
+            for group, pair in zip(groups, self._buffers, strict=True)
+        ]
+        self._square = [0.0] * len(groups)  # Σ‖d_j‖²
         self._projected = [[0.0, 0.0] for _ in groups]  # Σ⟨d_j, Δθ⟩, Σ⟨d_j, Δθ⟩²
         self._along = False
         self._count = 0
 
     def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
+        j = self._count
         self._along = along is not None
         for i, group in enumerate(groups):
-            flat = group.load_scratch(group.grads())
-            previous = self._previous[i].sub_(flat)  # −d_j = G_{j−1} − G_j, in place
-            self._square[i] += float(torch.dot(previous, previous))
+            now, before = self._buffers[i][j % 2], self._buffers[i][1 - j % 2]
+            torch._foreach_copy_(self._views[i][j % 2], group.grads())
+            increment, sign = (before.sub_(now), -1.0) if j else (now, 1.0)  # ±d_j (G_0 = 0)
+            self._square[i] += float(torch.dot(increment, increment))
             if along is not None:
-                p = -float(torch.dot(previous, along[i]))
+                p = sign * float(torch.dot(increment, along[i]))
                 self._projected[i][0] += p
                 self._projected[i][1] += p * p
-            previous.copy_(flat)
         self._count += 1
 
     def take(self, groups, grad_sq):
         m = self._count
         traces, alongs = [], []
         for i in range(len(groups)):
-            total = self._previous[i]  # Σ d_j: the accumulated gradient
             if m < 2:
                 traces.append(math.nan)
                 alongs.append(math.nan)
             else:  # the variance of the sum of m increments: m·Var(d)
+                total = self._buffers[i][(m - 1) % 2]  # Σ d_j: the accumulated gradient
                 var = (self._square[i] - float(torch.dot(total, total)) / m) / (m - 1)
                 traces.append(m * var)
                 first, second = self._projected[i]
                 alongs.append(
                     m * (second - first * first / m) / (m - 1) if self._along else math.nan
                 )
-            self._previous[i].zero_()
             self._square[i] = 0.0
             self._projected[i] = [0.0, 0.0]
         self._count = 0
