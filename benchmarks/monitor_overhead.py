@@ -5,11 +5,13 @@ blocks with and without the monitor alternate, and the ratio of the medians is p
 
     python benchmarks/monitor_overhead.py [--blocks 15] [--block-steps 100] [--every 1]
                                           [--noise {microbatch,fluctuation,per_sample}]
-                                          [--optimizer {sgd,inertia}]
+                                          [--optimizer {sgd,inertia}] [--against-monitor]
 
 With --noise the monitored run also estimates the gradient noise; with microbatch both runs
-split each batch of 64 into 2 micro-batches (gradient accumulation). With --optimizer inertia
-both runs use InertiaSGD, whose report the monitor books without touching the parameters.
+split each batch of 64 into 2 micro-batches (gradient accumulation). With --against-monitor
+the baseline is the monitor without a noise estimate, so the ratio is the estimate's own cost.
+With --optimizer inertia both runs use InertiaSGD, whose report the monitor books without
+touching the parameters.
 
     python benchmarks/monitor_overhead.py --scaling
 
@@ -71,7 +73,8 @@ def cnn(width: int = 16) -> torch.nn.Module:
 
 
 class Run:
-    """One model, optimizer and data stream; `monitor=True` attaches an InertiaMonitor."""
+    """One model, optimizer and data stream; `monitor=True` attaches an InertiaMonitor; each
+    batch is split into `micro` micro-batches (gradient accumulation)."""
 
     def __init__(
         self,
@@ -80,6 +83,7 @@ class Run:
         monitor: bool,
         every: int,
         noise: str | None = None,
+        micro: int = 1,
         batch: int = 64,
         optimizer: str = "sgd",
     ):
@@ -89,7 +93,7 @@ class Run:
             self.model.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4
         )
         self.noise = noise
-        self.micro = 2 if noise == "microbatch" else 1
+        self.micro = micro
         self.monitor = (
             InertiaMonitor(self.opt, every=every, history=1000, noise=noise) if monitor else None
         )
@@ -165,6 +169,11 @@ def main() -> None:
         "--noise", choices=("microbatch", "fluctuation", "per_sample"), default=None
     )
     parser.add_argument("--optimizer", choices=tuple(OPTIMIZERS), default="sgd")
+    parser.add_argument(
+        "--against-monitor",
+        action="store_true",
+        help="the baseline is the monitor without a noise estimate: the estimate's own cost",
+    )
     parser.add_argument("--scaling", action="store_true", help="added time against size")
     args = parser.parse_args()
     if args.scaling:
@@ -174,16 +183,18 @@ def main() -> None:
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch 64, "
         f"{args.optimizer} momentum 0.9, "
         f"every={args.every}, noise={args.noise}, {args.blocks} blocks of {args.block_steps} "
-        "steps each way"
+        "steps each way" + (", baseline: the monitor without noise" if args.against_monitor else "")
     )
     print(
         f"{'model':6s} {'params':>8s} {'ms/step plain':>14s} "
         f"{'ms/step monitored':>18s} {'ratio':>7s}"
     )
+    micro = 2 if args.noise == "microbatch" else 1
     for name, make in (("MLP", mlp), ("CNN", cnn)):
+        common = {"every": args.every, "micro": micro, "optimizer": args.optimizer}
         plain, monitored = (
-            Run(make, monitor=False, every=args.every, noise=args.noise, optimizer=args.optimizer),
-            Run(make, monitor=True, every=args.every, noise=args.noise, optimizer=args.optimizer),
+            Run(make, monitor=args.against_monitor, **common),
+            Run(make, monitor=True, noise=args.noise, **common),
         )
         plain.steps(50), monitored.steps(50)  # warm up
         a, b = side_by_side(
