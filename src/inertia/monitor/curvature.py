@@ -13,7 +13,7 @@ noise enters, unlike a secant's ⟨g_k − g_{k−1}, Δθ⟩: only the minibatc
 fluctuation, whose variance along x̂, Var_i(x̂ᵀHᵢx̂)/B, the per-sample second directional
 derivatives give (the double-backward trick: with dummy weights w, sᵢ = ∂/∂wᵢ⟨∇_θ Σ wⱼℓⱼ, x̂⟩
 = ⟨∇ℓᵢ, x̂⟩, and the same again on s gives x̂ᵀHᵢx̂). Cost per row: one backward pass with a
-graph, one Hessian-vector product per direction and four scalar backward passes.
+graph, one Hessian-vector product per direction (up to three) and three more backward passes.
 """
 
 from __future__ import annotations
