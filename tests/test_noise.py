@@ -148,36 +148,28 @@ def test_per_sample_trace_is_the_covariance_of_per_sample_gradients_over_the_bat
     assert float(monitor.ledger["noise_trace"][0]) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("noise", ["per_sample", "microbatch"])
-def test_noise_along_the_last_step_is_the_variance_of_projected_gradients(noise):
-    """Δθᵀ(C/B)Δθ, the stability margin's noise (docs/monitor.md): per-sample gradients, or
-    the spread of 4 micro-batch gradients, projected on the last step."""
+def test_micro_batch_noise_along_the_last_step_is_the_variance_of_projected_gradients():
+    """Δθᵀ(C/B)Δθ, the secant margin's noise (docs/monitor.md): the spread of 4 micro-batch
+    gradients, projected on the last step."""
     x, y, best = regression(n=64)
     theta = torch.nn.Parameter(best + 0.3)
     opt = torch.optim.SGD([theta], lr=0.01)
-    monitor = InertiaMonitor(opt, noise=noise)
+    monitor = InertiaMonitor(opt, noise="microbatch")
     before = theta.detach().clone()
     loss = 0.5 * ((x @ theta - y) ** 2).mean()
     loss.backward()
-    monitor.observe(loss, per_sample=0.5 * (x @ theta - y) ** 2 if noise == "per_sample" else None)
+    monitor.observe(loss)
     opt.step()
     step = theta.detach() - before
     opt.zero_grad()
     per_sample = 0.5 * (x @ theta - y) ** 2
-    if noise == "per_sample":
-        grads = torch.stack(
-            [torch.autograd.grad(per_sample[i], theta, retain_graph=True)[0] for i in range(64)]
-        )
-        expected = float((grads @ step).var()) / 64
-        monitor.observe(per_sample.mean(), per_sample=per_sample)
-    else:
-        chunks = [per_sample[i : i + 16].mean() / 4 for i in range(0, 64, 16)]
-        increments = []
-        for chunk in chunks:
-            increments.append(torch.autograd.grad(chunk, theta, retain_graph=True)[0])
-            chunk.backward(retain_graph=True)
-            monitor.observe(chunk * 4, accumulate=True)
-        expected = 4 * float((torch.stack(increments) @ step).var())
+    chunks = [per_sample[i : i + 16].mean() / 4 for i in range(0, 64, 16)]
+    increments = []
+    for chunk in chunks:
+        increments.append(torch.autograd.grad(chunk, theta, retain_graph=True)[0])
+        chunk.backward(retain_graph=True)
+        monitor.observe(chunk * 4, accumulate=True)
+    expected = 4 * float((torch.stack(increments) @ step).var())
     _, along, *_ = monitor._noise.take(monitor._groups, [math.nan])
     assert along[0] == pytest.approx(expected, rel=1e-10)
 

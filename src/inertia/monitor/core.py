@@ -484,7 +484,7 @@ class InertiaMonitor:
                 m = maps.metric(optimizer, optimizer.param_groups[i], gmap.kind)
                 delta = group.buffer
                 group.delta_sq = _dot(delta, delta)
-                if self.alarm:  # ⟨−Δθ_k, g_k⟩: the secant curvature's other half, next row
+                if self.alarm and not self._hessian:  # ⟨−Δθ_k, g_k⟩: the secant's other half
                     grads = group.load_scratch(group.grads())
                     self._grad_dot_before[i] = _dot(delta, grads)
                     if group.has_previous:  # and the two-step curvature's cross term

@@ -10,10 +10,10 @@ parameter group (THEORY.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
 - "fluctuation": no extra work, ‖g_B‖² of the step: tr(C)/B + ‖∇L‖², so an upper bound that is
   tight at stationarity, where ∇L ≈ 0.
 
-"per_sample" and "microbatch" also give the noise along the last step, Δθᵀ(C/B)Δθ (the
-stability margin's error, `InertiaMonitor._margin`); "fluctuation" cannot (NaN). With
-`curvature`, "per_sample" also gives the minibatch Hessian's top curvature along the motion
-and its variance, Var_i(x̂ᵀHᵢx̂)/B, from Hessian-vector products on the step's own batch
+"microbatch" also gives the noise along the last step, Δθᵀ(C/B)Δθ (the secant margin's
+error, `InertiaMonitor._secant`); "fluctuation" cannot (NaN). With `curvature`, "per_sample"
+gives instead the minibatch Hessian's top curvature along the motion and its variance,
+Var_i(x̂ᵀHᵢx̂)/B, from Hessian-vector products on the step's own batch
 (`inertia.monitor.curvature`): the stability margin's λ̂ and mean-square term.
 """
 
@@ -48,20 +48,16 @@ def _nan(groups) -> list[float]:
     return [math.nan] * len(groups)
 
 
-def _of_the_mean(sums: list[list[float]] | None, count: int, groups) -> list[list[float]]:
-    """Variances summed over the `count` independent micro-batches of a step, as those of
-    their mean gradient: ÷ count²."""
-    if sums is None:
-        return [_nan(groups), _nan(groups)]
-    return [[x / count**2 for x in column] for column in sums]
-
-
 class PerSample(NoiseEstimator):
+    """tr(C)/B from the per-sample gradients; with `curvature`, the alarm's λ̂ and its spread
+    (`TopCurvature`) along the last step. Over m micro-batches of a step (independent batches)
+    the estimates are those of their mean: variances ÷ m², curvature averaged."""
+
     def __init__(self, groups, curvature: bool = False):
-        self._sums: list[list[float]] | None = None
+        self._traces = [0.0] * len(groups)
         self._count = 0
         self.top = TopCurvature(groups) if curvature else None
-        self._curvature = [0.0, 0.0, 0]  # Σλ̂, ΣVar(λ̂) and their count over micro-batches
+        self._curvature: list[float] | None = None  # Σλ̂, ΣVar(λ̂) over the micro-batches
 
     def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
         if per_sample is None:
@@ -82,44 +78,29 @@ class PerSample(NoiseEstimator):
             allow_unused=True,
         )
         if self.top is not None and along is not None:
-            curvature, spread = self.top.measure(losses, along)
-            self._curvature = [
-                x + y for x, y in zip(self._curvature, (curvature, spread, 1), strict=True)
-            ]
-        traces, alongs, i = [], [], 0
+            measured = self.top.measure(losses, along)
+            before = self._curvature or [0.0, 0.0]
+            self._curvature = [x + y for x, y in zip(before, measured, strict=True)]
+        i = 0
         for k, group in enumerate(groups):
-            trace, projection = 0.0, torch.zeros(batch, dtype=F64)
-            direction = along[k].split([p.numel() for p in group.params]) if along else None
-            for j, _ in enumerate(group.params):
-                g = grads[i]
-                i += 1
+            for g in grads[i : i + len(group.params)]:
                 if g is not None:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
                     centred = g.reshape(batch, -1).to(F64)
                     centred = centred - centred.mean(0)
-                    trace += float(centred.square().sum()) / (batch - 1) / batch
-                    if direction is not None:
-                        projection += centred @ direction[j]
-            traces.append(trace)
-            alongs.append(
-                float(projection.square().sum()) / (batch - 1) / batch if along else math.nan
-            )
-        new = [traces, alongs]
-        self._sums = (
-            new
-            if self._sums is None
-            else [
-                [a + b for a, b in zip(x, y, strict=True)]
-                for x, y in zip(self._sums, new, strict=True)
-            ]
-        )
+                    self._traces[k] += float(centred.square().sum()) / (batch - 1) / batch
+            i += len(group.params)
         self._count += 1
 
     def take(self, groups, grad_sq):
-        traces, alongs = _of_the_mean(self._sums, self._count, groups)
-        total, variance, n = self._curvature  # the mean curvature, and its variance
-        curvature, spread = (total / n, variance / n / n) if n else (math.nan, math.nan)
-        self._sums, self._count, self._curvature = None, 0, [0.0, 0.0, 0]
-        return traces, alongs, [spread] * len(groups), [curvature] * len(groups)
+        m = self._count
+        traces = [t / m**2 for t in self._traces] if m else _nan(groups)
+        curvature, spread = (
+            (self._curvature[0] / m, self._curvature[1] / m**2)
+            if self._curvature
+            else (math.nan, math.nan)
+        )
+        self._traces, self._count, self._curvature = [0.0] * len(groups), 0, None
+        return traces, _nan(groups), [spread] * len(groups), [curvature] * len(groups)
 
 
 class MicroBatch(NoiseEstimator):
