@@ -28,7 +28,8 @@ def random_spd(dim: int, seed: int, low: float = 0.5, high: float = 4.0) -> torc
 
 
 def exact_quadratic_inertia(hessian, q0, v0, gamma, times, mass=1.0):
-    """I(t) = ½ zᵀQz, z(t) = e^{Ft} z(0), for L = ½ θᵀAθ (THEORY.md §2 (Q)), with scipy's expm."""
+    """I(t) = ½ zᵀQz, z(t) = e^{Ft} z(0), for L = ½ θᵀAθ (docs/theory.md (2.3)), with scipy's
+    expm."""
     a = np.asarray(hessian, dtype=float)
     d = a.shape[0]
     m = np.broadcast_to(np.asarray(mass, dtype=float), (d,))

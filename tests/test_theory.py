@@ -1,4 +1,5 @@
-"""The laws of inertia against independent references (scipy) and Monte Carlo (THEORY.md §2)."""
+"""The laws of inertia against independent references (scipy) and Monte Carlo (docs/theory.md
+§2, and the heavy-ball laws of §4)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from scipy.integrate import solve_ivp
-from scipy.linalg import expm
+from scipy.linalg import expm, solve_discrete_lyapunov
 
 from conftest import exact_quadratic_inertia, random_spd
 from inertia import Dynamics, simulate, systems, theory
@@ -321,3 +322,35 @@ def test_heavy_ball_margin_rejects_bad_input():
         theory.heavy_ball_margin(1.0, 1.0)
     with pytest.raises(ValueError, match="curvature"):
         theory.heavy_ball_margin(0.0, 0.5)
+
+
+@pytest.mark.parametrize(("h", "mu"), [(0.1, 0.9), (0.3, 0.0), (0.05, 0.95), (0.6, 0.5)])
+def test_heavy_ball_noise_floor_is_the_small_margin_limit_of_the_exact_stationary_moments(h, mu):
+    """docs/theory.md (4.11)–(4.12): the heavy ball θ_{k+1} = θ_k + μ(θ_k − θ_{k−1}) − h²g_k,
+    g_k = Aθ_k + ξ_k with Cov ξ = C/B, on a non-diagonal quadratic with correlated noise. Its
+    exact stationary E[K] (K_k = ½‖θ_k − θ_{k−1}‖²/h²) and E[L − L*], by scipy's discrete
+    Lyapunov solver, are the floor of each eigenmode divided by 1 − mᵢ, mᵢ = h²λᵢ/(2(1 + μ))."""
+    a = random_spd(3, seed=11, low=0.5, high=3.0).numpy()
+    root = np.array([[1.0, 0.0, 0.0], [0.4, 0.8, 0.0], [-0.3, 0.2, 0.5]])
+    noise = root @ root.T  # C/B, correlated across coordinates
+    d = len(a)
+    step = np.block(
+        [[(1 + mu) * np.eye(d) - h * h * a, -mu * np.eye(d)], [np.eye(d), np.zeros((d, d))]]
+    )
+    drive = np.zeros((2 * d, 2 * d))
+    drive[:d, :d] = h**4 * noise
+    s = solve_discrete_lyapunov(step, drive)  # stationary Cov of (θ_k, θ_{k−1}), θ* = 0
+    lag = s[:d, :d] - s[:d, d:]
+    kinetic = float(np.trace(lag + lag.T)) / (2 * h * h)
+    excess = 0.5 * float(np.sum(a * s[:d, :d]))
+    lam, basis = np.linalg.eigh(a)
+    per_mode = torch.tensor(np.einsum("ji,jk,ki->i", basis, noise, basis))  # eᵢᵀ(C/B)eᵢ
+    margin = torch.tensor(h * h * lam / (2 * (1 + mu)))
+    floor_k, floor_l = theory.heavy_ball_noise_floor(h, per_mode, mu)
+    assert float((floor_k / (1 - margin)).sum()) == pytest.approx(kinetic, rel=1e-10)
+    assert float((floor_l / (1 - margin)).sum()) == pytest.approx(excess, rel=1e-10)
+    # (4.11) with tr(C)/B: the small-margin limit, low by at most the largest 1/(1 − mᵢ)
+    total_k, total_l = theory.heavy_ball_noise_floor(h, float(np.trace(noise)), mu)
+    for exact, floor in [(kinetic, total_k), (excess, total_l)]:
+        assert 1.0 < exact / float(floor) <= 1.0 / (1.0 - float(margin.max())) + 1e-12
+    assert kinetic / excess == pytest.approx(2 / (1 + mu), rel=1e-10)

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Sequence
+from typing import Any, TypeAlias
 
 import torch
+from numpy.typing import NDArray
 from torch import Tensor
+
+#: What the package accepts where it takes numbers: a tensor, a NumPy array, a number or a
+#: (nested) sequence of numbers, anything `torch.as_tensor` reads. Shapes are checked at run time.
+ArrayLike: TypeAlias = Tensor | NDArray[Any] | float | Sequence[float] | Sequence[Sequence[float]]
 
 
 def fail(name: str, allowed: str, got: object) -> ValueError:
@@ -24,7 +31,7 @@ def real(
     strict_high: bool = False,
 ) -> float:
     """A finite real number, ≥ low (> low when strict) and ≤ high (< high when strict_high)."""
-    bounds = []
+    bounds: list[str] = []
     if low is not None:
         bounds.append(f"{'>' if strict else '≥'} {low:g}")
     if high is not None:

@@ -1,4 +1,4 @@
-"""The dynamics of learning as a mechanical system (THEORY.md §1):
+"""The dynamics of learning as a mechanical system (docs/theory.md §1, (1.2)):
 
     dθ = v dt,    dv = −(γ(t) v + M⁻¹∇L(θ)) dt + σ dW    (Itô)
 
@@ -70,7 +70,7 @@ class CallablePotential(Potential):
     vmap cannot trace (data-dependent Python control flow, `.item()`) is evaluated row by row.
     """
 
-    def __init__(self, fn: Callable[[Tensor], Tensor]):
+    def __init__(self, fn: Callable[[Tensor], Tensor]) -> None:
         if not callable(fn):
             raise _checks.fail("loss", "a Potential or a callable θ ↦ scalar tensor", fn)
         self.fn = fn
@@ -107,7 +107,7 @@ def as_potential(loss: Potential | Callable[[Tensor], Tensor]) -> Potential:
 
 
 class Dynamics:
-    """Damped, noisy Hamiltonian dynamics of a loss (THEORY.md §1).
+    """Damped, noisy Hamiltonian dynamics of a loss (docs/theory.md §1, (1.2)).
 
     dθ = v dt,  dv = −(γ(t) v + M⁻¹∇L(θ)) dt + σ dW.
 
@@ -125,7 +125,7 @@ class Dynamics:
         gamma: float | Callable[[float], float] = 0.0,
         sigma: float | Tensor = 0.0,
         mass: float | Tensor = 1.0,
-    ):
+    ) -> None:
         self.potential = as_potential(loss)
         self.gamma = gamma if callable(gamma) else _checks.real("gamma", gamma, low=0.0)
         self.sigma = _checks.scalar_or_vector("sigma", sigma, low=0.0, strict=False)

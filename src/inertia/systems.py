@@ -6,10 +6,13 @@ Analytic gradients where they are short; autograd (through `torch.nn`) for the M
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor, nn
 
 from . import _checks
+from ._checks import ArrayLike
 from .dynamics import Potential
 
 __all__ = [
@@ -35,14 +38,18 @@ class Quadratic(Potential):
     Give either the Hessian A (d, d) or its eigenvalues (d,) for a diagonal A.
     """
 
+    dim: int
+    minimum: float
+    argmin: Tensor
+
     def __init__(
         self,
-        hessian: Tensor | None = None,
+        hessian: ArrayLike | None = None,
         *,
-        eigenvalues: Tensor | None = None,
-        center: Tensor | None = None,
+        eigenvalues: ArrayLike | None = None,
+        center: ArrayLike | None = None,
         minimum: float = 0.0,
-    ):
+    ) -> None:
         if (hessian is None) == (eigenvalues is None):
             raise ValueError("Quadratic needs exactly one of hessian or eigenvalues")
         if eigenvalues is not None:
@@ -95,7 +102,11 @@ class Quadratic(Potential):
 class Rosenbrock(Potential):
     """L(θ) = Σᵢ b (θᵢ₊₁ − θᵢ²)² + (1 − θᵢ)², i < d − 1; minimum 0 at θ = (1, …, 1)."""
 
-    def __init__(self, dim: int = 2, b: float = 100.0):
+    dim: int
+    minimum: float
+    argmin: Tensor
+
+    def __init__(self, dim: int = 2, b: float = 100.0) -> None:
         self.dim = _checks.integer("dim", dim, low=2)
         self.b = _checks.real("b", b, low=0.0, strict=True)
         self.minimum = 0.0
@@ -121,7 +132,11 @@ class DoubleWell(Potential):
     The curvature at a minimum is 8h/w² per coordinate.
     """
 
-    def __init__(self, dim: int = 1, barrier: float = 1.0, width: float = 1.0):
+    dim: int
+    minimum: float
+    argmin: Tensor
+
+    def __init__(self, dim: int = 1, barrier: float = 1.0, width: float = 1.0) -> None:
         self.dim = _checks.integer("dim", dim, low=1)
         self.barrier = _checks.real("barrier", barrier, low=0.0, strict=True)
         self.width = _checks.real("width", width, low=0.0, strict=True)
@@ -144,7 +159,11 @@ class AnharmonicChain(Potential):
     Minimum 0 at θ = 0, where the Hessian is the chain Laplacian (2 on, −1 off the diagonal).
     """
 
-    def __init__(self, n: int = 8, beta: float = 1.0):
+    dim: int
+    minimum: float
+    argmin: Tensor
+
+    def __init__(self, n: int = 8, beta: float = 1.0) -> None:
         self.dim = _checks.integer("n", n, low=1)
         self.beta = _checks.real("beta", beta, low=0.0)
         self.minimum = 0.0
@@ -174,7 +193,13 @@ class LogisticRegression(Potential):
     construction, so `minimum` and `argmin` are known to round-off.
     """
 
-    def __init__(self, samples: int = 200, dim: int = 5, *, l2: float = 1e-2, seed: int = 0):
+    dim: int
+    minimum: float
+    argmin: Tensor
+
+    def __init__(
+        self, samples: int = 200, dim: int = 5, *, l2: float = 1e-2, seed: int = 0
+    ) -> None:
         self.samples = _checks.integer("samples", samples, low=1)
         self.dim = _checks.integer("dim", dim, low=1)
         self.l2 = _checks.real("l2", l2, low=0.0, strict=True)
@@ -224,7 +249,13 @@ class TeacherStudentMLP(Potential):
     at its symmetric images. Inputs x ~ N(0, I) are generated from `seed`.
     """
 
-    def __init__(self, input_dim: int = 3, hidden: int = 4, samples: int = 64, *, seed: int = 0):
+    dim: int
+    minimum: float
+    argmin: Tensor
+
+    def __init__(
+        self, input_dim: int = 3, hidden: int = 4, samples: int = 64, *, seed: int = 0
+    ) -> None:
         input_dim = _checks.integer("input_dim", input_dim, low=1)
         hidden = _checks.integer("hidden", hidden, low=1)
         self.samples = _checks.integer("samples", samples, low=1)
@@ -253,9 +284,11 @@ class TeacherStudentMLP(Potential):
         x = _like(self.inputs, q)
 
         def forward(params: dict[str, Tensor]) -> Tensor:
-            return torch.func.functional_call(self.module, params, (x,))[:, 0]
+            out: Tensor = torch.func.functional_call(self.module, params, (x,))
+            return out[:, 0]
 
-        return torch.func.vmap(forward)(self.unflatten(q))
+        out: Tensor = torch.func.vmap(forward)(self.unflatten(q))
+        return out
 
     def value(self, q: Tensor) -> Tensor:
         err = self.predict(q) - _like(self.targets, q)
@@ -267,7 +300,7 @@ def _chain_start(n: int) -> Tensor:
     return torch.sin(torch.pi * torch.arange(1, n + 1, dtype=torch.float64) / (n + 1))
 
 
-_NAMED = {
+_NAMED: dict[str, Callable[[int], tuple[Potential, Tensor]]] = {
     "quadratic": lambda d: (
         Quadratic(eigenvalues=torch.linspace(1.0, 4.0, d, dtype=torch.float64)),
         torch.ones(d, dtype=torch.float64),

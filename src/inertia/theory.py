@@ -1,8 +1,9 @@
-"""Exact and approximate laws of computational inertia (THEORY.md §2), as plain functions.
+"""Exact and approximate laws of computational inertia (docs/theory.md §2), as plain functions.
 
 Conventions: L = ½(θ − c)ᵀA(θ − c) + L* for the quadratic laws; diagonal mass M = diag(m);
 dθ = v dt, dv = −(γv + M⁻¹∇L) dt + σ dW (Itô). Times `t` are a 1-D tensor or array; every
-function returns float64 tensors. docs/theory.md says which test backs each law.
+function returns float64 tensors. docs/theory.md says which test backs each law; the
+heavy-ball laws of optimizers (`heavy_ball_margin`, `heavy_ball_noise_floor`) are in its §4.
 
 The quadratic laws work in the normal modes of M^{−½}AM^{−½} = U diag(λ) Uᵀ: with
 x = UᵀM^{½}(θ − c) and u = UᵀM^{½}v, I − L* = ½ Σᵢ (uᵢ² + λᵢ xᵢ²) and each mode is a damped
@@ -13,13 +14,17 @@ exponential whose eigenvalues have real part ≤ 0: stable for any t, exact at c
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from . import _checks
+from ._checks import ArrayLike
 from .dynamics import Dynamics
+
+if TYPE_CHECKING:
+    from .simulate import Trajectory
 
 __all__ = [
     "balance_residual",
@@ -28,6 +33,8 @@ __all__ = [
     "envelope",
     "expected_inertia",
     "heating",
+    "heavy_ball_margin",
+    "heavy_ball_noise_floor",
     "quadratic_inertia",
     "relaxation",
     "stationary_inertia",
@@ -37,7 +44,7 @@ __all__ = [
 F64 = torch.float64
 
 
-def _times(t: Tensor | Sequence[float]) -> Tensor:
+def _times(t: ArrayLike) -> Tensor:
     times = _checks.tensor("t", t, "a 1-D tensor of finite times")
     if times.dim() == 0:
         times = times.reshape(1)
@@ -53,14 +60,14 @@ def _finite(name: str, out: Tensor) -> Tensor:
     return out
 
 
-def _vector(name: str, x: object, dim: int) -> Tensor:
+def _vector(name: str, x: ArrayLike, dim: int) -> Tensor:
     v = _checks.tensor(name, x, f"a finite tensor of shape ({dim},)")
     if v.shape != (dim,) or not bool(torch.isfinite(v).all()):
         raise _checks.fail(name, f"a finite tensor of shape ({dim},)", v)
     return v
 
 
-def _per_coordinate(name: str, x: object, dim: int, *, low: float, strict: bool) -> Tensor:
+def _per_coordinate(name: str, x: ArrayLike, dim: int, *, low: float, strict: bool) -> Tensor:
     value = _checks.scalar_or_vector(name, x, low=low, strict=strict)
     out = torch.as_tensor(value, dtype=F64).expand(dim)
     if out.shape != (dim,):
@@ -68,7 +75,9 @@ def _per_coordinate(name: str, x: object, dim: int, *, low: float, strict: bool)
     return out
 
 
-def _modes(hessian, q0, v0, mass, center):
+def _modes(
+    hessian: ArrayLike, q0: ArrayLike, v0: ArrayLike, mass: ArrayLike, center: ArrayLike | None
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Eigenvalues λ of M^{−½}AM^{−½} and the start (x₀, u₀) in its normal modes."""
     a = _checks.tensor("hessian", hessian, "a square (d, d) matrix")
     if a.dim() != 2 or a.shape[0] != a.shape[1] or a.numel() == 0:
@@ -90,9 +99,18 @@ def _modes(hessian, q0, v0, mass, center):
 
 
 def quadratic_inertia(
-    hessian, q0, v0, gamma: float, t, *, mass=1.0, center=None, minimum=0.0
+    hessian: ArrayLike,
+    q0: ArrayLike,
+    v0: ArrayLike,
+    gamma: float,
+    t: ArrayLike,
+    *,
+    mass: ArrayLike = 1.0,
+    center: ArrayLike | None = None,
+    minimum: float = 0.0,
 ) -> Tensor:
-    """Exact I(t) of the damped quadratic (THEORY.md §2 (Q)), σ = 0, any SPD A, any γ ≥ 0.
+    """Exact I(t) of the damped quadratic (docs/theory.md §2, law (Q), (2.3)), σ = 0, any SPD A,
+    any γ ≥ 0.
 
     z(t) = e^{Ft} z(0) with F = [[0, Id], [−M⁻¹A, −γ Id]]; I(t) = ½ z(t)ᵀ blockdiag(A, M) z(t) + L*.
     Computed per normal mode; exact in every regime, critical damping included.
@@ -112,9 +130,19 @@ def quadratic_inertia(
 
 
 def expected_inertia(
-    hessian, q0, v0, gamma: float, sigma, t, *, mass=1.0, center=None, minimum=0.0
+    hessian: ArrayLike,
+    q0: ArrayLike,
+    v0: ArrayLike,
+    gamma: float,
+    sigma: ArrayLike,
+    t: ArrayLike,
+    *,
+    mass: ArrayLike = 1.0,
+    center: ArrayLike | None = None,
+    minimum: float = 0.0,
 ) -> Tensor:
-    """Exact E[I](t) of the stochastic quadratic from the moment equations (THEORY.md §2 (S)).
+    """Exact E[I](t) of the stochastic quadratic from the moment equations (docs/theory.md §2,
+    law (S), (2.4)).
 
     Per normal mode, the second moments s = (⟨x²⟩, ⟨xu⟩, ⟨u²⟩) solve the linear ODE
     ⟨x²⟩' = 2⟨xu⟩, ⟨xu⟩' = ⟨u²⟩ − λ⟨x²⟩ − γ⟨xu⟩, ⟨u²⟩' = −2λ⟨xu⟩ − 2γ⟨u²⟩ + Dᵢ,
@@ -139,8 +167,11 @@ def expected_inertia(
     return _finite("expected_inertia", 0.5 * (s[..., 2, 0] + lam * s[..., 0, 0]).sum(-1) + minimum)
 
 
-def heating(inertia0: float, sigma, t, *, dim: int, mass=1.0) -> Tensor:
-    """E[I](t) = I(0) + ½ Σᵢ mᵢσᵢ² t at γ = 0: exact for any loss (Itô; noise heats)."""
+def heating(
+    inertia0: float, sigma: ArrayLike, t: ArrayLike, *, dim: int, mass: ArrayLike = 1.0
+) -> Tensor:
+    """E[I](t) = I(0) + ½ Σᵢ mᵢσᵢ² t at γ = 0: exact for any loss (Itô; noise heats;
+    docs/theory.md (2.5))."""
     inertia0 = _checks.real("inertia0", inertia0)
     dim = _checks.integer("dim", dim, low=1)
     m = _per_coordinate("mass", mass, dim, low=0.0, strict=True)
@@ -149,7 +180,8 @@ def heating(inertia0: float, sigma, t, *, dim: int, mass=1.0) -> Tensor:
 
 
 def temperature(gamma: float, sigma: float, *, mass: float = 1.0) -> float:
-    """T = m σ²/(2γ): the Gibbs temperature of underdamped Langevin dynamics, e^{−I/T}."""
+    """T = m σ²/(2γ): the Gibbs temperature of underdamped Langevin dynamics, e^{−I/T}
+    (docs/theory.md (1.3))."""
     gamma = _checks.real("gamma", gamma, low=0.0, strict=True)
     sigma = _checks.real("sigma", sigma, low=0.0)
     return _checks.real("mass", mass, low=0.0, strict=True) * sigma**2 / (2.0 * gamma)
@@ -158,7 +190,8 @@ def temperature(gamma: float, sigma: float, *, mass: float = 1.0) -> float:
 def stationary_inertia(
     dim: int, gamma: float, sigma: float, *, mass: float = 1.0, minimum: float = 0.0
 ) -> float:
-    """E[I]∞ = L* + d·T for a quadratic loss (E[K] = E[L − L*] = dT/2, equipartition).
+    """E[I]∞ = L* + d·T for a quadratic loss (E[K] = E[L − L*] = dT/2, equipartition;
+    docs/theory.md (2.6)).
 
     E[K]∞ = dT/2 holds for any loss with a stationary Gibbs state; E[L − L*] = dT/2 only for
     quadratics, so for other losses this is the small-T limit near a non-degenerate minimum.
@@ -167,8 +200,8 @@ def stationary_inertia(
     return _checks.real("minimum", minimum) + dim * temperature(gamma, sigma, mass=mass)
 
 
-def envelope(inertia0: float, gamma: float, t, *, minimum: float = 0.0) -> Tensor:
-    """(I(0) − L*) e^{−γt} + L*: the popular "decay law", an envelope only.
+def envelope(inertia0: float, gamma: float, t: ArrayLike, *, minimum: float = 0.0) -> Tensor:
+    """(I(0) − L*) e^{−γt} + L*: the popular "decay law", an envelope only (docs/theory.md (2.10)).
 
     The exact dI/dt = −γ vᵀMv vanishes at every turning point, so I descends in a staircase
     around this curve. For a lightly damped quadratic mode, r = α/ω (α = γ/2, ω² = λ − α²),
@@ -181,9 +214,10 @@ def envelope(inertia0: float, gamma: float, t, *, minimum: float = 0.0) -> Tenso
 
 
 def relaxation(
-    inertia0: float, gamma: float, sigma: float, t, *, dim: int, minimum: float = 0.0
+    inertia0: float, gamma: float, sigma: float, t: ArrayLike, *, dim: int, minimum: float = 0.0
 ) -> Tensor:
-    """L* + (I(0) − L*) e^{−γt} + dT (1 − e^{−γt}): the closed-form approximation under noise.
+    """L* + (I(0) − L*) e^{−γt} + dT (1 − e^{−γt}): the closed-form approximation under noise
+    (docs/theory.md (2.11)).
 
     Right at both ends for a lightly damped quadratic (start, and the floor dT of
     `stationary_inertia`); in between it inherits the envelope's staircase error, and for
@@ -194,8 +228,9 @@ def relaxation(
     return minimum + (_checks.real("inertia0", inertia0) - minimum) * decay + floor * (1 - decay)
 
 
-def decay_rate(eigenvalues, gamma: float, *, mass=1.0) -> float:
-    """Slowest asymptotic decay rate of I − L* (σ = 0): minᵢ [γ − sqrt(max(γ² − 4λᵢ/mᵢ, 0))].
+def decay_rate(eigenvalues: ArrayLike, gamma: float, *, mass: ArrayLike = 1.0) -> float:
+    """Slowest asymptotic decay rate of I − L* (σ = 0): minᵢ [γ − sqrt(max(γ² − 4λᵢ/mᵢ, 0))]
+    (docs/theory.md (2.7)).
 
     Underdamped modes (γ < 2 sqrt(λ/m)) decay at γ; overdamped ones at 2|r₊| = γ − sqrt(γ² − 4λ/m),
     which falls like 2λ/(mγ) as γ grows; a flat mode (λ = 0) does not decay.
@@ -205,9 +240,10 @@ def decay_rate(eigenvalues, gamma: float, *, mass=1.0) -> float:
     return float((gamma - (gamma * gamma - 4.0 * omega2).clamp(min=0.0).sqrt()).min())
 
 
-def critical_damping(eigenvalues, *, mass=1.0) -> float:
+def critical_damping(eigenvalues: ArrayLike, *, mass: ArrayLike = 1.0) -> float:
     """γ* = 2 sqrt(minᵢ λᵢ/mᵢ): critical damping of the slowest mode, the γ that maximises
-    `decay_rate` (below it every mode decays at γ; above it the slowest mode slows down)."""
+    `decay_rate` (below it every mode decays at γ; above it the slowest mode slows down;
+    docs/theory.md (2.8))."""
     return 2.0 * math.sqrt(float(_eigen_over_mass(eigenvalues, mass).min()))
 
 
@@ -219,10 +255,11 @@ def heavy_ball_margin(curvature: float, momentum: float, *, variance: float = 0.
 
         margin = h²λ̄/(2(1 + μ)) + h⁴Var(λ)/(2(1 − μ)·h²λ̄)
 
-    E[θ_k²] stays bounded iff margin < 1. The first term is the deterministic threshold
-    h²λ < 2(1 + μ) (THEORY.md §4); the second is where the second-moment recursion
-    (E θ², E θ_kθ_{k−1}) loses stability first when the curvature fluctuates: det(I − M) = 0
-    gives (1 − μ)ā² + (1 + μ)Var(a) = (1 + μ)(1 − μ²) for a = 1 + μ − h²λ.
+    E[θ_k²] stays bounded iff margin < 1 (docs/theory.md (2.9)). The first term is the
+    deterministic threshold h²λ < 2(1 + μ) (docs/theory.md §4, (4.9)); the second is where the
+    second-moment recursion (E θ², E θ_kθ_{k−1}) loses stability first when the curvature
+    fluctuates: det(I − M) = 0 gives (1 − μ)ā² + (1 + μ)Var(a) = (1 + μ)(1 − μ²) for
+    a = 1 + μ − h²λ.
     """
     x = _checks.real("curvature", curvature, low=0.0, strict=True)
     mu = _checks.real("momentum", momentum, low=0.0, high=1.0, strict_high=True)
@@ -230,7 +267,25 @@ def heavy_ball_margin(curvature: float, momentum: float, *, variance: float = 0.
     return x / (2.0 * (1.0 + mu)) + v / (2.0 * (1.0 - mu) * x)
 
 
-def _eigen_over_mass(eigenvalues, mass) -> Tensor:
+def heavy_ball_noise_floor(
+    h: ArrayLike, noise_trace: ArrayLike, momentum: ArrayLike
+) -> tuple[Tensor, Tensor]:
+    """Stationary (E[K], E[L − L*]) of the heavy ball with step h and momentum μ whose gradient
+    carries noise of variance `noise_trace` = tr(C)/B per step (elementwise over tensors):
+
+        E[K] = h²·tr(C)/(2B(1 − μ²)),    E[L − L*] ≈ h²·tr(C)/(4B(1 − μ))
+
+    A step injects ½h²·tr(C)/B of kinetic energy and friction removes (1 − μ²) of K; the excess
+    loss is that of a quadratic basin (docs/theory.md §4, (4.10) and (4.11)). Both are the
+    limit of small h²λ: on a quadratic, each eigenmode's exact stationary values are these,
+    for its own share of tr(C)/B, divided by 1 − h²λᵢ/(2(1 + μ)) (docs/theory.md (4.12)).
+    """
+    step_h, trace, mu = (torch.as_tensor(x, dtype=F64) for x in (h, noise_trace, momentum))
+    step = step_h * step_h * trace
+    return step / (2.0 * (1.0 - mu * mu)), step / (4.0 * (1.0 - mu))
+
+
+def _eigen_over_mass(eigenvalues: ArrayLike, mass: ArrayLike) -> Tensor:
     lam = torch.as_tensor(
         _checks.scalar_or_vector("eigenvalues", eigenvalues, low=0.0, strict=False), dtype=F64
     )
@@ -238,19 +293,21 @@ def _eigen_over_mass(eigenvalues, mass) -> Tensor:
     return lam / _per_coordinate("mass", mass, len(lam), low=0.0, strict=True)
 
 
-def balance_residual(trajectory, dynamics: Dynamics) -> Tensor:
+def balance_residual(trajectory: Trajectory, dynamics: Dynamics) -> Tensor:
     """I(t) − I(0) + ∫γ(s) vᵀMv ds − ½ Σᵢ mᵢσᵢ² (t − t₀), per record and path: (R, paths).
 
-    The energy balance of THEORY.md §2 (D, S), evaluated from the recorded kinetic energy and
-    inertia alone (trapezoid rule over the recorded times, error O(Δt²)), never from the
-    ledger's own dissipated column. Zero up to integration error for σ = 0, any loss and any
-    γ(t); for σ > 0 each path keeps the martingale ∫vᵀMσ dW, zero in mean over paths.
+    The energy balance of docs/theory.md §2, laws (D) and (S), (2.2) and (2.4), evaluated from
+    the recorded kinetic energy and inertia alone (trapezoid rule over the recorded times,
+    error O(Δt²)), never from the ledger's own dissipated column. Zero up to integration error
+    for σ = 0, any loss and any γ(t); for σ > 0 each path keeps the martingale ∫vᵀMσ dW, zero
+    in mean over paths.
     """
     if not isinstance(dynamics, Dynamics):
         raise _checks.fail("dynamics", "an inertia.Dynamics", dynamics)
-    t = trajectory.t
+    t: Tensor = trajectory.t
+    kinetic: Tensor = trajectory.kinetic
     rate = torch.tensor([dynamics.damping(float(s)) for s in t], dtype=F64)
-    power = 2.0 * rate[:, None] * trajectory.kinetic  # γ vᵀMv
+    power = 2.0 * rate[:, None] * kinetic  # γ vᵀMv
     dissipated = torch.cat(
         [
             torch.zeros_like(power[:1]),
@@ -258,5 +315,5 @@ def balance_residual(trajectory, dynamics: Dynamics) -> Tensor:
         ]
     )
     heat = dynamics.noise_heat_rate(trajectory.q.shape[1]) * (t - t[0])
-    inertia = trajectory.inertia
+    inertia: Tensor = trajectory.inertia
     return inertia - inertia[0] + dissipated - heat[:, None]
