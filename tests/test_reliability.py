@@ -11,10 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 from inertia import COLUMNS, InertiaMonitor
-from inertia.monitor import MONITOR_COLUMNS
+from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink
 
 SCRIPT = Path(__file__).with_name("crash_training.py")
 
@@ -114,8 +115,6 @@ def test_float32_and_bf16_autocast_ledgers_against_float64(capsys):
 
 
 def test_truncate_drops_a_half_written_row(tmp_path):
-    from inertia.monitor import CSVSink
-
     sink = CSVSink(tmp_path / "l.csv")
     for step in range(5):
         sink.write({"step": step, "inertia": 1.0})
@@ -128,6 +127,26 @@ def test_truncate_drops_a_half_written_row(tmp_path):
     sink.close()
     rows = list(csv.DictReader((tmp_path / "l.csv").open()))
     assert [r["step"] for r in rows] == ["0", "1", "2", "3"] and rows[-1]["inertia"] == "2.0"
+
+
+@pytest.mark.parametrize("sink", [CSVSink, JSONLSink])
+def test_a_truncated_and_resumed_file_is_byte_for_byte_an_uninterrupted_one(tmp_path, sink):
+    rows = [{"step": s, "inertia": 1.0 / (s + 1), "flag": s % 3} for s in range(8)]
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    out = sink(whole)
+    for row in rows:
+        out.write(row)
+    out.close()
+    out = sink(resumed)
+    for row in rows[:6]:
+        out.write(row)
+    out.close()
+    out = sink(resumed)  # the restart: rows 4, 5 are booked again from the checkpoint
+    out.truncate(4)
+    for row in rows[4:]:
+        out.write(row)
+    out.close()
+    assert resumed.read_bytes() == whole.read_bytes()
 
 
 def test_monitor_state_loads_with_weights_only(tmp_path):

@@ -8,8 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from inertia import Dynamics, InertiaMonitor, simulate, systems
+from inertia import COLUMNS, Dynamics, InertiaMonitor, Ledger, simulate, systems
 from inertia.cli import main
+from inertia.report import plot_ledger
+from inertia.theory import heavy_ball_noise_floor
 
 
 def monitored_csv(folder) -> None:
@@ -41,6 +43,14 @@ def test_report_of_a_monitored_run_has_every_figure(tmp_path, capsys):
     closure = re.search(r"closure[^<]*</td><td>([^<]+)<", html)
     assert closure and float(closure.group(1)) < 1e-12
     assert "wrote" in capsys.readouterr().out
+    ledger = Ledger.read_csv(tmp_path / "ledger.csv")
+    kinetic, _ = heavy_ball_noise_floor(
+        ledger["h"], ledger["noise_trace"], 1.0 - ledger["gamma"] * ledger["h"]
+    )
+    predicted = re.search(r"kinetic, later half \(predicted\)</td><td>([^<]+)<", html)
+    assert predicted and float(predicted.group(1)) == pytest.approx(
+        float(kinetic[len(kinetic) // 2 :].nanmean()), rel=1e-3
+    )
 
 
 def test_report_of_a_simulation_averages_its_paths(tmp_path):
@@ -72,3 +82,34 @@ def test_bad_ledger_exits_2_with_one_line(tmp_path, capsys, content, fragment):
     assert main(["report", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and fragment in err
+
+
+def assert_png(path) -> None:
+    with Image.open(path) as image:
+        image.verify()
+        assert image.format == "PNG" and image.size[0] > image.size[1] > 100
+
+
+def test_plot_ledger_draws_a_training_run_ledger(tmp_path):
+    """A monitor's ledger: 1-D columns against `step`, with NaN rows where a loss was not finite."""
+    steps = torch.arange(50, dtype=torch.float64)
+    columns = {
+        name: torch.linspace(0.0, 1.0 + i, 50, dtype=torch.float64)
+        for i, name in enumerate(COLUMNS)
+    }
+    columns["kinetic"][10] = float("nan")
+    ledger = Ledger(steps, columns, time_name="step")
+    assert_png(plot_ledger(ledger, tmp_path / "training.png", title="training"))
+
+
+@pytest.mark.parametrize("paths", [1, 3, 25])
+def test_plot_ledger_draws_a_simulation_with_its_band(tmp_path, paths):
+    tr = simulate(
+        Dynamics(systems.DoubleWell(2), gamma=0.3, sigma=0.2),
+        torch.ones(2),
+        dt=0.01,
+        steps=50,
+        paths=paths,
+        seed=0,
+    )
+    assert_png(plot_ledger(tr.ledger, tmp_path / "simulation.png"))

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import inertia
-from inertia import Dynamics, simulate, systems
+from inertia import Dynamics, Trajectory, simulate, systems
+from inertia.simulate import SimulationDiverged
 
 
 @pytest.fixture
@@ -92,14 +93,41 @@ def test_float32_runs_and_ledger_is_float64(well):
 def test_blow_up_raises_with_step_path_and_the_records_kept():
     dyn = Dynamics(systems.Quadratic(eigenvalues=torch.tensor([1.0, 100.0])))
     q0 = torch.tensor([[0.0, 0.0], [1.0, 1.0]])
-    with pytest.raises(FloatingPointError, match=r"step (\d+) .* on path 1") as info:
+    with pytest.raises(SimulationDiverged, match=r"step (\d+) .* on path 1") as info:
         simulate(dyn, q0, dt=0.5, steps=10_000, method="euler", paths=2, record_every=7)
-    step = int(info.value.args[0].split("step ")[1].split(" ")[0])
-    kept = info.value.trajectory
-    assert 0 < kept.steps < step and kept.steps % 7 == 0
+    error = info.value
+    assert isinstance(error, FloatingPointError)  # what callers caught before
+    assert error.path == 1 and f"at step {error.step} " in str(error)
+    kept = error.trajectory
+    assert isinstance(kept, Trajectory) and kept.paths == 2
+    assert 0 < kept.steps < error.step and kept.steps % 7 == 0
+    assert f"up to step {kept.steps} " in str(error)
+    torch.testing.assert_close(
+        kept.t, 0.5 * torch.arange(0, kept.steps + 1, 7.0, dtype=torch.float64)
+    )
     assert bool(torch.isfinite(kept.inertia).all())
+    assert dyn.potential.value(kept.q)[1] == math.inf  # q, v: the state at the failure
     # explicit Euler grows by (1 + h²λ) = 26 per step on the stiff mode: overflow near step 218
-    assert abs(step - math.log(1.7e308) / math.log(26)) < 5
+    assert abs(error.step - math.log(1.7e308) / math.log(26)) < 5
+
+
+def test_records_are_the_integrator_state_column_by_column(well):
+    """kinetic and potential at each record are K, L of the recorded state; inertia = K + L."""
+    q0 = torch.tensor([[1.0, 0.5], [-0.3, 0.2]])
+    for steps in (1, 3):
+        tr = simulate(well, q0, dt=0.01, steps=steps, paths=2, record_every=steps, seed=0)
+        last = {name: getattr(tr, name)[-1] for name in inertia.COLUMNS}
+        torch.testing.assert_close(last["kinetic"], 0.5 * (tr.v**2).sum(1), rtol=1e-15, atol=0)
+        torch.testing.assert_close(
+            last["potential"], well.potential.value(tr.q), rtol=1e-15, atol=0
+        )
+        assert torch.equal(last["inertia"], last["kinetic"] + last["potential"])
+    assert bool((tr.dissipated[-1] > 0).all()) and not bool((tr.injected[-1] == 0).any())
+    # On a flat loss with friction only the O sub-step changes I: all of it is dissipated.
+    flat = Dynamics(systems.Quadratic(eigenvalues=torch.zeros(2)), gamma=0.5)
+    tr = simulate(flat, torch.zeros(2), torch.tensor([1.0, 2.0]), dt=0.1, steps=3)
+    assert float(tr.dissipated[-1, 0]) == pytest.approx(2.5 * (1 - math.exp(-0.3)), rel=1e-14)
+    assert float(tr.injected[-1, 0]) == 0.0 and float(tr.residual[-1, 0]) == 0.0
 
 
 def test_summary_is_plain_numbers(well):

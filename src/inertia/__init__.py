@@ -7,15 +7,18 @@ structure-preserving integrators and books every change of I in an energy ledger
 
 from . import optim, systems, theory
 from .dynamics import CallablePotential, Dynamics, Potential
-from .energy import COLUMNS, CompensatedSum, Ledger, kinetic
-from .integrators import METHODS, SCHEMES, Scheme
+from .energy import BOOKS, COLUMNS, ENERGIES, CompensatedSum, Ledger, kinetic
+from .integrators import ALIASES, METHODS, SCHEMES, Scheme
 from .monitor import InertiaMonitor
-from .simulate import Estimate, Trajectory, simulate
+from .simulate import Estimate, SimulationDiverged, Trajectory, simulate
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ALIASES",
+    "BOOKS",
     "COLUMNS",
+    "ENERGIES",
     "METHODS",
     "SCHEMES",
     "CallablePotential",
@@ -26,6 +29,7 @@ __all__ = [
     "Ledger",
     "Potential",
     "Scheme",
+    "SimulationDiverged",
     "Trajectory",
     "__version__",
     "kinetic",

@@ -1,22 +1,30 @@
 """Energies and the energy ledger.
 
-Computational inertia (THEORY.md §1): I(θ, v) = K + L = ½ vᵀMv + L(θ), with diagonal mass M.
-The ledger (THEORY.md §3) splits every change of I into dissipated (D), injected (N) and
+Computational inertia (docs/theory.md §1): I(θ, v) = K + L = ½ vᵀMv + L(θ), with diagonal mass
+M. The ledger (docs/theory.md §3) splits every change of I into dissipated (D), injected (N) and
 integrator residual (R): I_n − I_0 = −D_n + N_n + R_n.
 """
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
+from . import ledger_io
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+#: The energies at each record: K, L and I = K + L.
+ENERGIES = ("kinetic", "potential", "inertia")
+#: The cumulative ledger terms D, N, R, in the order integrators book them (rows of increments).
+BOOKS = ("dissipated", "injected", "residual")
 #: The ledger's energy columns, in the order they are written.
-COLUMNS = ("kinetic", "potential", "inertia", "dissipated", "injected", "residual")
+COLUMNS = (*ENERGIES, *BOOKS)
 
 
 class Mass:
@@ -26,16 +34,18 @@ class Mass:
     operations as possible (one for m = 1), since they run in every integrator sub-step.
     """
 
-    def __init__(self, m: float | Tensor):
+    def __init__(self, m: float | Tensor) -> None:
         self.value = m
         self.is_scalar = not isinstance(m, Tensor)
         self.inverse = 1.0 / m
 
     def to(self, dtype: torch.dtype) -> Mass:
-        return self if self.is_scalar else Mass(self.value.to(dtype))
+        """This mass with a tensor m cast to `dtype`."""
+        return Mass(self.value.to(dtype)) if isinstance(self.value, Tensor) else self
 
     def dot(self, x: Tensor, y: Tensor, scale: float = 1.0) -> Tensor:
         """scale · xᵀMy over the last axis."""
+        out: Tensor
         if not self.is_scalar:
             out = torch.linalg.vecdot(x * self.value, y)
             return out if scale == 1.0 else out.mul_(scale)
@@ -63,12 +73,21 @@ def kinetic(v: Tensor, mass: float | Tensor = 1.0) -> Tensor:
 
 
 class CompensatedSum:
-    """Kahan-compensated running sums (elementwise over a tensor): error O(ε), not O(nε)."""
+    """Kahan-compensated running sums, elementwise over a tensor: error O(ε), not O(nε).
 
-    def __init__(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float64):
-        self.total = torch.zeros(shape, dtype=dtype)
-        self.carry = torch.zeros(shape, dtype=dtype)
-        self._tmp = torch.zeros(shape, dtype=dtype)
+    Each `add_(x)` is the recurrence y = x − c; t = s + y; c = (t − s) − y; s = t on the total s
+    and carry c, in the tensor's dtype (the same floats as that recurrence in plain Python).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.total = torch.zeros(shape, dtype=dtype, device=device)
+        self.carry = torch.zeros(shape, dtype=dtype, device=device)
+        self._tmp = torch.zeros(shape, dtype=dtype, device=device)
 
     def add_(self, x: Tensor) -> None:
         """total += x, keeping the rounding error of the addition in the carry."""
@@ -77,10 +96,28 @@ class CompensatedSum:
         torch.sub(self._tmp, self.total, out=self.carry).sub_(y)
         self.total, self._tmp = self._tmp, self.total
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Copies of the total and the carry: all it takes to continue the sum."""
+        return {"total": self.total.clone(), "carry": self.carry.clone()}
 
-def csv_cells(row: Mapping[str, float | int]) -> dict[str, str | int]:
-    """A ledger row for csv: floats in full precision (repr), integers as they are."""
-    return {k: repr(v) if isinstance(v, float) else v for k, v in row.items()}
+    def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
+        """Continue the sums saved by `state_dict`: tensors `total` and `carry` of this sum's
+        shape and dtype (any device); ValueError naming the field otherwise."""
+        for name in ("total", "carry"):
+            own, value = getattr(self, name), state.get(name)
+            if isinstance(value, Tensor) and (value.shape, value.dtype) == (own.shape, own.dtype):
+                continue
+            got = (
+                f"a {value.dtype} tensor of shape {tuple(value.shape)}"
+                if isinstance(value, Tensor)
+                else repr(value)
+            )
+            raise ValueError(
+                f"state['{name}'] must be a {own.dtype} tensor of shape {tuple(own.shape)}; "
+                f"got {got}"
+            )
+        self.total.copy_(state["total"])
+        self.carry.copy_(state["carry"])
 
 
 class Ledger(Mapping[str, Tensor]):
@@ -91,7 +128,7 @@ class Ledger(Mapping[str, Tensor]):
     energy columns satisfy ``inertia − inertia[0] = −dissipated + injected + residual``.
     """
 
-    def __init__(self, t: Tensor, columns: Mapping[str, Tensor], *, time_name: str = "t"):
+    def __init__(self, t: Tensor, columns: Mapping[str, Tensor], *, time_name: str = "t") -> None:
         missing = [name for name in COLUMNS if name not in columns]
         if missing:
             raise ValueError(f"columns: missing {missing}")
@@ -121,7 +158,7 @@ class Ledger(Mapping[str, Tensor]):
         change = c["inertia"] - c["inertia"][0]
         return change - (c["injected"] + c["residual"] - c["dissipated"])
 
-    def rows(self) -> Iterator[dict[str, float | int]]:
+    def rows(self) -> Iterator[dict[str, float]]:
         """One dict per record (per path for a simulation), time and path first."""
         names = list(self._columns)
         columns = [self._columns[name].tolist() for name in names]
@@ -141,25 +178,50 @@ class Ledger(Mapping[str, Tensor]):
 
     def to_csv(self, path: str | Path) -> Path:
         """Write one CSV row per record (and path), floats in full precision."""
-        path = Path(path)
-        with path.open("w", newline="") as f:
-            writer = None
-            for row in self.rows():
-                if writer is None:
-                    writer = csv.DictWriter(f, fieldnames=list(row))
-                    writer.writeheader()
-                writer.writerow(csv_cells(row))
-        return path
+        return ledger_io.write_rows(path, self.rows(), "csv")
 
     def to_jsonl(self, path: str | Path) -> Path:
         """Write one JSON object per record (and path)."""
-        path = Path(path)
-        with path.open("w") as f:
-            for row in self.rows():
-                f.write(json.dumps(row) + "\n")
-        return path
+        return ledger_io.write_rows(path, self.rows(), "jsonl")
 
-    def to_dataframe(self):
+    @classmethod
+    def read_csv(cls, path: str | Path) -> Ledger:
+        """The ledger in a CSV file written by `to_csv` or the monitor (same floats, bit for bit).
+
+        Time `step` (a training run: 1-D columns) or `t`; with a `path` column (a simulation:
+        rows by time, then path 0 … P − 1) the columns have shape (R, P). ValueError naming the
+        file and what is wrong for anything that is not a ledger.
+        """
+        return cls._from_table(path, *ledger_io.read_table(path, "csv"))
+
+    @classmethod
+    def read_jsonl(cls, path: str | Path) -> Ledger:
+        """The ledger in a JSONL file written by `to_jsonl` or the monitor; as `read_csv`."""
+        return cls._from_table(path, *ledger_io.read_table(path, "jsonl"))
+
+    @classmethod
+    def _from_table(cls, path: str | Path, names: list[str], table: Tensor) -> Ledger:
+        time_name = "step" if "step" in names else "t"
+        missing = [name for name in (time_name, *COLUMNS) if name not in names]
+        if missing:
+            raise ledger_io.ledger_error(path, f"not an inertia ledger (missing {missing})")
+        columns = dict(zip(names, table.T.contiguous(), strict=True))
+        if "path" in columns:  # a simulation: rows by time, then by path 0 … P − 1
+            index = columns.pop("path")
+            top = float(index.max())  # NaN if a path is
+            paths = int(top) + 1 if 0 <= top < len(index) else 0
+            records = len(index) // max(paths, 1)
+            if torch.equal(index, torch.arange(paths, dtype=index.dtype).repeat(records)):
+                columns = {name: col.reshape(records, paths) for name, col in columns.items()}
+            times = columns[time_name]
+            if times.dim() == 1 or not bool((times == times[:, :1]).all()):
+                raise ledger_io.ledger_error(
+                    path, "not a simulation ledger (rows are not by time, then path 0 … P − 1)"
+                )
+            columns[time_name] = times[:, 0].contiguous()
+        return cls(columns.pop(time_name), columns, time_name=time_name)
+
+    def to_dataframe(self) -> pd.DataFrame:
         """A long pandas DataFrame (one row per record and path); needs pandas."""
         import pandas as pd
 

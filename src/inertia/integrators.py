@@ -1,4 +1,4 @@
-"""Integrators and their ledger bookkeeping (THEORY.md §3).
+"""Integrators and their ledger bookkeeping (docs/theory.md §3).
 
 Splitting schemes are data: a sequence of (sub-step, weight) with the sub-steps
 
@@ -17,16 +17,19 @@ R. Because each share is computed on its own, I_n − I_0 = −D + N + R is a ch
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
 import torch
 from torch import Tensor
 
+from . import _checks
 from .dynamics import Dynamics
-from .energy import Mass
+from .energy import BOOKS, Mass
 
 __all__ = [
+    "ALIASES",
     "METHODS",
     "SCHEMES",
     "EulerIntegrator",
@@ -36,20 +39,54 @@ __all__ = [
 ]
 
 Substeps = tuple[tuple[str, float], ...]
+_KINDS = ("A", "B", "O")
 
 
 @dataclass(frozen=True)
 class Scheme:
-    """A splitting scheme: sub-steps ("A" | "B" | "O", weight) whose weights per kind sum to 1.
+    """A splitting scheme: sub-steps (kind, weight), run left to right, each for weight · h.
 
-    `order` is the order of the energy error for γ = σ = 0. A `hamiltonian` scheme integrates
-    only the conservative part; with friction or noise it runs as O(h/2) · scheme · O(h/2).
+    Kinds are "A" (drift), "B" (kick) and "O" (Ornstein–Uhlenbeck); the weights of each kind
+    sum to 1, so one step is consistent with the flow for time h. `order` (≥ 1) is the order of
+    the energy error for γ = σ = 0. A `hamiltonian` scheme has no O sub-step and integrates only
+    the conservative part; with friction or noise it runs as O(h/2) · scheme · O(h/2). Checked at
+    construction: a ValueError names the field and what is allowed.
     """
 
     name: str
     substeps: Substeps
     order: int
     hamiltonian: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise _checks.fail("name", "a non-empty string", self.name)
+        allowed = "a tuple of (kind, weight) pairs, kind 'A', 'B' or 'O', weight a finite number"
+        pairs = self.substeps if isinstance(self.substeps, tuple) else ()
+        if not pairs or not all(
+            isinstance(s, tuple)
+            and len(s) == 2
+            and s[0] in _KINDS
+            and isinstance(s[1], int | float)
+            and not isinstance(s[1], bool)
+            and math.isfinite(s[1])
+            for s in pairs
+        ):
+            raise _checks.fail("substeps", allowed, self.substeps)
+        totals = {kind: math.fsum(w for k, w in pairs if k == kind) for kind in _KINDS}
+        kinds = {kind for kind, _ in pairs}
+        if not {"A", "B"} <= kinds or any(abs(totals[kind] - 1.0) > 1e-12 for kind in kinds):
+            raise _checks.fail(
+                "substeps",
+                "sub-steps with at least one A and one B, the weights of each kind summing to 1 "
+                f"(here {', '.join(f'{k}: {totals[k]!r}' for k in sorted(kinds))})",
+                self.substeps,
+            )
+        _checks.integer("order", self.order, low=1)
+        if self.hamiltonian is not ("O" not in kinds):
+            raise _checks.fail(
+                "hamiltonian", "True exactly when the scheme has no O sub-step", self.hamiltonian
+            )
 
 
 def _merge(substeps: Substeps) -> Substeps:
@@ -80,10 +117,12 @@ SCHEMES: dict[str, Scheme] = {
         Scheme("forest_ruth", _compose(_VERLET, (_W1, _W0, _W1)), 4, hamiltonian=True),
         Scheme("conformal_verlet", (("O", 0.5), *_VERLET, ("O", 0.5)), 2),
         Scheme("baoab", (("B", 0.5), ("A", 0.5), ("O", 1.0), ("A", 0.5), ("B", 0.5)), 2),
-        Scheme("obabo", (("O", 0.5), *_VERLET, ("O", 0.5)), 2),
     ]
 }
-METHODS = (*SCHEMES, "euler", "euler_maruyama")
+#: Other names of schemes: OBABO is conformal Verlet, O(h/2) B(h/2) A(h) B(h/2) O(h/2).
+ALIASES = {"obabo": "conformal_verlet"}
+#: Every method name `simulate` accepts (besides "auto").
+METHODS = (*SCHEMES, *ALIASES, "euler", "euler_maruyama")
 
 
 def ou_coefficients(gamma: float, tau: float) -> tuple[float, float, float]:
@@ -114,7 +153,7 @@ class Integrator:
         self.mass = Mass(dynamics.mass).to(q.dtype)
         sigma = dynamics.sigma
         self.sigma = sigma.to(q.dtype) if isinstance(sigma, Tensor) else sigma
-        self.increments = torch.zeros(3, q.shape[0], dtype=q.dtype)
+        self.increments = torch.zeros(len(BOOKS), q.shape[0], dtype=q.dtype)  # rows as BOOKS
         self.dissipated, self.injected, self.residual = self.increments.unbind(0)
         self._noise = torch.empty_like(q)
         self.potential, self.gradient = dynamics.potential.value_and_grad(q)
@@ -166,7 +205,7 @@ class SplittingIntegrator(Integrator):
             substeps = _merge((("O", 0.5), *substeps, ("O", 0.5)))
         if dynamics.is_hamiltonian:
             substeps = tuple(s for s in substeps if s[0] != "O")
-        self._ops = []
+        self._ops: list[Callable[[float], None]] = []
         clock = 0.0  # where each O sub-step sits in [t, t + dt], for a time-varying γ(t)
         for kind, weight in substeps:
             tau = weight * dt
@@ -174,7 +213,7 @@ class SplittingIntegrator(Integrator):
                 self._ops.append(partial(self._kick, tau))
             elif kind == "A":
                 self._ops.append(partial(self._drift, tau))
-            elif callable(dynamics.gamma):
+            elif callable(dynamics.gamma):  # an O sub-step (the only other kind), γ = γ(t)
                 self._ops.append(partial(self._ou_at, tau, (clock + 0.5 * weight) * dt))
                 clock += weight
             else:
@@ -192,10 +231,11 @@ class SplittingIntegrator(Integrator):
     def _kick(self, tau: float, t: float) -> None:
         if self._q_moved:
             self._evaluate()
-        if self.mass.is_scalar:
-            self.v.add_(self.gradient, alpha=-tau * self.mass.inverse)
+        inverse = self.mass.inverse
+        if isinstance(inverse, Tensor):
+            self.v.addcmul_(self.gradient, inverse, value=-tau)
         else:
-            self.v.addcmul_(self.gradient, self.mass.inverse, value=-tau)
+            self.v.add_(self.gradient, alpha=-tau * inverse)
         self._v_moved = True
 
     def _drift(self, tau: float, t: float) -> None:
@@ -263,6 +303,7 @@ def make_integrator(
     method: str, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
 ) -> Integrator:
     """The integrator for a method name in `METHODS` (already resolved from "auto")."""
+    method = ALIASES.get(method, method)
     if method in SCHEMES:
         return SplittingIntegrator(dynamics, SCHEMES[method], q, v, dt, generator)
     return EulerIntegrator(dynamics, q, v, dt, generator)

@@ -1,22 +1,30 @@
-"""Figures (matplotlib, no global pyplot state) and the self-contained HTML report."""
+"""Figures (matplotlib, no global pyplot state), self-contained HTML pages, and the report of a
+ledger file (`inertia report`): inertia − inertia₀ = −dissipated + injected + residual
+(docs/theory.md §3), with the heavy ball's noise floor (§4) where the ledger has a noise estimate.
+"""
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import matplotlib
+import numpy.typing as npt
+import torch
+from torch import Tensor
 
 matplotlib.use("Agg")  # files only: never open a window
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from .energy import Ledger
+from .energy import BOOKS, ENERGIES, Ledger
+from .theory import heavy_ball_noise_floor
 
-COLORS = {
+COLORS: dict[str, str] = {
     "kinetic": "#1f77b4",
     "potential": "#ff7f0e",
     "inertia": "#222222",
@@ -29,8 +37,9 @@ COLORS = {
 @contextmanager
 def figure(
     path: Path, ncols: int = 1, nrows: int = 1, *, width: float = 5.0, height: float = 3.6
-) -> Iterator:
-    """Yield the axes of a new figure and save it as a PNG at `path` on exit."""
+) -> Iterator[Any]:
+    """Yield the axes of a new figure (one `Axes`, or an array of them) and save it as a PNG at
+    `path` on exit."""
     fig = Figure(figsize=(width * ncols, height * nrows), layout="tight")
     axes = fig.subplots(nrows, ncols, squeeze=False)
     yield axes.ravel() if axes.size > 1 else axes[0, 0]
@@ -42,35 +51,30 @@ def figure(
 
 
 def plot_ledger(ledger: Ledger, path: Path, *, title: str = "") -> Path:
-    """Energies (left) and cumulative ledger terms (right) against t, mean over paths with
-    the 5–95% band across paths when there are several."""
+    """Energies (left) and cumulative ledger terms (right) against time: a training run's 1-D
+    columns as they are; a simulation's mean over paths, with the band across paths (min–max
+    below 20 paths, else 5–95%)."""
     t = ledger.t.numpy()
     with figure(path, ncols=2) as (energies, books):
-        for ax, names in (
-            (energies, ("kinetic", "potential", "inertia")),
-            (books, ("dissipated", "injected", "residual")),
-        ):
+        for ax, names in ((energies, ENERGIES), (books, BOOKS)):
             for name in names:
-                values = ledger[name].numpy()
-                ax.plot(t, values.mean(1), color=COLORS[name], label=name)
+                column = ledger[name]
+                values = column if column.dim() == 2 else column[:, None]
+                ax.plot(t, values.mean(1).numpy(), color=COLORS[name], label=name)
                 if values.shape[1] > 1:
                     low, high = (
-                        (values.min(1), values.max(1))
+                        (values.amin(1), values.amax(1))
                         if values.shape[1] < 20
-                        else (_quantile(values, 0.05), _quantile(values, 0.95))
+                        else (values.quantile(0.05, dim=1), values.quantile(0.95, dim=1))
                     )
-                    ax.fill_between(t, low, high, color=COLORS[name], alpha=0.15, linewidth=0)
-            ax.set_xlabel("t")
+                    ax.fill_between(
+                        t, low.numpy(), high.numpy(), color=COLORS[name], alpha=0.15, linewidth=0
+                    )
+            ax.set_xlabel(ledger.time_name)
         energies.set_ylabel("energy")
         energies.set_title(title or "inertia I = K + L")
         books.set_title("ledger: I − I₀ = −dissipated + injected + residual")
     return path
-
-
-def _quantile(values, q: float):
-    import numpy as np
-
-    return np.quantile(values, q, axis=1)
 
 
 def embed_png(path: Path) -> str:
@@ -103,7 +107,7 @@ window.addEventListener("load", () => {
 """
 
 
-def _number(x: float) -> str:
+def _number(x: float | str) -> str:
     return f"{x:.4g}" if isinstance(x, float) else html.escape(str(x))
 
 
@@ -118,7 +122,13 @@ def write_page(path: Path, title: str, body: Sequence[str]) -> Path:
     return path
 
 
-def stack_ledger(ax, t, kinetic, potential, dissipated) -> None:
+def stack_ledger(
+    ax: Axes,
+    t: npt.ArrayLike,
+    kinetic: npt.ArrayLike,
+    potential: npt.ArrayLike,
+    dissipated: npt.ArrayLike,
+) -> None:
     """Stacked K, L and cumulative D against t: their top is I₀ + N + R."""
     names = ("kinetic", "potential", "dissipated")
     ax.stackplot(
@@ -132,104 +142,43 @@ def stack_ledger(ax, t, kinetic, potential, dissipated) -> None:
     )
 
 
-def html_report(title: str, intro: str, sections: Sequence[dict], path: Path) -> Path:
-    """Write a self-contained HTML report.
-
-    Each section is a dict with keys `key`, `title`, `claim`, `law`, `checks` (dicts with
-    name, measured, predicted, tolerance, relation, passed), `findings` (name ↦ number),
-    `figures` (PNG paths) and `passed`.
-    """
-    parts = [f"<h1>{html.escape(title)}</h1><p>{intro}</p>"]
-    verdicts = ", ".join(
-        f"{html.escape(s['key'])}: <span class='{'pass' if s['passed'] else 'fail'}'>"
-        f"{'pass' if s['passed'] else 'FAIL'}</span>"
-        for s in sections
-    )
-    parts.append(f"<p>{verdicts}</p>")
-    for s in sections:
-        verdict = "pass" if s["passed"] else "fail"
-        parts.append(
-            f"<section id='{html.escape(s['key'])}'><h2>{html.escape(s['key'])}. "
-            f"{html.escape(s['title'])} <span class='{verdict}'>{verdict.upper()}</span></h2>"
-            f"<p><b>Claim.</b> {html.escape(s['claim'])}</p>"
-            f"<p><b>Law.</b> <span class='law'>{html.escape(s['law'])}</span></p>"
-            "<table><tr><th>check</th><th>measured</th><th>relation</th><th>predicted</th>"
-            "<th>tolerance</th><th>verdict</th></tr>"
-        )
-        for c in s["checks"]:
-            ok = "pass" if c["passed"] else "fail"
-            parts.append(
-                f"<tr><td>{html.escape(c['name'])}</td><td>{_number(c['measured'])}</td>"
-                f"<td>{html.escape(c['relation'])}</td><td>{_number(c['predicted'])}</td>"
-                f"<td>{_number(c['tolerance'])}</td><td class='{ok}'>{ok}</td></tr>"
-            )
-        parts.append("</table>")
-        if s["findings"]:
-            items = "".join(
-                f"<li>{html.escape(name)}: {_number(value)}</li>"
-                for name, value in s["findings"].items()
-            )
-            parts.append(f"<p><b>What we measured besides.</b></p><ul>{items}</ul>")
-        parts.extend(embed_png(p) for p in s["figures"])
-        parts.append("</section>")
-    return write_page(path, title, parts)
+def _mean_over_paths(ledger: Ledger) -> Ledger:
+    """A simulation's ledger averaged over its paths at each time; a training run's as it is."""
+    columns = {name: col.mean(1) if col.dim() == 2 else col for name, col in ledger.items()}
+    return Ledger(ledger.t, columns, time_name=ledger.time_name)
 
 
-def read_ledger(path: Path) -> tuple[str, dict]:
-    """Read a ledger CSV (from `InertiaMonitor` or `Trajectory.to_csv`): ("step" | "t", columns),
-    a simulation's paths averaged per time. ValueError if it is not a ledger."""
-    import numpy as np
+def _nanmax(x: Tensor) -> float:
+    """The largest value of x, NaNs left out (NaN if all are)."""
+    x = x[~x.isnan()]
+    return float(x.max()) if x.numel() else float("nan")
 
-    with Path(path).open(newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise ValueError(f"LEDGER: {str(path)!r} has no rows")
-    names = list(rows[0])
-    missing = [
-        c
-        for c in ("kinetic", "potential", "inertia", "dissipated", "injected", "residual")
-        if c not in names
-    ]
-    time_name = "step" if "step" in names else "t" if "t" in names else None
-    if missing or time_name is None:
-        raise ValueError(
-            f"LEDGER: {str(path)!r} is not an inertia ledger (missing {missing or [time_name]})"
-        )
-    try:
-        table = {name: np.array([float(r[name]) for r in rows]) for name in names}
-    except (TypeError, ValueError):
-        raise ValueError(f"LEDGER: {str(path)!r} has a value that is not a number") from None
-    if "path" in table:  # a simulation: mean over paths at each time
-        times, index = np.unique(table[time_name], return_inverse=True)
-        counts = np.bincount(index)
-        table = {
-            name: np.bincount(index, weights=col) / counts
-            for name, col in table.items()
-            if name != "path"
-        }
-        table[time_name] = times
-    return time_name, table
+
+def _later_half(x: Tensor) -> float:
+    """The mean of the later half of x, NaNs left out."""
+    return float(x[len(x) // 2 :].nanmean())
 
 
 def ledger_report(path: Path, out: Path) -> Path:
-    """Figures of a ledger CSV and a self-contained `report.html` in `out`.
+    """Figures of a ledger CSV (`Ledger.read_csv`) and a self-contained `report.html` in `out`.
 
     Stacked ledger (K + L + D = I₀ + N + R), kinetic against potential, kinetic energy with the
-    noise-floor prediction h² tr(C)/(2B(1 − μ²)) where the ledger has a noise estimate, and the
-    stability margin with alarms marked where it has one.
+    noise floor E[K] = h²tr(C)/(2B(1 − μ²)), μ = 1 − γh (`theory.heavy_ball_noise_floor`) where
+    the ledger has a noise estimate, and the stability margin with alarms marked where it has
+    one. A simulation's ledger is averaged over its paths.
     """
-    import numpy as np
-
-    time_name, c = read_ledger(path)
-    out.mkdir(parents=True, exist_ok=True)
+    ledger = _mean_over_paths(Ledger.read_csv(path))
+    time_name = ledger.time_name
+    c = {name: ledger[name].numpy() for name in (time_name, *ledger)}  # for matplotlib
     t = c[time_name]
+    out.mkdir(parents=True, exist_ok=True)
     figures = []
     fig_path = out / "ledger_stack.png"
     with figure(fig_path, ncols=2) as (stack, books):
         stack_ledger(stack, t, c["kinetic"], c["potential"], c["dissipated"])
         stack.plot(
             t,
-            c["inertia"][0] + c["injected"] + c["residual"],
+            (ledger["inertia"][0] + ledger["injected"] + ledger["residual"]).numpy(),
             color="black",
             lw=1,
             label="I₀ + injected + residual",
@@ -249,66 +198,62 @@ def ledger_report(path: Path, out: Path) -> Path:
         ax.set_ylabel("kinetic K")
         ax.set_title("kinetic against potential")
     figures.append(fig_path)
+    inertia = ledger["inertia"]
     findings: dict[str, float] = {
         "rows": float(len(t)),
-        "inertia first": float(c["inertia"][0]),
-        "inertia last": float(c["inertia"][-1]),
-        "dissipated": float(c["dissipated"][-1]),
-        "injected": float(c["injected"][-1]),
-        "residual": float(c["residual"][-1]),
-        "closure |I − I₀ + D − N − R| / max |I|": float(
-            np.nanmax(
-                np.abs(
-                    c["inertia"] - c["inertia"][0] + c["dissipated"] - c["injected"] - c["residual"]
-                )
-            )
-            / max(np.nanmax(np.abs(c["inertia"])), 1e-300)
-        ),
+        "inertia first": float(inertia[0]),
+        "inertia last": float(inertia[-1]),
+        **{name: float(ledger[name][-1]) for name in BOOKS},
+        "closure |I − I₀ + D − N − R| / max |I|": _nanmax(ledger.closure_error().abs())
+        / max(_nanmax(inertia.abs()), 1e-300),
     }
-    if "noise_trace" in c and np.isfinite(c["noise_trace"]).any():
-        mu = 1.0 - c["gamma"] * c["h"]
-        predicted = c["h"] ** 2 * c["noise_trace"] / (2.0 * (1.0 - mu * mu))
+    noise = all(name in ledger for name in ("noise_trace", "gamma", "h"))
+    if noise and bool(ledger["noise_trace"].isfinite().any()):
+        h = ledger["h"]
+        kinetic_floor, loss_floor = heavy_ball_noise_floor(
+            h, ledger["noise_trace"], 1.0 - ledger["gamma"] * h
+        )
+        kinetic = ledger["kinetic"]
         fig_path = out / "noise_floor.png"
         with figure(fig_path) as ax:
             ax.semilogy(
                 t,
-                np.where(c["kinetic"] > 0, c["kinetic"], np.nan),  # K₀ = 0 has no logarithm
+                kinetic.where(kinetic > 0, torch.nan).numpy(),  # K₀ = 0 has no logarithm
                 color=COLORS["kinetic"],
                 lw=0.8,
                 label="kinetic K",
             )
             ax.semilogy(
-                t, predicted, color="black", lw=1, label="predicted floor h²tr(C)/(2B(1 − μ²))"
+                t,
+                kinetic_floor.numpy(),
+                color="black",
+                lw=1,
+                label="predicted floor h²tr(C)/(2B(1 − μ²))",
             )
             ax.set_xlabel(time_name)
             ax.set_title("kinetic energy and its noise floor")
         figures.append(fig_path)
-        later = slice(len(t) // 2, None)
-        findings["kinetic, later half (measured)"] = float(np.nanmean(c["kinetic"][later]))
-        findings["kinetic, later half (predicted)"] = float(np.nanmean(predicted[later]))
-        findings["excess loss floor h²tr(C)/(4B(1 − μ)), later half"] = float(
-            np.nanmean((c["h"] ** 2 * c["noise_trace"] / (4.0 * (1.0 - mu)))[later])
-        )
-    if "margin" in c and np.isfinite(c["margin"]).any():
+        findings["kinetic, later half (measured)"] = _later_half(kinetic)
+        findings["kinetic, later half (predicted)"] = _later_half(kinetic_floor)
+        findings["excess loss floor h²tr(C)/(4B(1 − μ)), later half"] = _later_half(loss_floor)
+    if "margin" in ledger and bool(ledger["margin"].isfinite().any()):
+        alarm = ledger["alarm"] > 0 if "alarm" in ledger else torch.zeros(len(t), dtype=torch.bool)
         fig_path = out / "margin.png"
         with figure(fig_path) as ax:
             ax.plot(t, c["margin"], color="#1f77b4", label="stability margin")
             ax.axhline(1.0, color="#d62728", ls="--", lw=0.8, label="threshold")
-            alarms = t[c.get("alarm", np.zeros_like(t)) > 0]
-            if len(alarms):
+            if bool(alarm.any()):
+                first = float(ledger.t[alarm][0])
                 ax.axvline(
-                    alarms[0],
-                    color="#d62728",
-                    lw=1.5,
-                    label=f"first alarm ({time_name} {alarms[0]:g})",
+                    first, color="#d62728", lw=1.5, label=f"first alarm ({time_name} {first:g})"
                 )
             ax.set_xlabel(time_name)
             ax.set_title("stability margin h²λ̂/(2(1 + μ))")
         figures.append(fig_path)
-        findings["alarm rows"] = float((c.get("alarm", np.zeros_like(t)) > 0).sum())
-    if "flag" in c:
-        findings["non-finite losses"] = float((c["flag"] == 1).sum())
-        findings["skipped steps"] = float((c["flag"] == 2).sum())
+        findings["alarm rows"] = float(alarm.sum())
+    if "flag" in ledger:  # the monitor's flags: 1 a non-finite loss, 2 a skipped step
+        findings["non-finite losses"] = float((ledger["flag"] == 1).sum())
+        findings["skipped steps"] = float((ledger["flag"] == 2).sum())
     rows = "".join(
         f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>" for k, v in findings.items()
     )
@@ -318,7 +263,7 @@ def ledger_report(path: Path, out: Path) -> Path:
         f"Energy ledger: {name}",
         [
             f"<h1>Energy ledger of {html.escape(name)}</h1>",
-            "<p>inertia − inertia₀ = −dissipated + injected + residual (THEORY.md §3–4).</p>",
+            "<p>inertia − inertia₀ = −dissipated + injected + residual (docs/theory.md §3–4).</p>",
             f"<table><tr><th>quantity</th><th>value</th></tr>{rows}</table>",
             *(embed_png(p) for p in figures),
         ],

@@ -12,10 +12,10 @@ from torch import Tensor
 
 from . import _checks
 from .dynamics import Dynamics
-from .energy import COLUMNS, CompensatedSum, Ledger
+from .energy import BOOKS, COLUMNS, CompensatedSum, Ledger
 from .integrators import METHODS, make_integrator
 
-__all__ = ["Estimate", "Trajectory", "resolve_method", "simulate"]
+__all__ = ["Estimate", "SimulationDiverged", "Trajectory", "resolve_method", "simulate"]
 
 
 class Estimate(NamedTuple):
@@ -33,17 +33,46 @@ class Trajectory:
     final state (paths, d).
     """
 
-    def __init__(self, ledger: Ledger, q: Tensor, v: Tensor, *, method: str, dt: float, steps: int):
+    def __init__(
+        self, ledger: Ledger, q: Tensor, v: Tensor, *, method: str, dt: float, steps: int
+    ) -> None:
         self.ledger, self.q, self.v = ledger, q, v
         self.method, self.dt, self.steps = method, dt, steps
 
-    t = property(lambda self: self.ledger.t, doc="Recorded times (R,).")
-    kinetic = property(lambda self: self.ledger["kinetic"], doc="K = ½ vᵀMv (R, paths).")
-    potential = property(lambda self: self.ledger["potential"], doc="L(θ) (R, paths).")
-    inertia = property(lambda self: self.ledger["inertia"], doc="I = K + L (R, paths).")
-    dissipated = property(lambda self: self.ledger["dissipated"], doc="Cumulative D (R, paths).")
-    injected = property(lambda self: self.ledger["injected"], doc="Cumulative N (R, paths).")
-    residual = property(lambda self: self.ledger["residual"], doc="Cumulative R (R, paths).")
+    @property
+    def t(self) -> Tensor:
+        """Recorded times (R,)."""
+        return self.ledger.t
+
+    @property
+    def kinetic(self) -> Tensor:
+        """K = ½ vᵀMv (R, paths)."""
+        return self.ledger["kinetic"]
+
+    @property
+    def potential(self) -> Tensor:
+        """L(θ) (R, paths)."""
+        return self.ledger["potential"]
+
+    @property
+    def inertia(self) -> Tensor:
+        """I = K + L (R, paths)."""
+        return self.ledger["inertia"]
+
+    @property
+    def dissipated(self) -> Tensor:
+        """Cumulative D (R, paths)."""
+        return self.ledger["dissipated"]
+
+    @property
+    def injected(self) -> Tensor:
+        """Cumulative N (R, paths)."""
+        return self.ledger["injected"]
+
+    @property
+    def residual(self) -> Tensor:
+        """Cumulative R (R, paths)."""
+        return self.ledger["residual"]
 
     @property
     def paths(self) -> int:
@@ -100,6 +129,15 @@ class Trajectory:
         )
 
 
+class SimulationDiverged(FloatingPointError):
+    """I became NaN or infinite: at `step` on `path`; `trajectory` holds the records kept
+    before it (its `steps` is the last recorded step; its `q`, `v` the state at the failure)."""
+
+    def __init__(self, message: str, *, step: int, path: int, trajectory: Trajectory) -> None:
+        super().__init__(message)
+        self.step, self.path, self.trajectory = step, path, trajectory
+
+
 def resolve_method(method: str, dynamics: Dynamics) -> str:
     """A method name checked against `METHODS`; "auto" picks verlet (γ = σ = 0),
     conformal_verlet (σ = 0) or baoab."""
@@ -132,7 +170,7 @@ def _record_steps(steps: int, every: int) -> list[int]:
 class _Progress:
     """A one-line progress bar on stderr, redrawn at most 100 times."""
 
-    def __init__(self, total: int, enabled: bool):
+    def __init__(self, total: int, enabled: bool) -> None:
         self.total, self.enabled = total, enabled
         self.every = max(1, total // 100)
 
@@ -167,9 +205,9 @@ def simulate(
     Records the ledger at step 0, every `record_every` steps and the last step. Paths get
     independent noise from one generator seeded by `seed` (None: a fresh random seed).
 
-    Raises ValueError for bad arguments before any step, and FloatingPointError if I becomes
-    NaN or infinite, with `.step` and `.path` where it happened and `.trajectory`, the records
-    kept so far (its `q`, `v` are the state at the failure).
+    Raises ValueError for bad arguments before any step, and `SimulationDiverged` (a
+    FloatingPointError) if I becomes NaN or infinite, with `.step` and `.path` where it happened
+    and `.trajectory`, the records kept so far (its `q`, `v` are the state at the failure).
     """
     if not isinstance(dynamics, Dynamics):
         raise _checks.fail("dynamics", "an inertia.Dynamics", dynamics)
@@ -196,17 +234,18 @@ def simulate(
     integrator = make_integrator(method, dynamics, q, v, dt, generator)
     marks = _record_steps(steps, record_every)
     times = torch.tensor([t0 + n * dt for n in marks], dtype=torch.float64)
-    table = torch.zeros(len(COLUMNS), len(marks), paths, dtype=torch.float64)
-    books = CompensatedSum((3, paths))
+    table = {name: torch.zeros(len(marks), paths, dtype=torch.float64) for name in COLUMNS}
+    books = CompensatedSum((len(BOOKS), paths))  # rows as the integrator's increments
 
     def record(r: int) -> None:
-        table[0, r] = integrator.kinetic
-        table[1, r] = integrator.potential
-        table[2, r] = table[0, r] + table[1, r]
-        table[3:, r] = books.total
+        table["kinetic"][r] = integrator.kinetic
+        table["potential"][r] = integrator.potential
+        table["inertia"][r] = table["kinetic"][r] + table["potential"][r]
+        for name, total in zip(BOOKS, books.total, strict=True):
+            table[name][r] = total
 
     def trajectory(records: int, steps_done: int) -> Trajectory:
-        ledger = Ledger(times[:records], dict(zip(COLUMNS, table[:, :records], strict=True)))
+        ledger = Ledger(times[:records], {name: col[:records] for name, col in table.items()})
         return Trajectory(ledger, q, v, method=method, dt=dt, steps=steps_done)
 
     record(0)
@@ -218,12 +257,13 @@ def simulate(
         # A non-finite K or L enters the step's ledger increments, hence the running totals.
         if not math.isfinite(float(books.total.sum())):
             path = int((~torch.isfinite(books.total)).any(0).nonzero()[0, 0])
-            error = FloatingPointError(
+            raise SimulationDiverged(
                 f"inertia became non-finite at step {n} (t = {t0 + n * dt:g}) on path {path}; "
-                f"the trajectory recorded up to step {marks[r - 1]} is in .trajectory"
+                f"the trajectory recorded up to step {marks[r - 1]} is in .trajectory",
+                step=n,
+                path=path,
+                trajectory=trajectory(r, marks[r - 1]),
             )
-            error.step, error.path, error.trajectory = n, path, trajectory(r, marks[r - 1])
-            raise error
         if n == marks[r]:
             record(r)
             r += 1
