@@ -3,7 +3,8 @@
 step at which the loss first exceeds 10× its start; at 0.8× the threshold, how many runs
 raised an alarm and in how many the loss still grew tenfold (an alarm is false only where
 it did not). Quadratic (linear regression) and an MLP near a minimum, full batch and
-minibatch (per-sample noise estimate), 3 seeds each. The scenarios are those of tests/test_alarm.py.
+minibatch (per-sample noise estimate), 3 seeds each. The scenarios (`workloads.py`) are those
+of tests/test_alarm.py.
 
     python benchmarks/alarm.py [--seeds 3]
 """
@@ -12,12 +13,8 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-
-from test_alarm import mlp_near_a_minimum, mlp_run, regression_run
+from workloads import mlp_near_a_minimum, mlp_run, regression_run
 
 STEPS = 300
 

@@ -7,67 +7,18 @@ minimum, λ_max by Hessian-vector power iteration there."""
 from __future__ import annotations
 
 import math
-import warnings
 
 import pytest
 import torch
-from torch.func import functional_call, grad, vjp
 
-from inertia import InertiaMonitor
-from inertia.monitor.core import ROUND_OFF, _two_step_curvature
-from test_noise import full_loss, regression
+from inertia.monitor.alarm import ROUND_OFF, two_step_curvature
+from workloads import mlp_near_a_minimum, mlp_run, regression_run
 
 F64 = torch.float64
 MOMENTA = [0.0, 0.9]
 
 
-def train(opt, loss_at, steps, *, batch_loss=None, noise=None, alarm=True, seed=5, every=1):
-    """Heavy-ball steps; returns the monitor, the first alarm row and the step after which the
-    full loss first exceeds 10× its start (None if it never does)."""
-    alarms = []
-    monitor = InertiaMonitor(opt, alarm=alarm, noise=noise, on_alarm=alarms.append, every=every)
-    start, blow_up = loss_at(), None
-    gen = torch.Generator().manual_seed(seed)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for k in range(steps):
-            opt.zero_grad()
-            loss, per_sample = batch_loss(gen)
-            monitor.observe(loss, per_sample=per_sample if noise else None)
-            loss.backward()
-            opt.step()
-            now = loss_at()
-            if blow_up is None and now > 10 * start:
-                blow_up = k + 1
-            if not math.isfinite(now) or now > 1e12:
-                break
-    return monitor, (alarms[0]["step"] if alarms else None), blow_up
-
-
 # ---------------------------------------------------------------- quadratic (linear regression)
-
-
-def regression_run(mu, factor, steps, batch=None, seed=0, every=1):
-    x, y, best = regression(seed=seed)
-    lam, vecs = torch.linalg.eigh(x.T @ x / len(y))
-    theta = torch.nn.Parameter(best + 2.0 * vecs[:, 0] + 1e-3 * vecs[:, -1])  # unstable: small
-    opt = torch.optim.SGD([theta], lr=factor * 2 * (1 + mu) / float(lam.max()), momentum=mu)
-    floor = full_loss(x, y, best)
-
-    def batch_loss(gen):
-        idx = torch.randint(0, len(y), (batch,), generator=gen) if batch else slice(None)
-        per_sample = 0.5 * (x[idx] @ theta - y[idx]) ** 2
-        return per_sample.mean(), per_sample
-
-    return train(
-        opt,
-        lambda: full_loss(x, y, theta.detach()) - floor,
-        steps,
-        batch_loss=batch_loss,
-        noise="per_sample" if batch else None,
-        seed=seed,
-        every=every,
-    )
 
 
 def test_two_step_curvature_is_the_rayleigh_ritz_value_over_both_steps():
@@ -82,7 +33,7 @@ def test_two_step_curvature_is_the_rayleigh_ritz_value_over_both_steps():
     def value(d1, d2):
         a = (d1 @ hessian @ d1, d2 @ hessian @ d1, d2 @ hessian @ d2)
         b = (d1 @ d1, d1 @ d2, d2 @ d2)
-        return _two_step_curvature(*(float(x) for x in (*a, *b)))
+        return two_step_curvature(*(float(x) for x in (*a, *b)))
 
     for _ in range(20):
         d1, d2 = (torch.randn(8, generator=gen, dtype=F64) for _ in range(2))
@@ -100,7 +51,7 @@ def test_two_step_curvature_is_the_rayleigh_ritz_value_over_both_steps():
     entries = (d1 @ hessian @ d1, d2 @ hessian @ d1, d2 @ hessian @ d2, d1 @ d1, d1 @ d2, d2 @ d2)
     secant = float(d1 @ hessian @ d1 / (d1 @ d1))
     for precision in (ROUND_OFF, math.nan):  # sin² would have to exceed 1, or unknown
-        assert _two_step_curvature(*(float(x) for x in entries), precision) == secant
+        assert two_step_curvature(*(float(x) for x in entries), precision) == secant
 
 
 @pytest.mark.parametrize("mu", MOMENTA)
@@ -170,65 +121,9 @@ def test_quadratic_diverging_from_curvature_noise_below_the_threshold_is_alarmed
 # ---------------------------------------------------------------- MLP
 
 
-def mlp_near_a_minimum(seed=0, n=1024):
-    """A 4-16-1 tanh MLP fitted (Adam) to a noisy 4-8-1 teacher; λ_max and its eigenvector at
-    the fit by power iteration on Hessian-vector products."""
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, 4, generator=gen, dtype=F64)
-    torch.manual_seed(seed)
-    teacher = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
-    with torch.no_grad():
-        y = teacher.double()(x) + 0.1 * torch.randn(n, 1, generator=gen, dtype=F64)
-    model = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
-    model = model.double()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(1500):
-        opt.zero_grad()
-        ((model(x) - y) ** 2).mean().backward()
-        opt.step()
-    names = [name for name, _ in model.named_parameters()]
-    shapes = [p.shape for p in model.parameters()]
-    star = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
-
-    def unflatten(v):
-        return dict(zip(names, torch.split(v, [math.prod(s) for s in shapes]), strict=True))
-
-    def loss(v):
-        params = {k: t.view(s) for (k, t), s in zip(unflatten(v).items(), shapes, strict=True)}
-        return ((functional_call(model, params, (x,)) - y) ** 2).mean()
-
-    v = torch.randn(star.shape, generator=gen, dtype=F64)
-    for _ in range(200):
-        hv = vjp(grad(loss), star)[1](v / v.norm())[0]  # H v, reverse over reverse
-        lam, v = float((v / v.norm()) @ hv), hv
-    return model, x, y, star, lam, v / v.norm()
-
-
 @pytest.fixture(scope="module")
 def mlp():
     return mlp_near_a_minimum()
-
-
-def mlp_run(mlp, mu, factor, steps, batch=None, seed=0):
-    model, x, y, star, lam, top = mlp
-    gen = torch.Generator().manual_seed(11 + seed)
-    kick = torch.randn(star.shape, generator=gen, dtype=F64)
-    kick -= (kick @ top) * top
-    start = star + 0.01 * kick / kick.norm() + 1e-4 * top  # the unstable direction: small
-    with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(start, model.parameters())
-    opt = torch.optim.SGD(model.parameters(), lr=factor * 2 * (1 + mu) / lam, momentum=mu)
-
-    def loss_at():
-        with torch.no_grad():
-            return float(((model(x) - y) ** 2).mean())
-
-    def batch_loss(g):
-        idx = torch.randint(0, len(y), (batch,), generator=g) if batch else slice(None)
-        per_sample = ((model(x[idx]) - y[idx]) ** 2).squeeze(1)
-        return per_sample.mean(), per_sample
-
-    return train(opt, loss_at, steps, batch_loss=batch_loss, noise="per_sample" if batch else None)
 
 
 @pytest.mark.parametrize("mu", MOMENTA)

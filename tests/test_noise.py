@@ -8,22 +8,10 @@ import pytest
 import torch
 
 from inertia import InertiaMonitor
+from inertia.monitor import GroupLayout, MicroBatch
+from workloads import full_loss, regression
 
 F64 = torch.float64
-
-
-def regression(n: int = 4000, d: int = 5, label_noise: float = 0.5, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, d, generator=gen, dtype=F64) * torch.linspace(0.5, 1.0, d, dtype=F64)
-    y = x @ torch.randn(d, generator=gen, dtype=F64) + label_noise * torch.randn(
-        n, generator=gen, dtype=F64
-    )
-    best = torch.linalg.lstsq(x, y[:, None]).solution[:, 0]
-    return x, y, best
-
-
-def full_loss(x, y, theta) -> float:
-    return float(0.5 * ((x @ theta - y) ** 2).mean())
 
 
 def train_regression(lr, mu, batch, noise, steps=4000, micro=1, every=1):
@@ -148,30 +136,26 @@ def test_per_sample_trace_is_the_covariance_of_per_sample_gradients_over_the_bat
     assert float(monitor.ledger["noise_trace"][0]) == pytest.approx(expected, rel=1e-12)
 
 
-def test_micro_batch_noise_along_the_last_step_is_the_variance_of_projected_gradients():
+def test_micro_batch_noise_along_a_step_is_the_variance_of_projected_gradients():
     """Δθᵀ(C/B)Δθ, the secant margin's noise (docs/monitor.md): the spread of 4 micro-batch
-    gradients, projected on the last step."""
+    gradients, projected on a step (its sign does not matter), as `MicroBatch` estimates it
+    from the accumulated gradient after each micro-batch's backward."""
     x, y, best = regression(n=64)
     theta = torch.nn.Parameter(best + 0.3)
-    opt = torch.optim.SGD([theta], lr=0.01)
-    monitor = InertiaMonitor(opt, noise="microbatch")
-    before = theta.detach().clone()
-    loss = 0.5 * ((x @ theta - y) ** 2).mean()
-    loss.backward()
-    monitor.observe(loss)
-    opt.step()
-    step = theta.detach() - before
-    opt.zero_grad()
+    estimate = MicroBatch([GroupLayout([theta])])
+    step = torch.randn(theta.shape, generator=torch.Generator().manual_seed(0), dtype=F64)
     per_sample = 0.5 * (x @ theta - y) ** 2
     chunks = [per_sample[i : i + 16].mean() / 4 for i in range(0, 64, 16)]
     increments = []
     for chunk in chunks:
         increments.append(torch.autograd.grad(chunk, theta, retain_graph=True)[0])
         chunk.backward(retain_graph=True)
-        monitor.observe(chunk * 4, accumulate=True)
-    expected = 4 * float((torch.stack(increments) @ step).var())
-    _, along, *_ = monitor._noise.take(monitor._groups, [math.nan])
-    assert along[0] == pytest.approx(expected, rel=1e-10)
+        estimate.observe(None, [-step])
+    result = estimate.take([math.nan])
+    along = 4 * float((torch.stack(increments) @ step).var())
+    assert result.along[0] == pytest.approx(along, rel=1e-10)
+    trace = 4 * float(torch.stack(increments).var(0).sum())
+    assert result.trace[0] == pytest.approx(trace, rel=1e-10)
 
 
 def test_injected_heat_is_half_h_squared_noise_trace_per_step():

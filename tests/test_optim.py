@@ -256,7 +256,7 @@ def test_monitor_books_from_the_report_what_it_measures_from_the_parameters():
     )
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
     reported, measured = InertiaMonitor(opt), InertiaMonitor(opt, alarm=True)
-    assert reported._reported and not measured._reported
+    assert reported.reads_report and not measured.reads_report
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for _ in range(120):

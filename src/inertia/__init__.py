@@ -10,6 +10,7 @@ from .dynamics import CallablePotential, Dynamics, Potential
 from .energy import BOOKS, COLUMNS, ENERGIES, CompensatedSum, Ledger, kinetic
 from .integrators import ALIASES, METHODS, SCHEMES, Scheme
 from .monitor import InertiaMonitor
+from .reporting import EnergyReport, ReportsEnergy
 from .simulate import Estimate, SimulationDiverged, Trajectory, simulate
 
 __version__ = "0.1.0"
@@ -24,10 +25,12 @@ __all__ = [
     "CallablePotential",
     "CompensatedSum",
     "Dynamics",
+    "EnergyReport",
     "Estimate",
     "InertiaMonitor",
     "Ledger",
     "Potential",
+    "ReportsEnergy",
     "Scheme",
     "SimulationDiverged",
     "Trajectory",

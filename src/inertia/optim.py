@@ -1,4 +1,4 @@
-"""`InertiaSGD`: the conformal-symplectic heavy ball with an energy brake (THEORY.md §3–4).
+"""`InertiaSGD`: the conformal-symplectic heavy ball with an energy brake (docs/theory.md §3–4).
 
 Each step, with h = sqrt(lr·s) (s ∈ (0, 1], the brake's step scale) and velocity p = Δθ/h:
 
@@ -9,7 +9,7 @@ drift: conformal symplectic Euler of θ̈ + γθ̇ + ∇L = 0. It is SGD with mo
 is kept in physical units, so K = ½‖p‖² carries over unchanged when a scheduler changes lr.
 
 The shadow energy H̃_k = ½‖p_k‖² + L(θ_k) − ½h⟨p_k, g_k⟩ (conserved exactly by the frictionless
-step on a quadratic, THEORY.md §4) changes over the step by
+step on a quadratic, docs/theory.md §4) changes over the step by
 
     ΔH̃_k = −½(1 − μ)⟨p_k, p_k + p_{k+1}⟩ = −½(1 − μ)((1 + μ)‖p_k‖² − h⟨p_k, g_k⟩),
 
@@ -29,15 +29,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable
+from typing import Any, overload
 
 import torch
 from torch import Tensor
 
 from . import _checks
 from ._distributed import local
+from .reporting import EnergyReport
 
 # The bounds of each group's numbers (`_checks.real` keywords): checked as a group is added.
-_BOUNDS = {
+_BOUNDS: dict[str, dict[str, Any]] = {
     "lr": {"low": 0.0},
     "momentum": {"low": 0.0, "high": 1.0, "strict_high": True},
     "weight_decay": {"low": 0.0},
@@ -63,16 +65,22 @@ class _Flat:
         self.velocity = torch.zeros(sum(sizes), dtype=like.dtype, device=like.device)
         self.grad = torch.empty_like(self.velocity)
         self.velocity_views = [
-            v.view(t.shape) for v, t in zip(self.velocity.split(sizes), shards, strict=True)
+            v.view(t.shape) for v, t in zip(torch.split(self.velocity, sizes), shards, strict=True)
         ]
         self.grad_views = [
-            v.view(t.shape) for v, t in zip(self.grad.split(sizes), shards, strict=True)
+            v.view(t.shape) for v, t in zip(torch.split(self.grad, sizes), shards, strict=True)
         ]
         torch._foreach_copy_(self.velocity_views, velocities)
 
     def shards(self) -> list[Tensor]:
         """The parameters' local shards (fetched each step: FSDP2 may swap them)."""
         return [local(p) for p in self.params] if self.sharded else self.params
+
+
+def _grad(p: Tensor) -> Tensor:
+    """The gradient of a parameter a bucket holds (buckets hold only parameters with one)."""
+    assert p.grad is not None
+    return p.grad
 
 
 class InertiaSGD(torch.optim.Optimizer):
@@ -97,13 +105,14 @@ class InertiaSGD(torch.optim.Optimizer):
     ``h`` (the step taken), ``scale``, ``braked`` (whether this step restarted), ``brakes`` (a
     count), ``kinetic`` ½‖p_k‖² before the step, ``power`` ⟨p_k, g_k⟩, ``theta_sq`` ‖θ_k‖² (with
     weight decay), ``h_before`` the h that produced p_k, ``rise`` the step's ΔH̃ and ``energy``
-    Σ ΔH̃ since the last brake (``lowest`` its minimum): `InertiaMonitor` books its rows from
-    these, with no pass of its own over the parameters.
+    Σ ΔH̃ since the last brake (``lowest`` its minimum). `energy_report()` hands the step's map
+    and energies to `InertiaMonitor` as typed `EnergyReport`s (`inertia.reporting.ReportsEnergy`),
+    which books its rows from them with no pass of its own over the parameters.
     """
 
     def __init__(
         self,
-        params: Iterable,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
         lr: float = 1e-2,
         momentum: float = 0.9,
         *,
@@ -126,10 +135,10 @@ class InertiaSGD(torch.optim.Optimizer):
             "patience": patience,
             "min_scale": min_scale,
         }
-        self._flats: dict[int, tuple[tuple, list[_Flat]]] = {}
+        self._flats: dict[int, tuple[tuple[int, ...], list[_Flat]]] = {}
         super().__init__(params, defaults)  # checks each group in add_param_group
 
-    def add_param_group(self, param_group: dict) -> None:
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
         """As torch's, plus each group's checks (before it is added) and its brake's state."""
         for key, bounds in _BOUNDS.items():
             _checks.real(key, param_group.get(key, self.defaults[key]), **bounds)
@@ -153,6 +162,23 @@ class InertiaSGD(torch.optim.Optimizer):
         ):
             group.setdefault(key, value)
 
+    def energy_report(self) -> list[EnergyReport]:
+        """Each group's last step: h, μ (0 where the brake restarted it), wd and the energies of
+        the point it started from (`inertia.reporting.EnergyReport`)."""
+        return [
+            EnergyReport(
+                lr=g["h"] * g["h"],
+                h=float(g["h"]),
+                momentum=0.0 if g["braked"] else float(g["momentum"]),
+                weight_decay=float(g["weight_decay"]),
+                kinetic=float(g["kinetic"]),
+                power=float(g["power"]),
+                theta_sq=float(g["theta_sq"]),
+                h_before=float(g["h_before"]),
+            )
+            for g in self.param_groups
+        ]
+
     @torch.no_grad()
     def kinetic_energy(self) -> list[float]:
         """½‖p‖² of each group's current velocity (summed over FSDP2 shards)."""
@@ -168,11 +194,11 @@ class InertiaSGD(torch.optim.Optimizer):
             out.append(0.5 * float(total))
         return out
 
-    def load_state_dict(self, state_dict: dict) -> None:
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         super().load_state_dict(state_dict)
         self._flats.clear()  # the loaded velocities are new tensors: rebuild the flat buffers
 
-    def _buckets(self, index: int, group: dict) -> list[_Flat]:
+    def _buckets(self, index: int, group: dict[str, Any]) -> list[_Flat]:
         """Flat buffers over the group's parameters that have a gradient, rebuilt when that set
         changes (a parameter without a gradient keeps its velocity and does not move)."""
         live = [p for p in group["params"] if p.grad is not None]
@@ -180,7 +206,7 @@ class InertiaSGD(torch.optim.Optimizer):
         cached = self._flats.get(index)
         if cached is not None and cached[0] == key:
             return cached[1]
-        by_kind: dict[tuple, list[Tensor]] = {}
+        by_kind: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
         for p in live:
             if p.grad.is_sparse:
                 raise ValueError("InertiaSGD does not support sparse gradients")
@@ -199,8 +225,12 @@ class InertiaSGD(torch.optim.Optimizer):
         self._flats[index] = (key, flats)
         return flats
 
+    @overload
+    def step(self, closure: None = None) -> None: ...
+    @overload
+    def step(self, closure: Callable[[], float]) -> float: ...
     @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None):
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
         """One step; `closure` (optional) re-evaluates the loss, as for any optimizer."""
         loss = None
         if closure is not None:
@@ -214,7 +244,7 @@ class InertiaSGD(torch.optim.Optimizer):
             h = math.sqrt(group["lr"] * group["scale"])
             shards = [flat.shards() for flat in flats]
             for flat, params in zip(flats, shards, strict=True):
-                torch._foreach_copy_(flat.grad_views, [local(p.grad) for p in flat.params])
+                torch._foreach_copy_(flat.grad_views, [local(_grad(p)) for p in flat.params])
                 if wd:
                     torch._foreach_add_(flat.grad_views, params, alpha=wd)
             sums = [f.velocity.dot(f.velocity) for f in flats] + [

@@ -1,16 +1,33 @@
 """The energy ledger of real training: `InertiaMonitor`, its optimizer maps and its sinks."""
 
-from .core import MONITOR_COLUMNS, InertiaMonitor
-from .maps import GroupMap, group_map
+from .alarm import StabilityAlarm, two_step_curvature
+from .core import InertiaMonitor
+from .curvature import TopCurvature
+from .floor import noise_floor
+from .layout import GroupLayout
+from .maps import GroupMap, group_maps
+from .noise import Fluctuation, MicroBatch, NoiseEstimate, NoiseEstimator, PerSample
+from .row import MONITOR_COLUMNS, Row
 from .sinks import CSVSink, JSONLSink, Sink, TensorBoardSink
 
 __all__ = [
     "MONITOR_COLUMNS",
     "CSVSink",
+    "Fluctuation",
+    "GroupLayout",
     "GroupMap",
     "InertiaMonitor",
     "JSONLSink",
+    "MicroBatch",
+    "NoiseEstimate",
+    "NoiseEstimator",
+    "PerSample",
+    "Row",
     "Sink",
+    "StabilityAlarm",
     "TensorBoardSink",
-    "group_map",
+    "TopCurvature",
+    "group_maps",
+    "noise_floor",
+    "two_step_curvature",
 ]

@@ -1,5 +1,5 @@
 """The top curvature of the step's minibatch Hessian from Hessian-vector products: the stability
-alarm's λ̂ with `noise="per_sample"` (`InertiaMonitor._margin`).
+alarm's λ̂ with `noise="per_sample"` (`inertia.monitor.alarm`).
 
 Each row takes the Rayleigh–Ritz value of H_B, the Hessian of the step's minibatch loss at
 θ_k, over the span of three directions: the last step d, and the last row's maximiser x̂ and
@@ -19,6 +19,7 @@ graph, one Hessian-vector product per direction (up to three) and three more bac
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -34,18 +35,31 @@ def _dot(a: Vector, b: Vector) -> float:
 
 
 def _combine(coefficients: list[float], vectors: list[Vector]) -> Vector:
-    return [
-        sum(c * v[i] for c, v in zip(coefficients, vectors, strict=True))
-        for i in range(len(vectors[0]))
-    ]
+    """Σⱼ cⱼ vⱼ, group by group."""
+    out = []
+    for i in range(len(vectors[0])):
+        total = coefficients[0] * vectors[0][i]
+        for c, v in zip(coefficients[1:], vectors[1:], strict=True):
+            total = total + c * v[i]
+        out.append(total)
+    return out
 
 
-def _grad(output: Tensor, inputs: list[Tensor], **kwargs) -> list[Tensor | None]:
+def _grad(
+    output: Tensor, inputs: list[Tensor], *, create_graph: bool = False, retain_graph: bool = False
+) -> list[Tensor | None]:
     """∂output/∂inputs, None for each input it does not depend on (also where it depends on
     none: a loss linear in θ has no curvature)."""
     if not output.requires_grad:
         return [None] * len(inputs)
-    return list(torch.autograd.grad(output, inputs, allow_unused=True, **kwargs))
+    grads = torch.autograd.grad(
+        output,
+        inputs,
+        allow_unused=True,
+        create_graph=create_graph,
+        retain_graph=retain_graph or create_graph,
+    )
+    return list(grads)
 
 
 def _orthonormal(vectors: list[Vector]) -> list[Vector]:
@@ -66,9 +80,10 @@ def _orthonormal(vectors: list[Vector]) -> list[Vector]:
 class TopCurvature:
     """Tracks the top curvature of the minibatch Hessian along the training's motion."""
 
-    def __init__(self, groups):
-        self._sizes = [[p.numel() for p in g.params] for g in groups]
-        self._params = [p for g in groups for p in g.params]
+    def __init__(self, groups: Sequence[Sequence[Tensor]]):
+        """`groups`: the parameters of each group, as the optimizer holds them."""
+        self._sizes = [[p.numel() for p in g] for g in groups]
+        self._params = [p for g in groups for p in g]
         self._tracked: list[Vector] = []  # x̂ and H_B'x̂/‖H_B'x̂‖ of the last row
 
     def state_dict(self) -> list[Vector]:
@@ -80,7 +95,9 @@ class TopCurvature:
     def _per_parameter(self, vector: Vector) -> list[Tensor]:
         """A flat float64 vector as per-parameter tensors in the parameters' shapes and dtypes."""
         views = (
-            v for flat, sizes in zip(vector, self._sizes, strict=True) for v in flat.split(sizes)
+            v
+            for flat, sizes in zip(vector, self._sizes, strict=True)
+            for v in torch.split(flat, sizes)
         )
         return [v.view_as(p).to(p.dtype) for v, p in zip(views, self._params, strict=True)]
 
@@ -101,12 +118,12 @@ class TopCurvature:
         basis = _orthonormal([step, *self._tracked])
         losses = losses.reshape(-1)
         batch = losses.numel()
-        weights = torch.ones(batch, dtype=losses.dtype, requires_grad=True)
+        weights = torch.ones(batch, dtype=losses.dtype, device=losses.device, requires_grad=True)
         grads = _grad((losses * weights).sum(), self._params, create_graph=True)
         if not basis or all(g is None for g in grads):
             return math.nan, math.nan
 
-        def along(gradients, direction: Vector) -> Tensor:  # ⟨gradients, d⟩
+        def along(gradients: list[Tensor | None], direction: Vector) -> Tensor:  # ⟨·, d⟩
             pairs = zip(gradients, self._per_parameter(direction), strict=True)
             return sum(((g * d).sum() for g, d in pairs if g is not None), losses.new_zeros(()))
 
@@ -120,10 +137,10 @@ class TopCurvature:
         x, hx = _combine(top, basis), _combine(top, products)
         # per sample: sᵢ = ⟨∇ℓᵢ, x̂⟩, then qᵢ = ⟨∇sᵢ, x̂⟩ = x̂ᵀHᵢx̂
         s = torch.autograd.grad(along(grads, x), weights, create_graph=True)[0]
-        again = torch.ones(batch, dtype=losses.dtype, requires_grad=True)
+        again = torch.ones_like(weights, requires_grad=True)
         grads_s = _grad((s * again).sum(), self._params, create_graph=True)
         q = _grad(along(grads_s, x), [again], retain_graph=True)[0]  # the caller's backward
-        q = torch.zeros(batch, dtype=F64) if q is None else q.detach().to(F64)
+        q = torch.zeros(batch, dtype=F64, device=losses.device) if q is None else q.detach().to(F64)
         image = math.sqrt(_dot(hx, hx))
         self._tracked = [x, *([[v / image for v in hx]] if image > 0 else [])]
         return float(values[-1]), float(q.var()) / batch

@@ -1,4 +1,4 @@
-"""Optimizers as discretised dynamics (THEORY.md §4): one `GroupMap` per parameter group.
+"""Optimizers as discretised dynamics (docs/theory.md §4): one `GroupMap` per parameter group.
 
 Every map reads the group's hyper-parameters at the step and says
 - the step h, so that the velocity is u = Δθ/h and the kinetic energy K = ½ uᵀMu;
@@ -13,21 +13,25 @@ Adam/AdamW: μ = β₁, h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)) (bias correct
 M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ): an approximation, as M changes every step (the
 change lands in the residual); AdamW's decoupled decay is booked as the potential (wd/2)‖θ‖².
 RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
-`inertia.optim.InertiaSGD`: h and μ of the step it took (μ = 0 for a step its brake restarted),
-read after the step; its velocity is physical, so a change of h does not rescale it.
-Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = identity.
+An optimizer that reports its energies (`inertia.reporting.ReportsEnergy`, e.g. InertiaSGD):
+h and μ of the step it took, read after the step; its velocity is physical, so a change of h
+does not rescale it. Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = Id.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from ..optim import InertiaSGD
+from ..reporting import EnergyReport, ReportsEnergy
+
+Group = dict[str, Any]  # a torch.optim parameter group
+State = dict[Any, Any]  # torch.optim.Optimizer.state
 
 
 @dataclass(frozen=True)
@@ -43,11 +47,19 @@ class GroupMap:
 
     @property
     def gamma(self) -> float:
-        """Continuous friction γ = (1 − μ)/h of the heavy-ball ODE (THEORY.md §4)."""
+        """Continuous friction γ = (1 − μ)/h of the heavy-ball ODE (docs/theory.md §4)."""
         return (1.0 - self.momentum) / self.h if self.h > 0 else math.inf
 
+    @classmethod
+    def of_report(cls, report: EnergyReport) -> GroupMap:
+        """The map of a step an optimizer reported."""
+        return cls("reported", report.lr, report.h, report.momentum, report.weight_decay, True)
 
-def _sgd(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+
+NO_MAP = GroupMap("none", math.nan, math.nan, 0.0)  # the row of an optimizer with no groups
+
+
+def _sgd(group: Group, state: State) -> GroupMap:
     lr, mu = float(group["lr"]), float(group.get("momentum", 0.0))
     damp = float(group.get("dampening", 0.0)) if mu > 0 else 0.0
     kind = "sgd-nesterov" if group.get("nesterov") else "sgd"
@@ -56,14 +68,14 @@ def _sgd(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
     )
 
 
-def _adam(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+def _adam(group: Group, state: State) -> GroupMap:
     lr, (beta1, _) = float(group["lr"]), group["betas"]
-    steps = _step_count(state, params) + 1  # the step about to be taken
+    steps = _step_count(state, group["params"]) + 1  # the step about to be taken
     h = math.sqrt(lr * (1.0 - beta1) / (1.0 - beta1**steps))
     return GroupMap("adam", lr, h, float(beta1), float(group.get("weight_decay", 0.0)))
 
 
-def _rmsprop(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+def _rmsprop(group: Group, state: State) -> GroupMap:
     lr = float(group["lr"])
     return GroupMap(
         "rmsprop",
@@ -74,18 +86,12 @@ def _rmsprop(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
     )
 
 
-def _inertia_sgd(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
-    momentum = 0.0 if group["braked"] else float(group["momentum"])
-    h = float(group["h"])
-    return GroupMap("inertia-sgd", h * h, h, momentum, float(group["weight_decay"]), True)
-
-
-def _generic(group: dict, state: dict, params: list[Tensor]) -> GroupMap:
+def _generic(group: Group, state: State) -> GroupMap:
     lr = float(group.get("lr", 1.0))
     return GroupMap("generic", lr, math.sqrt(lr), 1.0, 0.0)  # μ = 1: no friction
 
 
-def _step_count(state: dict, params: list[Tensor]) -> int:
+def _step_count(state: State, params: list[Tensor]) -> int:
     for p in params:
         step = state.get(p, {}).get("step")
         if step is not None:
@@ -93,33 +99,30 @@ def _step_count(state: dict, params: list[Tensor]) -> int:
     return 0
 
 
-_MAPS = {
+Maker = Callable[[Group, State], GroupMap]
+_MAPS: dict[type, Maker] = {
     torch.optim.SGD: _sgd,
     torch.optim.Adam: _adam,
     torch.optim.AdamW: _adam,
     torch.optim.RMSprop: _rmsprop,
-    InertiaSGD: _inertia_sgd,
 }
 
 
-@functools.cache
-def _maker(kind: type):
+def _maker(kind: type) -> Maker:
     """The map of an optimizer class: its own, else its nearest mapped base, else generic."""
     return next((_MAPS[cls] for cls in kind.__mro__ if cls in _MAPS), _generic)
 
 
-def group_map(optimizer: torch.optim.Optimizer, group: dict) -> GroupMap:
-    """The map of one parameter group of `optimizer`, at its current hyper-parameters."""
-    return _maker(type(optimizer))(group, optimizer.state, group["params"])
+def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
+    """The map of each parameter group of `optimizer`, at its current hyper-parameters (for an
+    optimizer that reports its energies, those of its last step)."""
+    if isinstance(optimizer, ReportsEnergy):
+        return [GroupMap.of_report(r) for r in optimizer.energy_report()]
+    make = _maker(type(optimizer))
+    return [make(group, optimizer.state) for group in optimizer.param_groups]
 
 
-def reports_energy(optimizer: torch.optim.Optimizer) -> bool:
-    """Whether the step itself chooses h and μ (InertiaSGD's brake), so that its map is read
-    after the step, and reports the energies of the point it started from."""
-    return isinstance(optimizer, InertiaSGD)
-
-
-def metric(optimizer: torch.optim.Optimizer, group: dict, kind: str) -> list[Tensor] | None:
+def metric(optimizer: torch.optim.Optimizer, group: Group, kind: str) -> list[Tensor] | None:
     """The diagonal metric M of each parameter of `group` (after the step); None: identity."""
     if kind not in ("adam", "rmsprop"):
         return None
@@ -141,3 +144,33 @@ def metric(optimizer: torch.optim.Optimizer, group: dict, kind: str) -> list[Ten
             )
             out.append(avg.sqrt().add_(group["eps"]))
     return out
+
+
+@dataclass
+class MapHistory:
+    """The maps of the step under way (read before it, or after it for a reporting optimizer),
+    of the last step taken and of the step before it: friction and the alarm need all three."""
+
+    under_way: list[GroupMap] | None = None
+    last: list[GroupMap] | None = None
+    before: list[GroupMap] | None = None
+
+    def advance(self) -> None:
+        """The step under way has been taken (a step neither booked nor measured keeps none)."""
+        if self.under_way is not None:
+            self.before, self.last = self.last, self.under_way
+
+    def state_dict(self) -> dict[str, list[dict[str, Any]] | None]:
+        """`last` and `before` as plain dicts (a checkpoint loads with weights_only=True)."""
+        return {"last": _plain(self.last), "before": _plain(self.before)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.last, self.before = _maps_of(state["last"]), _maps_of(state["before"])
+
+
+def _plain(maps: list[GroupMap] | None) -> list[dict[str, Any]] | None:
+    return None if maps is None else [asdict(m) for m in maps]
+
+
+def _maps_of(plain: list[dict[str, Any]] | None) -> list[GroupMap] | None:
+    return None if plain is None else [GroupMap(**m) for m in plain]

@@ -1,5 +1,5 @@
 """Gradient-noise estimates: tr(C)/B, the variance of one step's minibatch gradient, per
-parameter group (THEORY.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
+parameter group (docs/theory.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
 
 - "per_sample": exact from per-sample gradients (vectorised autograd over the unreduced losses,
   which `observe(loss, per_sample=losses)` receives before `backward`); for small and medium
@@ -11,96 +11,96 @@ parameter group (THEORY.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
   tight at stationarity, where ∇L ≈ 0.
 
 "microbatch" also gives the noise along the last step, Δθᵀ(C/B)Δθ (the secant margin's
-error, `InertiaMonitor._secant`); "fluctuation" cannot (NaN). With `curvature`, "per_sample"
-gives instead the minibatch Hessian's top curvature along the motion and its variance,
-Var_i(x̂ᵀHᵢx̂)/B, from Hessian-vector products on the step's own batch
-(`inertia.monitor.curvature`): the stability margin's λ̂ and mean-square term.
+standard error, `inertia.monitor.alarm`); the others cannot (NaN). Over the m micro-batches of
+one step (independent batches) "per_sample" gives the estimate of their mean: ÷ m².
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .curvature import TopCurvature
+from .layout import F64, GroupLayout
 
-F64 = torch.float64
 KINDS = ("per_sample", "microbatch", "fluctuation")
 
 
+@dataclass(frozen=True)
+class NoiseEstimate:
+    """Per group: `trace` = tr(C)/B and `along` = Δθᵀ(C/B)Δθ (NaN where not estimated)."""
+
+    trace: list[float]
+    along: list[float]
+
+
+def _nan(n: int) -> list[float]:
+    return [math.nan] * n
+
+
 class NoiseEstimator:
-    """Collects per-group noise between rows; `take` returns it and resets."""
+    """Collects one booked step's gradients (`observe`, per micro-batch); `take` returns the
+    estimate at the row and resets."""
 
-    def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
-        """Called by `InertiaMonitor.observe`; `along`: each group's last step Δθ (flat), if
-        one was measured."""
+    def __init__(self, layouts: list[GroupLayout]):
+        self.layouts = layouts
 
-    def take(self, groups, grad_sq: list[float]) -> tuple[list[float], ...]:
-        """tr(C)/B, Δθᵀ(C/B)Δθ, Var(x̂ᵀH_Bx̂) and the top curvature x̂ᵀH_Bx̂ per group since
-        the last row (`grad_sq`: ‖g_B‖² of the step's gradient); NaN where the estimator has
-        none."""
+    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
+        """After (or, per_sample, before) a micro-batch's backward; `steps`: each group's last
+        step Δθ (flat float64, either sign), if one was measured."""
+
+    def take(self, grad_sq: list[float]) -> NoiseEstimate:
+        """The estimate since the last row (`grad_sq`: ‖g_B‖² of the step, per group)."""
         raise NotImplementedError
 
 
-def _nan(groups) -> list[float]:
-    return [math.nan] * len(groups)
-
-
 class PerSample(NoiseEstimator):
-    """tr(C)/B from the per-sample gradients; with `curvature`, the alarm's λ̂ and its spread
-    (`TopCurvature`) along the last step. Over m micro-batches of a step (independent batches)
-    the estimates are those of their mean: variances ÷ m², curvature averaged."""
+    """tr(C)/B from the per-sample gradients: Σᵢ‖gᵢ − ḡ‖²/(B − 1) = tr(C), ÷ B for the mean."""
 
-    def __init__(self, groups, curvature: bool = False):
-        self._traces = [0.0] * len(groups)
+    def __init__(self, layouts: list[GroupLayout]):
+        super().__init__(layouts)
+        self._params = [p for layout in layouts for p in layout.params]
+        self._traces = [0.0] * len(layouts)
         self._count = 0
-        self.top = TopCurvature(groups) if curvature else None
-        self._curvature: list[float] | None = None  # Σλ̂, ΣVar(λ̂) over the micro-batches
 
-    def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
-        if per_sample is None:
-            raise ValueError(
-                "per_sample: noise='per_sample' needs observe(loss, per_sample=losses)"
-            )
-        losses = per_sample.reshape(-1)
+    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
+        losses = per_sample_losses(per_sample)
         batch = losses.numel()
-        if batch < 2:
-            raise ValueError(f"per_sample: needs at least 2 samples; got {batch}")
-        params = [p for g in groups for p in g.params]
         grads = torch.autograd.grad(
             losses,
-            params,
-            grad_outputs=torch.eye(batch, dtype=losses.dtype),
+            self._params,
+            grad_outputs=torch.eye(batch, dtype=losses.dtype, device=losses.device),
             is_grads_batched=True,
             retain_graph=True,
             allow_unused=True,
         )
-        if self.top is not None and along is not None:
-            measured = self.top.measure(losses, along)
-            before = self._curvature or [0.0, 0.0]
-            self._curvature = [x + y for x, y in zip(before, measured, strict=True)]
         i = 0
-        for k, group in enumerate(groups):
-            for g in grads[i : i + len(group.params)]:
-                if g is not None:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
+        for k, layout in enumerate(self.layouts):
+            for g in grads[i : i + len(layout.params)]:
+                if g is not None:
                     centred = g.reshape(batch, -1).to(F64)
                     centred = centred - centred.mean(0)
                     self._traces[k] += float(centred.square().sum()) / (batch - 1) / batch
-            i += len(group.params)
+            i += len(layout.params)
         self._count += 1
 
-    def take(self, groups, grad_sq):
+    def take(self, grad_sq: list[float]) -> NoiseEstimate:
         m = self._count
-        traces = [t / m**2 for t in self._traces] if m else _nan(groups)
-        curvature, spread = (
-            (self._curvature[0] / m, self._curvature[1] / m**2)
-            if self._curvature
-            else (math.nan, math.nan)
-        )
-        self._traces, self._count, self._curvature = [0.0] * len(groups), 0, None
-        return traces, _nan(groups), [spread] * len(groups), [curvature] * len(groups)
+        traces = [t / m**2 for t in self._traces] if m else _nan(len(self.layouts))
+        self._traces, self._count = [0.0] * len(self.layouts), 0
+        return NoiseEstimate(traces, _nan(len(self.layouts)))
+
+
+def per_sample_losses(per_sample: Tensor | None) -> Tensor:
+    """The unreduced losses as a flat tensor, or ValueError naming `per_sample`."""
+    if per_sample is None:
+        raise ValueError("per_sample: noise='per_sample' needs observe(loss, per_sample=losses)")
+    losses = per_sample.reshape(-1)
+    if losses.numel() < 2:
+        raise ValueError(f"per_sample: needs at least 2 samples; got {losses.numel()}")
+    return losses
 
 
 class MicroBatch(NoiseEstimator):
@@ -108,35 +108,36 @@ class MicroBatch(NoiseEstimator):
     G_{j−1} becomes −d_j = G_{j−1} − G_j in place (it is overwritten next anyway), so a
     micro-batch costs a copy, a subtraction and its dot products."""
 
-    def __init__(self, groups):
-        self._buffers = [(torch.zeros_like(g.buffer), torch.zeros_like(g.buffer)) for g in groups]
+    def __init__(self, layouts: list[GroupLayout]):
+        super().__init__(layouts)
+        self._buffers = [(layout.zeros(), layout.zeros()) for layout in layouts]
         self._views = [
-            tuple(group.views_of(b) for b in pair)
-            for group, pair in zip(groups, self._buffers, strict=True)
+            (layout.views_of(a), layout.views_of(b))
+            for layout, (a, b) in zip(layouts, self._buffers, strict=True)
         ]
-        self._square = [0.0] * len(groups)  # Σ‖d_j‖²
-        self._projected = [[0.0, 0.0] for _ in groups]  # Σ⟨d_j, Δθ⟩, Σ⟨d_j, Δθ⟩²
+        self._square = [0.0] * len(layouts)  # Σ‖d_j‖²
+        self._projected = [[0.0, 0.0] for _ in layouts]  # Σ⟨d_j, Δθ⟩, Σ⟨d_j, Δθ⟩²
         self._along = False
         self._count = 0
 
-    def observe(self, groups, per_sample: Tensor | None, along: list[Tensor] | None) -> None:
+    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
         j = self._count
-        self._along = along is not None
-        for i, group in enumerate(groups):
+        self._along = steps is not None
+        for i, layout in enumerate(self.layouts):
             now, before = self._buffers[i][j % 2], self._buffers[i][1 - j % 2]
-            torch._foreach_copy_(self._views[i][j % 2], group.grads())
+            torch._foreach_copy_(self._views[i][j % 2], layout.grads())
             increment, sign = (before.sub_(now), -1.0) if j else (now, 1.0)  # ±d_j (G_0 = 0)
             self._square[i] += float(torch.dot(increment, increment))
-            if along is not None:
-                p = sign * float(torch.dot(increment, along[i]))
+            if steps is not None:
+                p = sign * float(torch.dot(increment, steps[i]))
                 self._projected[i][0] += p
                 self._projected[i][1] += p * p
         self._count += 1
 
-    def take(self, groups, grad_sq):
+    def take(self, grad_sq: list[float]) -> NoiseEstimate:
         m = self._count
         traces, alongs = [], []
-        for i in range(len(groups)):
+        for i in range(len(self.layouts)):
             if m < 2:
                 traces.append(math.nan)
                 alongs.append(math.nan)
@@ -151,23 +152,24 @@ class MicroBatch(NoiseEstimator):
             self._square[i] = 0.0
             self._projected[i] = [0.0, 0.0]
         self._count = 0
-        return traces, alongs, _nan(groups), _nan(groups)
+        return NoiseEstimate(traces, alongs)
 
 
 class Fluctuation(NoiseEstimator):
-    def take(self, groups, grad_sq):
-        # ‖g_B‖² per group, computed by the monitor with the step's gradient; nothing along Δθ
-        return list(grad_sq), _nan(groups), _nan(groups), _nan(groups)
+    """‖g_B‖² per group, measured by the probe with the step's gradient; nothing along Δθ."""
+
+    def take(self, grad_sq: list[float]) -> NoiseEstimate:
+        return NoiseEstimate(list(grad_sq), _nan(len(self.layouts)))
 
 
-def estimator(kind: str | None, groups, *, curvature: bool = False) -> NoiseEstimator | None:
-    """The estimator `kind` names; `curvature`: also the top curvature (per_sample only)."""
+def estimator(kind: str | None, layouts: list[GroupLayout]) -> NoiseEstimator | None:
+    """The estimator `kind` names (None: no estimate)."""
     if kind is None:
         return None
     if kind == "per_sample":
-        return PerSample(groups, curvature)
+        return PerSample(layouts)
     if kind == "microbatch":
-        return MicroBatch(groups)
+        return MicroBatch(layouts)
     if kind == "fluctuation":
-        return Fluctuation()
+        return Fluctuation(layouts)
     raise ValueError(f"noise must be None or one of {', '.join(KINDS)}; got {kind!r}")

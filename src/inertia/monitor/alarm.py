@@ -1,0 +1,236 @@
+"""The stability alarm: the margin h²λ̂/(2(1 + μ)) (docs/theory.md §4: the heavy ball is stable
+iff it is < 1) and a CUSUM of its excess over 1 in standard errors.
+
+λ̂, the curvature the motion meets, comes in one of three ways, fixed at construction:
+
+- "hessian" (with per-sample losses): the top curvature of the step's minibatch Hessian along
+  the motion (`inertia.monitor.curvature.TopCurvature`), and the margin is the mean-square one,
+  + h²Var(λ_B)/(2(1 − μ)λ̂) (`inertia.theory.heavy_ball_margin`), its standard error from the
+  per-sample curvatures;
+- "two_steps" (no noise estimate): the largest curvature over the last two steps
+  (`two_step_curvature`), from gradients the steps already have;
+- "secant" (a micro-batch or fluctuation noise estimate): the secant along the last step,
+  its noise bias removed and its standard error from the noise along the step.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from torch import Tensor
+
+from ..theory import heavy_ball_margin
+from .curvature import TopCurvature
+from .layout import GroupLayout
+from .maps import GroupMap
+from .noise import per_sample_losses
+
+CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
+ALARM_EVIDENCE = 4.0  # the alarm's threshold on S = Σ (margin − 1)/stderr (a CUSUM, in z units)
+PARALLEL = 1e-6  # sin² of the angle below which two steps span one direction, not two
+ROUND_OFF = 1e-3  # the largest relative round-off the two-step curvature may carry
+Mode = Literal["hessian", "two_steps", "secant"]
+
+
+def two_step_curvature(
+    a11: float,
+    a21: float,
+    a22: float,
+    b11: float,
+    b12: float,
+    b22: float,
+    precision: float = 0.0,
+) -> float:
+    """The largest curvature over span(d₁, d₂), a Rayleigh–Ritz value: with D = [d₁ d₂],
+    A = DᵀHD and B = DᵀD, the larger root λ of det(A − λB) = 0, i.e. of
+    (b11·b22 − b12²)λ² − (a11·b22 + a22·b11 − 2·a21·b12)λ + (a11·a22 − a21²) = 0.
+    On a quadratic it never exceeds λ_max and equals it once the two steps span the top
+    eigenvector. Resolving a second direction divides the data's relative error
+    (`precision`) by sin²(d₁, d₂): where that exceeds ROUND_OFF, or the steps are (nearly)
+    parallel, it is the secant a11/b11."""
+    det = b11 * b22 - b12 * b12
+    floor = max(PARALLEL, precision / ROUND_OFF) if math.isfinite(precision) else math.inf
+    if not (det > floor * b11 * b22 and math.isfinite(a21 + a22 + b12)):  # sin² > floor
+        return a11 / b11
+    half = 0.5 * (a11 * b22 + a22 * b11 - 2.0 * a21 * b12)
+    return (half + math.sqrt(max(half * half - det * (a11 * a22 - a21 * a21), 0.0))) / det
+
+
+def alarm_mode(alarm: bool, noise: str | None) -> Mode | None:
+    """The curvature the alarm uses with this noise estimate (None: no alarm)."""
+    if not alarm:
+        return None
+    return "hessian" if noise == "per_sample" else "two_steps" if noise is None else "secant"
+
+
+@dataclass(frozen=True)
+class AlarmReading:
+    """A row's margin, whether the alarm is raised (the evidence has passed its threshold for
+    `patience` rows) and whether it was raised at this row (`fired`)."""
+
+    margin: float
+    raised: bool
+    fired: bool
+
+
+class StabilityAlarm:
+    """The margin per row from the curvature of `mode`, and the alarm over rows."""
+
+    def __init__(self, layouts: Sequence[GroupLayout], mode: Mode, patience: int):
+        self.mode, self.patience = mode, patience
+        self._eps = [layout.eps for layout in layouts]  # the parameters' unit round-off
+        n = len(layouts)
+        self._top = TopCurvature([x.params for x in layouts]) if mode == "hessian" else None
+        self._measured: list[float] | None = None  # Σλ̂, ΣVar(λ̂) over the step's micro-batches
+        self._count = 0
+        self._last_secant: list[tuple[float, float] | None] = [None] * n  # (dᵀHd, ‖d‖²)
+        # EMAs of ⟨Δg, Δθ⟩, ‖Δθ‖² and the numerator's noise variance, per group (`_secant`)
+        self._ema = [[0.0, 0.0, 0.0] for _ in range(n)]
+        self._above = 0  # rows in a row with the evidence above its threshold
+        self._evidence = 0.0  # S_k = max(0, S_{k−1} + (margin − 1)/stderr)
+
+    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
+        """A micro-batch of a booked step ("hessian": its top curvature along `steps`)."""
+        if self._top is None:
+            return
+        losses = per_sample_losses(per_sample)
+        self._count += 1
+        if steps is not None:
+            measured = self._top.measure(losses, steps)
+            before = self._measured or [0.0, 0.0]
+            self._measured = [x + y for x, y in zip(before, measured, strict=True)]
+
+    def take(self, groups: int) -> tuple[list[float], list[float]]:
+        """The step's (Var(x̂ᵀH_Bx̂), x̂ᵀH_Bx̂) per group since the last row, averaged over its
+        micro-batches (independent batches: the variance ÷ m²); NaN where not measured."""
+        m = self._count
+        spread, curvature = (
+            (self._measured[1] / m**2, self._measured[0] / m) if self._measured else (math.nan,) * 2
+        )
+        self._measured, self._count = None, 0
+        return [spread] * groups, [curvature] * groups
+
+    def update(
+        self,
+        now: list[GroupMap],
+        last: list[GroupMap] | None,
+        per_group: dict[str, list[float]],
+        last_noise: list[float],
+    ) -> AlarmReading:
+        """The margin at this row (`now`: the maps of the step about to be taken, `last`: of
+        the step taken; None before any measured step) and the alarm's new state."""
+        margin, stderr = self._margin(now, last, per_group, last_noise)
+        self._evidence = self._weigh(margin, stderr)
+        self._above = self._above + 1 if self._evidence > ALARM_EVIDENCE else 0
+        raised = self._above >= self.patience
+        return AlarmReading(margin, raised, raised and self._above == self.patience)
+
+    def _margin(
+        self,
+        now: list[GroupMap],
+        last: list[GroupMap] | None,
+        per_group: dict[str, list[float]],
+        last_noise: list[float],
+    ) -> tuple[float, float]:
+        """The largest margin over groups, and its noise standard error in that group."""
+        if last is None:
+            return math.nan, math.nan
+        best = (math.nan, math.nan)
+        for i, (m, step_map) in enumerate(zip(now, last, strict=True)):
+            if self.mode == "hessian":
+                curvature = per_group["curvature"][i] + m.weight_decay
+                variance = per_group["spread"][i]  # of λ_B, and λ̂'s squared standard error
+                stderr, fluctuation = math.sqrt(variance), variance
+            else:
+                curvature, stderr = self._secant(i, m, step_map, per_group, last_noise[i])
+                fluctuation = 0.0
+            if not (math.isfinite(curvature) and math.isfinite(m.h) and m.momentum < 1):
+                continue
+            h2 = m.h * m.h
+            scale = h2 / (2.0 * (1.0 + m.momentum))
+            margin, stderr = scale * curvature, scale * stderr
+            if fluctuation > 0 and curvature > 0 and math.isfinite(fluctuation):
+                total = heavy_ball_margin(
+                    h2 * curvature, m.momentum, variance=h2 * h2 * fluctuation
+                )
+                # the mean-square term is ∝ 1/λ̂: it carries λ̂'s relative error too
+                stderr *= math.hypot(1.0, (total - margin) / margin)
+                margin = total
+            if not margin <= best[0]:  # the largest margin, NaN-safe
+                best = (margin, stderr)
+        return best
+
+    def _secant(
+        self,
+        i: int,
+        m: GroupMap,
+        step_map: GroupMap,
+        per_group: dict[str, list[float]],
+        noise: float,
+    ) -> tuple[float, float]:
+        """Group i's curvature from gradients, (λ̂, standard error): the secant along the last
+        step, ⟨g_k − g_{k−1}, Δθ⟩/‖Δθ‖², plus wd. With a noise estimate (`noise`: tr(C)/B of
+        the last row) the bias h²·tr(C)/B that the step's own gradient noise puts into the
+        numerator is removed, and the numerator's noise variance, 2Δθᵀ(C/B)Δθ (two independent
+        gradients), gives the standard error; where the estimate has no direction
+        ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. In "two_steps" mode λ̂ is the
+        largest curvature over the last two steps (`two_step_curvature`): a mode that is still
+        a small part of the motion is seen as soon as the two steps hold it. Numerator,
+        denominator and variance are averaged over rows (exponentially, weight ½) so that a
+        single step does not decide."""
+        delta_sq, along = per_group["delta_sq"][i], per_group["along"][i]
+        numerator = per_group["grad_dot_before"][i] - per_group["grad_dot"][i]
+        variance = 0.0
+        if math.isfinite(noise):
+            numerator -= step_map.h * step_map.h * noise
+            variance = 2.0 * (along if math.isfinite(along) else delta_sq * noise)
+        numerator += m.weight_decay * delta_sq
+        if self.mode == "two_steps":
+            last, self._last_secant[i] = self._last_secant[i], (numerator, delta_sq)
+            if last is not None and delta_sq > 0:
+                # ⟨Δθ_prev, H Δθ⟩ = ⟨Δθ_prev, g_k − g_{k−1}⟩ (+ wd ⟨Δθ_prev, Δθ⟩)
+                cross = per_group["cross"][i]
+                a21 = per_group["cross_before"][i] - per_group["cross_grad"][i]
+                a21 += m.weight_decay * cross
+                precision = self._eps[i] * math.sqrt(per_group["theta_sq"][i] / delta_sq)
+                numerator = delta_sq * two_step_curvature(
+                    numerator, a21, last[0], delta_sq, cross, last[1], precision
+                )
+        w = CURVATURE_MEMORY
+        ema = self._ema[i]
+        ema[0] = w * ema[0] + (1 - w) * numerator
+        ema[1] = w * ema[1] + (1 - w) * delta_sq
+        ema[2] = w * w * ema[2] + (1 - w) ** 2 * variance
+        if not ema[1] > 0:
+            return math.nan, math.nan
+        return ema[0] / ema[1], math.sqrt(ema[2]) / ema[1]
+
+    def _weigh(self, margin: float, stderr: float) -> float:
+        """The evidence that the margin exceeds 1: a one-sided CUSUM of the standardised excess,
+        S_k = max(0, S_{k−1} + (margin − 1)/stderr). Without noise (stderr 0) one row above 1
+        decides; with noise a run of rows above 1 accumulates until S passes
+        `ALARM_EVIDENCE`, while rows below 1 pull it back to 0."""
+        if not math.isfinite(margin):
+            return 0.0
+        if not stderr > 0:
+            return math.inf if margin > 1 else 0.0
+        return max(0.0, self._evidence + (margin - 1.0) / stderr)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "ema": [list(e) for e in self._ema],
+            "last_secant": list(self._last_secant),
+            "above": self._above,
+            "evidence": self._evidence,
+            "tracked": self._top.state_dict() if self._top is not None else None,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._ema = [list(e) for e in state["ema"]]
+        self._last_secant = [None if s is None else (s[0], s[1]) for s in state["last_secant"]]
+        self._above, self._evidence = state["above"], state["evidence"]
+        if self._top is not None:
+            self._top.load_state_dict(state["tracked"] or [])

@@ -1,0 +1,48 @@
+"""The noise floor a monitored run predicts, beside what it measured (docs/theory.md §4)."""
+
+from __future__ import annotations
+
+import math
+
+from torch import Tensor
+
+from .. import _checks
+from ..energy import Ledger
+from ..theory import heavy_ball_noise_floor
+from .row import OK
+
+
+def _mean_se(x: Tensor) -> tuple[float, float]:
+    return float(x.mean()), float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.nan
+
+
+def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | int]:
+    """Predicted stationary excess loss and kinetic energy from a monitor ledger's noise
+    estimates (`inertia.theory.heavy_ball_noise_floor`, μ = 1 − γh of each row), beside the
+    measured means, over its `last` rows (default: the later half) whose flag is OK and whose
+    noise estimate is finite. Standard errors treat rows as independent (an underestimate for
+    correlated rows)."""
+    rows = len(ledger["step"])
+    if rows < 4:
+        raise ValueError(f"noise_floor needs at least 4 rows; got {rows}")
+    last = rows // 2 if last is None else _checks.integer("last", last, low=2)
+    window = slice(max(0, rows - last), rows)
+    trace, h, gamma = ledger["noise_trace"][window], ledger["h"][window], ledger["gamma"][window]
+    ok = trace.isfinite() & (ledger["flag"][window] == OK)
+    kinetic, excess = heavy_ball_noise_floor(h, trace, 1.0 - gamma * h)
+    excess_mean, excess_se = _mean_se(excess[ok])
+    kinetic_mean, kinetic_se = _mean_se(kinetic[ok])
+    potential, potential_se = _mean_se(ledger["potential"][window][ok])
+    measured_k, measured_k_se = _mean_se(ledger["kinetic"][window][ok])
+    return {
+        "rows": int(ok.sum()),
+        "noise_trace": float(trace[ok].mean()),
+        "excess_loss": excess_mean,
+        "excess_loss_stderr": excess_se,
+        "kinetic": kinetic_mean,
+        "kinetic_stderr": kinetic_se,
+        "measured_potential": potential,
+        "measured_potential_stderr": potential_se,
+        "measured_kinetic": measured_k,
+        "measured_kinetic_stderr": measured_k_se,
+    }

@@ -1,0 +1,103 @@
+"""Monitor checkpoints across layouts: a checkpoint written by the single-class monitor of
+earlier releases (layout 1, `tests/data/monitor_state_v1.pt`, written at commit bb8e13e)
+loads into today's monitor and continues the same ledger bit for bit; the current layout
+round-trips through torch.save with weights_only; what cannot be read is refused by name."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inertia import InertiaMonitor
+
+F64 = torch.float64
+DATA = Path(__file__).parent / "data" / "monitor_state_v1.pt"
+CONFIGS = {
+    "per_sample_alarm": {"noise": "per_sample", "alarm": True},
+    "two_step_alarm": {"alarm": True},
+    "microbatch": {"noise": "microbatch"},
+}
+
+
+def resume(saved: dict, config: dict, checkpoint: dict, batches: torch.Tensor) -> InertiaMonitor:
+    """The saved run's model and optimizer from `checkpoint`, a fresh monitor loaded from its
+    state, and the batches of the steps after it."""
+    x, y = saved["x"], saved["y"]
+    params = [torch.nn.Parameter(t.clone()) for t in checkpoint["params"]]
+    opt = torch.optim.SGD(params, lr=0.05, momentum=0.9, weight_decay=0.01)
+    opt.load_state_dict(checkpoint["optimizer"])
+    monitor = InertiaMonitor(opt, **config)
+    monitor.load_state_dict(checkpoint["monitor"])
+
+    def losses_of(idx: torch.Tensor) -> torch.Tensor:
+        return ((torch.tanh(x[idx] @ params[0]) @ params[1] - y[idx]) ** 2).sum(1)
+
+    for idx in batches:
+        opt.zero_grad()
+        if config.get("noise") == "microbatch":
+            for part in (idx[:8], idx[8:]):
+                loss = losses_of(part).mean()
+                (loss / 2).backward()
+                monitor.observe(loss, accumulate=True)
+        else:
+            losses = losses_of(idx)
+            loss = losses.mean()
+            if config.get("noise"):
+                monitor.observe(loss, per_sample=losses)
+                loss.backward()
+            else:
+                loss.backward()
+                monitor.observe(loss)
+        opt.step()
+    return monitor
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_a_layout_1_checkpoint_continues_the_same_ledger_bit_for_bit(name):
+    saved = torch.load(DATA, weights_only=True)
+    run = saved[name]
+    monitor = resume(saved, CONFIGS[name], run["checkpoint"], run["batches"])
+    ledger = monitor.ledger
+    for column, expected in run["rows"].items():
+        assert torch.equal(ledger[column].isnan(), expected.isnan()), column
+        assert torch.equal(ledger[column].nan_to_num(), expected.nan_to_num()), column
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_current_layout_resumes_bit_for_bit_through_torch_save(name, tmp_path):
+    """Resume the layout-1 run once, checkpoint it in today's layout halfway, and resume again:
+    the second resume books the rows of the first."""
+    saved = torch.load(DATA, weights_only=True)
+    run, config = saved[name], CONFIGS[name]
+    first = resume(saved, config, run["checkpoint"], run["batches"][:6])
+    opt = first.optimizer
+    torch.save(
+        {
+            "params": [p.detach().clone() for p in opt.param_groups[0]["params"]],
+            "optimizer": opt.state_dict(),
+            "monitor": first.state_dict(),
+        },
+        tmp_path / "ckpt.pt",
+    )
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert checkpoint["monitor"]["version"] == 2
+    second = resume(saved, config, checkpoint, run["batches"][6:])
+    for column, expected in run["rows"].items():
+        got = second.ledger[column]
+        assert torch.equal(got.nan_to_num(), expected[6:].nan_to_num()), column
+
+
+def test_a_checkpoint_that_cannot_be_read_is_refused_by_name():
+    saved = torch.load(DATA, weights_only=True)
+    state = saved["two_step_alarm"]["checkpoint"]["monitor"]
+    theta = torch.nn.Parameter(torch.zeros(3, dtype=F64))
+    monitor = InertiaMonitor(torch.optim.SGD([theta], lr=0.1), alarm=True)
+    with pytest.raises(ValueError, match="parameter sizes"):
+        monitor.load_state_dict(state)  # another model
+    with pytest.raises(ValueError, match="layout version 7"):
+        monitor.load_state_dict({**monitor.state_dict(), "version": 7})
+    with pytest.raises(ValueError, match="not a monitor checkpoint"):
+        monitor.load_state_dict({"step": 3})
+    assert monitor.step == 0
