@@ -1,4 +1,4 @@
-"""Gradient-noise estimates, the injected heat and the predicted noise floor (THEORY.md §4)."""
+"""Gradient-noise estimates, the injected heat and the predicted noise floor (docs/theory.md §4)."""
 
 from __future__ import annotations
 

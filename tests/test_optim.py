@@ -19,7 +19,7 @@ LAM = torch.logspace(-2, 0, 20, dtype=F64)  # a quadratic with λ_max = 1, condi
 
 
 def threshold(mu: float) -> float:
-    """The heavy-ball stability threshold on lr, 2(1 + μ)/λ_max (THEORY.md §4)."""
+    """The heavy-ball stability threshold on lr, 2(1 + μ)/λ_max (docs/theory.md §4)."""
     return 2 * (1 + mu) / float(LAM.max())
 
 
