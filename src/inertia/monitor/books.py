@@ -30,6 +30,8 @@ class Books:
 
     def __init__(self, groups: int):
         self._sums = CompensatedSum((3,))
+        self._step = torch.zeros(3, dtype=F64)  # one row's increments, written through numpy
+        self._step_numpy = self._step.numpy()
         self.last_inertia: float | None = None
         self.last_kinetic = [0.0] * groups
         self.last_noise = [math.nan] * groups  # tr(C)/B at the last row, per group
@@ -55,9 +57,8 @@ class Books:
             dissipated = 0.0 if skipped else self._friction(kinetic, maps, every)
             injected = 0.0 if skipped else self._injection(maps, every)
             change = inertia - self.last_inertia
-            self._sums.add_(
-                torch.tensor((dissipated, injected, change + dissipated - injected), dtype=F64)
-            )
+            self._step_numpy[:] = (dissipated, injected, change + dissipated - injected)
+            self._sums.add_(self._step)
         self.last_inertia, self.last_kinetic, self.last_noise = inertia, kinetic, noise
 
     def _friction(self, kinetic_now: list[float], maps: MapHistory, every: int) -> float:

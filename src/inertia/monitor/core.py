@@ -35,7 +35,7 @@ from .alarm import AlarmReading, StabilityAlarm, alarm_mode
 from .books import Books
 from .floor import noise_floor
 from .layout import GroupLayout
-from .maps import NO_MAP, GroupMap, MapHistory, group_maps
+from .maps import NO_MAP, GroupMap, MapHistory, map_reader
 from .noise import KINDS, NoiseEstimate, estimator
 from .probe import make_probe
 from .ranks import Ranks
@@ -123,6 +123,7 @@ class InertiaMonitor:
         self._alarm = None if mode is None else StabilityAlarm(layouts, mode, self.alarm_patience)
         self._books = Books(self._groups)
         self._maps = MapHistory()
+        self._read_maps = map_reader(optimizer)
         self._loss = LossMean()
         self._rows: deque[Row] = deque(maxlen=history)
         self._in_nonfinite_run = False  # the last row's loss was not finite
@@ -141,8 +142,8 @@ class InertiaMonitor:
         the unreduced losses as `per_sample`, before `backward`; with noise="microbatch",
         call this after each micro-batch's `backward`."""
         if not accumulate and self._loss.count:
-            self._book_row(group_maps(self.optimizer), SKIPPED)
-        if self.step % self.every == 0:  # a booked step's noise and curvature
+            self._book_row(self._read_maps(), SKIPPED)
+        if (self._noise or self._alarm) and self.step % self.every == 0:  # a booked step's
             steps = self._probe.steps() if self._probe.measured else None
             if self._noise is not None:
                 self._noise.observe(per_sample, steps)
@@ -243,7 +244,7 @@ class InertiaMonitor:
             self._loss.reset()
             return
         # the maps of a booked or measured step, read before it (Adam's h depends on its count)
-        maps = self._maps.under_way = group_maps(self.optimizer)
+        maps = self._maps.under_way = self._read_maps()
         if booked:
             self._book_row(maps, OK, snapshot=measured)
         else:
@@ -255,7 +256,7 @@ class InertiaMonitor:
     ) -> None:
         maps = self._maps.under_way
         if self._reports and (self._probe.books_after_step or maps is not None):
-            maps = self._maps.under_way = group_maps(optimizer)  # h and μ are decided in the step
+            maps = self._maps.under_way = self._read_maps()  # h and μ are decided in the step
         if maps is not None:
             if not self._probe.books_after_step:
                 if self._probe.measured:

@@ -113,13 +113,20 @@ def _maker(kind: type) -> Maker:
     return next((_MAPS[cls] for cls in kind.__mro__ if cls in _MAPS), _generic)
 
 
-def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
-    """The map of each parameter group of `optimizer`, at its current hyper-parameters (for an
-    optimizer that reports its energies, those of its last step)."""
+def map_reader(optimizer: torch.optim.Optimizer) -> Callable[[], list[GroupMap]]:
+    """A function giving the map of each parameter group of `optimizer` at its current
+    hyper-parameters (for an optimizer that reports its energies, those of its last step),
+    its dispatch resolved once."""
     if isinstance(optimizer, ReportsEnergy):
-        return [GroupMap.of_report(r) for r in optimizer.energy_report()]
+        reporter = optimizer
+        return lambda: [GroupMap.of_report(r) for r in reporter.energy_report()]
     make = _maker(type(optimizer))
-    return [make(group, optimizer.state) for group in optimizer.param_groups]
+    return lambda: [make(group, optimizer.state) for group in optimizer.param_groups]
+
+
+def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
+    """The map of each parameter group of `optimizer`, at its current hyper-parameters."""
+    return map_reader(optimizer)()
 
 
 def metric(optimizer: torch.optim.Optimizer, group: Group, kind: str) -> list[Tensor] | None:

@@ -26,7 +26,7 @@ from .layout import F64, GroupLayout
 from .maps import GroupMap, metric
 
 
-@dataclass
+@dataclass(slots=True)
 class Measurement:
     """A row's measurement: the weight-decay potential Σ (wd/2)‖θ_k‖², the shadow term, and per
     group the kinetic energy and the dot products of the alarm's curvature (NaN where not
@@ -49,11 +49,10 @@ class Measurement:
 
     def per_group(self) -> dict[str, list[float]]:
         """The per-group values summed over ranks (all but `grad_sq`), by name."""
-        return {
-            f.name: getattr(self, f.name)
-            for f in fields(self)
-            if f.name not in ("decay", "shadow", "grad_sq")
-        }
+        return {name: getattr(self, name) for name in _SUMMED}
+
+
+_SUMMED = tuple(f.name for f in fields(Measurement) if f.name not in ("decay", "shadow", "grad_sq"))
 
 
 class Probe(Protocol):

@@ -15,7 +15,7 @@ from ..energy import Ledger
 OK, NONFINITE, SKIPPED = 0, 1, 2  # `Row.flag`
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Row:
     """Row k describes the parameters θ_k that step k starts from (docs/monitor.md, Rows).
 
