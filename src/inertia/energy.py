@@ -103,6 +103,8 @@ class CompensatedSum:
     def load_state_dict(self, state: Mapping[str, Tensor]) -> None:
         """Continue the sums saved by `state_dict`: tensors `total` and `carry` of this sum's
         shape and dtype (any device); ValueError naming the field otherwise."""
+        if not isinstance(state, Mapping):
+            raise ValueError(f"state must be a mapping with 'total' and 'carry'; got {state!r}")
         for name in ("total", "carry"):
             own, value = getattr(self, name), state.get(name)
             if isinstance(value, Tensor) and (value.shape, value.dtype) == (own.shape, own.dtype):

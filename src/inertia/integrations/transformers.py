@@ -50,8 +50,9 @@ class InertiaCallback(TrainerCallback):
             if module.training and loss is not None:
                 monitor.observe(loss.detach(), accumulate=True)
 
-        if model is not None:
-            self._hook = model.register_forward_hook(capture)
+        if model is None:
+            raise ValueError("model: the Trainer passed no model to on_train_begin")
+        self._hook = model.register_forward_hook(capture)
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         if self._hook is not None:

@@ -8,7 +8,7 @@ from .layout import GroupLayout
 from .maps import GroupMap, group_maps
 from .noise import Fluctuation, MicroBatch, NoiseEstimate, NoiseEstimator, PerSample
 from .row import MONITOR_COLUMNS, Row
-from .sinks import CSVSink, JSONLSink, Sink, TensorBoardSink
+from .sinks import CSVSink, JSONLSink, MLflowSink, Sink, TensorBoardSink, WandbSink
 
 __all__ = [
     "MONITOR_COLUMNS",
@@ -18,6 +18,7 @@ __all__ = [
     "GroupMap",
     "InertiaMonitor",
     "JSONLSink",
+    "MLflowSink",
     "MicroBatch",
     "NoiseEstimate",
     "NoiseEstimator",
@@ -27,6 +28,7 @@ __all__ = [
     "StabilityAlarm",
     "TensorBoardSink",
     "TopCurvature",
+    "WandbSink",
     "group_maps",
     "noise_floor",
     "two_step_curvature",

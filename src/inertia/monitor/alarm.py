@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import torch
 from torch import Tensor
 
 from ..theory import heavy_ball_margin
@@ -80,7 +81,7 @@ class StabilityAlarm:
     """The margin per row from the curvature of `mode`, and the alarm over rows."""
 
     def __init__(self, layouts: Sequence[GroupLayout], mode: Mode, patience: int):
-        self.mode, self.patience = mode, patience
+        self.layouts, self.mode, self.patience = layouts, mode, patience
         self._eps = [layout.eps for layout in layouts]  # the parameters' unit round-off
         n = len(layouts)
         self._top = TopCurvature([x.params for x in layouts]) if mode == "hessian" else None
@@ -103,7 +104,7 @@ class StabilityAlarm:
             before = self._measured or [0.0, 0.0]
             self._measured = [x + y for x, y in zip(before, measured, strict=True)]
 
-    def take(self, groups: int) -> tuple[list[float], list[float]]:
+    def take(self, groups: int, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
         """The step's (Var(x̂ᵀH_Bx̂), x̂ᵀH_Bx̂) per group since the last row, averaged over its
         micro-batches (independent batches: the variance ÷ m²); NaN where not measured."""
         m = self._count
@@ -111,7 +112,8 @@ class StabilityAlarm:
             (self._measured[1] / m**2, self._measured[0] / m) if self._measured else (math.nan,) * 2
         )
         self._measured, self._count = None, 0
-        return [spread] * groups, [curvature] * groups
+        values = torch.tensor((spread, curvature), dtype=torch.float64, device=device).unbind()
+        return [values[0]] * groups, [values[1]] * groups
 
     def update(
         self,
@@ -218,6 +220,10 @@ class StabilityAlarm:
         if not stderr > 0:
             return math.inf if margin > 1 else 0.0
         return max(0.0, self._evidence + (margin - 1.0) / stderr)
+
+    def fresh(self) -> StabilityAlarm:
+        """An alarm like this one, as constructed."""
+        return StabilityAlarm(self.layouts, self.mode, self.patience)
 
     def state_dict(self) -> dict[str, Any]:
         return {

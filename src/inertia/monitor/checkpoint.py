@@ -1,5 +1,6 @@
-"""The monitor's checkpoint layout: version 2 is composed of its parts' own state dicts; a
-checkpoint written before the parts existed (no "version") is upgraded on load."""
+"""The monitor's checkpoint layout: version 3 is composed of its parts' own state dicts and the
+step of the last row; earlier layouts are upgraded on load (2: the parts, without the last
+row's step; 1, no "version": the single class the monitor was before it had parts)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,17 @@ from typing import Any
 
 import torch
 
-VERSION = 2
+from .alarm import StabilityAlarm
+from .books import Books
+from .maps import MapHistory
+
+VERSION = 3
+KEYS = ("step", "every", "last_row", "maps", "books", "probe", "alarm")
+
+
+def last_row(step: int, every: int) -> int:
+    """The step of the last row a monitor `step` steps in has booked, rows every `every`."""
+    return max(step - 1, 0) // every * every
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
@@ -17,7 +28,12 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"state must be a dict from InertiaMonitor.state_dict; got {state!r}")
     version = state.get("version", 1)
     if version == VERSION:
+        missing = [key for key in KEYS if key not in state]
+        if missing:
+            raise ValueError(f"state: not a monitor checkpoint (missing {missing})")
         return state
+    if version == 2:  # before rows were booked by the steps between them: the last row's step
+        return {**state, "version": VERSION, "last_row": last_row(state["step"], state["every"])}
     if version != 1:
         raise ValueError(f"state: layout version {version!r} is not one this release reads")
     try:
@@ -28,6 +44,7 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
             "version": VERSION,
             "step": state["step"],
             "every": state["every"],
+            "last_row": last_row(state["step"], state["every"]),
             "maps": {"last": state["maps"], "before": state["maps_before"]},
             "books": {
                 "sums": {
@@ -58,3 +75,21 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         }
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"state: not a monitor checkpoint ({type(err).__name__}: {err})") from None
+
+
+def restore(
+    state: dict[str, Any], books: Books, maps: MapHistory, alarm: StabilityAlarm | None
+) -> tuple[int, int, int]:
+    """Load an upgraded `state` into fresh parts, and return its (step, every, last row): a
+    ValueError, and nothing of the monitor changed, if any of it cannot be read."""
+    try:
+        step, every, last = int(state["step"]), int(state["every"]), int(state["last_row"])
+        if not 0 <= last <= step or every < 1:
+            raise ValueError(f"step {step}, every {every}, last row {last}")
+        books.load_state_dict(state["books"])
+        maps.load_state_dict(state["maps"])
+        if alarm is not None and state["alarm"] is not None:  # none saved: a fresh alarm
+            alarm.load_state_dict(state["alarm"])
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
+        raise ValueError(f"state: not a checkpoint of this monitor ({err})") from None
+    return step, every, last

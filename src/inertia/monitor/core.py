@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,13 +34,14 @@ from . import checkpoint
 from .alarm import AlarmReading, StabilityAlarm, alarm_mode
 from .books import Books
 from .floor import noise_floor
-from .layout import GroupLayout
-from .maps import NO_MAP, GroupMap, MapHistory, map_reader
+from .hooks import StepArgs, wrap_closure
+from .layout import F64, GroupLayout, Segments
+from .maps import METRIC_KINDS, NO_MAP, GroupMap, MapHistory, map_reader
 from .noise import KINDS, NoiseEstimate, estimator
 from .probe import make_probe
 from .ranks import Ranks
-from .row import NONFINITE, OK, SKIPPED, LossMean, Row, ledger_of
-from .sinks import CSVSink, Sink, _FileSink
+from .row import NONFINITE, OK, SKIPPED, LossMean, Pack, Row, layer_columns, ledger_of, row_values
+from .sinks import CSVSink, FileSink, Sink
 
 NO_ALARM = AlarmReading(math.nan, raised=False, fired=False)
 
@@ -71,6 +72,11 @@ class InertiaMonitor:
             gradients without noise, from Hessian-vector products with noise="per_sample").
             Without a `noise` estimate the gradients are taken as exact: with minibatches pass
             one, or their noise reads as curvature and raises false alarms.
+        by: per-layer books, "module" (each module of `model` that owns parameters) or
+            "group" (each parameter group): columns `kinetic/<layer>`, `step_size/<layer>`
+            (‖Δθ‖) and, with a noise estimate, `noise_trace/<layer>`.
+        model: the model whose modules `by="module"` names.
+        params: the parameters the per-layer books watch (default: all).
     """
 
     def __init__(
@@ -86,6 +92,9 @@ class InertiaMonitor:
         alarm: bool = False,
         alarm_patience: int = 1,
         on_alarm: Callable[[dict[str, float | int]], None] | None = None,
+        by: str | None = None,
+        model: torch.nn.Module | None = None,
+        params: Iterable[Tensor] | None = None,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise _checks.fail("optimizer", "a torch.optim.Optimizer", optimizer)
@@ -102,32 +111,32 @@ class InertiaMonitor:
         self.alarm_patience = _checks.integer("alarm_patience", alarm_patience, low=1)
         if on_alarm is not None and not callable(on_alarm):
             raise _checks.fail("on_alarm", "a callable taking the ledger row", on_alarm)
+        layouts = [GroupLayout(g["params"]) for g in optimizer.param_groups]
+        segments = Segments.of(by, layouts, model, params, optimizer.param_groups)
         if log_dir is not None:
             self.sinks.append(CSVSink(Path(log_dir) / "ledger.csv"))
-        if history is None and any(isinstance(s, _FileSink) for s in self.sinks):
+        if history is None and any(isinstance(s, FileSink) for s in self.sinks):
             history = 10_000
         self.optimizer, self.on_nan, self.on_alarm = optimizer, on_nan, on_alarm
         self.noise, self.alarm = noise, bool(alarm)
-        layouts = [GroupLayout(g["params"]) for g in optimizer.param_groups]
-        self._groups = len(layouts)
-        # the step of an optimizer that reports its energies chooses h and μ: read them after it
-        self._reports = isinstance(optimizer, ReportsEnergy)
+        self._groups, self._layers = len(layouts), [] if segments is None else segments.names
+        device = self._device = layouts[0].device if layouts else torch.device("cpu")
+        self._reports = isinstance(optimizer, ReportsEnergy)  # its maps are read after the step
         mode = alarm_mode(self.alarm, noise)
-        self._probe = make_probe(optimizer, layouts, mode, noise)
-        self._ranks = Ranks.here(
-            layouts[0].device if layouts else torch.device("cpu"),
-            replicated=self._probe.books_after_step or not any(x.sharded for x in layouts),
-            own_batch=noise != "fluctuation",
-        )
-        self._noise = estimator(noise, layouts)
+        self._probe = make_probe(optimizer, layouts, mode, noise, segments)
+        replicated = self._probe.books_after_step or not any(x.sharded for x in layouts)
+        self._ranks = Ranks.here(device, replicated=replicated, own_batch=noise != "fluctuation")
+        self._noise = estimator(noise, layouts, segments)
         self._alarm = None if mode is None else StabilityAlarm(layouts, mode, self.alarm_patience)
-        self._books = Books(self._groups)
+        self._books = Books(self._groups, device)
+        self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
         self._maps = MapHistory()
         self._read_maps = map_reader(optimizer)
-        self._loss = LossMean()
+        self._loss = LossMean(device)
         self._rows: deque[Row] = deque(maxlen=history)
         self._in_nonfinite_run = False  # the last row's loss was not finite
         self.step = 0  # optimizer steps seen
+        self._last_row = 0  # the step of the last row booked
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -184,6 +193,7 @@ class InertiaMonitor:
             "version": checkpoint.VERSION,
             "step": self.step,
             "every": self.every,
+            "last_row": self._last_row,
             "maps": self._maps.state_dict(),
             "books": self._books.state_dict(),
             "probe": self._probe.state_dict(),
@@ -196,41 +206,28 @@ class InertiaMonitor:
         checkpoint's step on, which is booked again."""
         state = checkpoint.upgrade(state)
         self._probe.check(state["probe"])
-        self.step, self.every = state["step"], state["every"]
-        self._maps.load_state_dict(state["maps"])
-        self._books.load_state_dict(state["books"])
-        self._probe.load_state_dict(state["probe"])
-        if self._alarm is not None:
-            self._alarm.load_state_dict(state["alarm"])
+        books, maps = Books(self._groups, self._device), MapHistory()
+        alarm = None if self._alarm is None else self._alarm.fresh()
+        self.step, self.every, self._last_row = checkpoint.restore(state, books, maps, alarm)
+        self._probe.load_state_dict(state["probe"])  # checked above: it cannot fail
+        self._books, self._maps, self._alarm = books, maps, alarm
         self._rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
             sink.truncate(self.step)
 
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-        # args = (optimizer, closure?, …): the step hooks see the optimizer as args[0]
-        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-        if closure is None:
+    ) -> StepArgs | None:
+        """Open the step, or, with a closure, once the closure has computed the loss at θ_k."""
+        wrapped = wrap_closure(args, kwargs, self._after_closure)
+        if wrapped is None:
             self._open_step()
-            return None
-        opened = False
+        return wrapped
 
-        def monitored_closure() -> Any:
-            # The closure computes the loss and gradients at θ_k inside the step: book the row
-            # after its first evaluation (LBFGS evaluates it again at other points).
-            nonlocal opened
-            loss = closure()
-            if not opened:
-                if not self._loss.count and loss is not None:
-                    self.observe(loss)
-                self._open_step()
-                opened = True
-            return loss
-
-        if "closure" in kwargs:
-            return args, {**kwargs, "closure": monitored_closure}
-        return (args[0], monitored_closure, *args[2:]), kwargs
+    def _after_closure(self, loss: Any) -> None:
+        if not self._loss.count and loss is not None:
+            self.observe(loss)
+        self._open_step()
 
     def _open_step(self) -> None:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
@@ -269,34 +266,38 @@ class InertiaMonitor:
         self.step += 1
 
     def _book_row(self, now: list[GroupMap], flag: int, *, snapshot: bool = False) -> None:
-        """Close row `self.step`: energies at θ_step and the books since the last row; with
-        `snapshot`, leave θ_step in the buffers for the step's velocity."""
-        loss = self._loss.take()
+        """Close row `self.step`: energies at θ_step and the books since the last row, computed
+        on the device and brought to the host once; with `snapshot`, leave θ_step in the
+        buffers for the step's velocity."""
         measured = self._probe.measure(now, snapshot=snapshot, after_step=flag != SKIPPED)
-        nan = [math.nan] * self._groups
-        estimate = self._noise.take(measured.grad_sq) if self._noise else NoiseEstimate(nan, nan)
-        spread, curvature = self._alarm.take(self._groups) if self._alarm else (nan, nan)
-        values = measured.per_group() | {
-            "noise": estimate.trace,
-            "along": estimate.along,
-            "spread": spread,
-            "curvature": curvature,
-        }
-        decay, shadow = measured.decay, measured.shadow
+        nan = self._nan
+        estimate = self._noise.take() if self._noise else NoiseEstimate(nan, nan)
+        g = self._groups
+        spread, curvature = self._alarm.take(g, nan[0].device) if self._alarm else (nan, nan)
+        named = row_values(measured, estimate, spread, curvature, self._layers)
+        pack = Pack(self._loss.take(), named)
         if self._ranks.world > 1:
-            loss, decay, shadow, values = self._ranks.reduce(loss, decay, shadow, values)
+            pack.tensor = self._ranks.reduce(pack.tensor, pack.layout)
+        potential = pack["loss"][0] + pack["decay"][0]
+        inertia = pack["kinetic"].sum() + potential
+        last_noise = self._books.last_noise  # the alarm's secant reads the last row's noise
+        self._books.book(
+            inertia,
+            pack["kinetic"],
+            pack["noise"],
+            self._maps,
+            finite=potential.isfinite(),
+            steps=self.step - self._last_row,
+        )
+        self._last_row = self.step
+        values, host = pack.fetch(inertia, potential, self._books.totals, last_noise)
+        inertia_, potential_, dissipated, injected, residual, *noise_before = host
         reading = NO_ALARM
         if self._alarm is not None:
             last = self._maps.last if self._probe.has_delta else None
-            reading = self._alarm.update(now, last, values, self._books.last_noise)
-        kinetic, noise = values["kinetic"], values["noise"]
-        potential = loss + decay
-        inertia = sum(kinetic) + potential
-        if math.isfinite(potential):
-            self._books.book(
-                inertia, kinetic, noise, self._maps, every=self.every, skipped=flag == SKIPPED
-            )
-        else:
+            reading = self._alarm.update(now, last, values, noise_before)
+        loss = values["loss"][0]
+        if not math.isfinite(potential_):
             flag = NONFINITE
             if self.on_nan == "raise":
                 raise FloatingPointError(f"loss is {loss} at step {self.step}")
@@ -308,24 +309,25 @@ class InertiaMonitor:
                     stacklevel=3,
                 )
         self._in_nonfinite_run = flag == NONFINITE
-        first = now[0] if now else NO_MAP
-        dissipated, injected, residual = self._books.totals()
+        first, noise = now[0] if now else NO_MAP, values["noise"]
         row = Row(
             self.step,
             first.lr,
             first.h,
             first.gamma,
-            sum(kinetic),
-            potential,
-            inertia,
+            int(first.kind in METRIC_KINDS),
+            sum(values["kinetic"]),
+            potential_,
+            inertia_,
             dissipated,
             injected,
             residual,
-            inertia + shadow,
+            inertia_ + values["shadow"][0],
             sum(noise) if all(math.isfinite(x) for x in noise) else math.nan,
             reading.margin,
             int(reading.raised),
             flag,
+            layer_columns(values, self._layers),
         )
         self._rows.append(row)
         self._publish(row, reading)

@@ -115,7 +115,7 @@ class TopCurvature:
     def measure(self, losses: Tensor, step: Vector) -> tuple[float, float]:
         """(λ̂, Var_i(x̂ᵀHᵢx̂)/B) at the current parameters from the unreduced `losses` (with
         their graph); `step`: the last step (flat float64 per group, either sign)."""
-        basis = _orthonormal([step, *self._tracked])
+        basis = _orthonormal([[s.to(F64) for s in step], *self._tracked])
         losses = losses.reshape(-1)
         batch = losses.numel()
         weights = torch.ones(batch, dtype=losses.dtype, device=losses.device, requires_grad=True)

@@ -1,13 +1,15 @@
-"""A parameter group laid out as one flat vector: what every part of the monitor that keeps a
-per-group buffer (the parameter probe, the micro-batch noise estimate) shares."""
+"""Parameter groups laid out as flat vectors, and the segments of the per-layer books: what every
+part of the monitor that keeps a per-group buffer or a per-layer sum shares."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from .. import _checks
 from .._distributed import local
 
 F64 = torch.float64
@@ -15,7 +17,11 @@ F64 = torch.float64
 
 class GroupLayout:
     """The (local shards of the) parameters of one group, in order, as one flat vector: sizes,
-    shapes and device, per-parameter views of a flat buffer, the current gradients."""
+    shapes and device, per-parameter views of a flat buffer, the current gradients.
+
+    Buffers are kept in `dtype`: float64 where a parameter is float64, float32 otherwise (the
+    difference of two nearby float32 values is exact in float32; bf16 and fp16 values are exact
+    in float32)."""
 
     def __init__(self, params: Sequence[Tensor]):
         self.params = list(params)
@@ -25,13 +31,14 @@ class GroupLayout:
         self.shapes = [t.shape for t in shards]
         self.numel = sum(self.sizes)
         self.device = shards[0].device if shards else torch.device("cpu")
+        self.dtype = F64 if any(t.dtype == F64 for t in shards) else torch.float32
         self._cached = None if self.sharded else shards
         # the parameters' unit round-off: the relative error of a step is eps·‖θ‖/‖Δθ‖
         self.eps = max((torch.finfo(p.dtype).eps for p in self.params), default=0.0)
 
     def zeros(self) -> Tensor:
-        """A flat float64 buffer of the group's size, on its device."""
-        return torch.zeros(self.numel, dtype=F64, device=self.device)
+        """A flat buffer of the group's size, in its buffer dtype, on its device."""
+        return torch.zeros(self.numel, dtype=self.dtype, device=self.device)
 
     def views_of(self, flat: Tensor) -> list[Tensor]:
         """Per-parameter views of a flat buffer laid out as the group."""
@@ -48,3 +55,72 @@ class GroupLayout:
         return [
             local(p.grad) if p.grad is not None else torch.zeros_like(local(p)) for p in self.params
         ]
+
+
+class Segments:
+    """The per-layer books' segments: named sets of parameter tensors (a module's own
+    parameters, or a parameter group), and the sum over each of per-tensor values."""
+
+    def __init__(self, names: list[str], index: list[list[int]], device: torch.device):
+        self.names = names
+        self.index = index  # per group, per tensor: its segment, or -1 where not watched
+        watched = [s for group in index for s in group if s >= 0]
+        self._index = torch.tensor(watched, dtype=torch.long, device=device)
+        self._mask = [[s >= 0 for s in group] for group in index]
+
+    @classmethod
+    def of(
+        cls,
+        by: str | None,
+        layouts: list[GroupLayout],
+        model: torch.nn.Module | None,
+        params: Iterable[Tensor] | None,
+        groups: list[dict[str, Any]],
+    ) -> Segments | None:
+        """Segments `by` "module" (the modules of `model` that own parameters, by their
+        qualified name; "other" for parameters outside it) or "group" (parameter groups, by
+        their "name" entry or "group<i>"), None for None; only `params` are watched, if given.
+        ValueError naming `by` or `model` where they are not one of these."""
+        if by not in (None, "module", "group"):
+            raise _checks.fail("by", "None, 'module' or 'group'", by)
+        if by is None:
+            return None
+        watched = None if params is None else {id(p) for p in params}
+        owner: dict[int, str] = {}
+        if by == "module":
+            if not isinstance(model, torch.nn.Module):
+                raise _checks.fail("model", "the torch.nn.Module whose modules to book", model)
+            for name, module in model.named_modules():
+                for p in module.parameters(recurse=False):
+                    owner.setdefault(id(p), name or "root")
+        names: list[str] = []
+        index: list[list[int]] = []
+        for i, layout in enumerate(layouts):
+            row = []
+            for p in layout.params:
+                if watched is not None and id(p) not in watched:
+                    row.append(-1)
+                    continue
+                if by == "module":
+                    name = owner.get(id(p), "other")
+                else:
+                    name = str(groups[i].get("name", f"group{i}"))
+                if name not in names:
+                    names.append(name)
+                row.append(names.index(name))
+            index.append(row)
+        device = layouts[0].device if layouts else torch.device("cpu")
+        return cls(names, index, device)
+
+    def sum(self, per_tensor: list[list[Tensor]]) -> Tensor:
+        """Σ over each segment of per-tensor 0-d values (per group, per tensor), as (S,)."""
+        values = [
+            v
+            for group, mask in zip(per_tensor, self._mask, strict=True)
+            for v, keep in zip(group, mask, strict=True)
+            if keep
+        ]
+        out = torch.zeros(len(self.names), dtype=F64, device=self._index.device)
+        if values:
+            out.index_add_(0, self._index, torch.stack([v.to(F64) for v in values]))
+        return out

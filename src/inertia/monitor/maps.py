@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from ..reporting import EnergyReport, ReportsEnergy
+from .reduce import Metric
 
 Group = dict[str, Any]  # a torch.optim parameter group
 State = dict[Any, Any]  # torch.optim.Optimizer.state
@@ -44,6 +45,7 @@ class GroupMap:
     momentum: float
     weight_decay: float = 0.0
     physical_velocity: bool = False  # the optimizer carries u itself, not Δθ/η (SGD's buffer)
+    steps: int = 0  # Adam: the step's number t, 1 for the first (its bias corrections)
 
     @property
     def gamma(self) -> float:
@@ -57,6 +59,7 @@ class GroupMap:
 
 
 NO_MAP = GroupMap("none", math.nan, math.nan, 0.0)  # the row of an optimizer with no groups
+METRIC_KINDS = ("adam", "rmsprop")  # the maps whose kinetic energy is in a diagonal metric
 
 
 def _sgd(group: Group, state: State) -> GroupMap:
@@ -72,7 +75,8 @@ def _adam(group: Group, state: State) -> GroupMap:
     lr, (beta1, _) = float(group["lr"]), group["betas"]
     steps = _step_count(state, group["params"]) + 1  # the step about to be taken
     h = math.sqrt(lr * (1.0 - beta1) / (1.0 - beta1**steps))
-    return GroupMap("adam", lr, h, float(beta1), float(group.get("weight_decay", 0.0)))
+    wd = float(group.get("weight_decay", 0.0))
+    return GroupMap("adam", lr, h, float(beta1), wd, steps=steps)
 
 
 def _rmsprop(group: Group, state: State) -> GroupMap:
@@ -129,27 +133,24 @@ def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
     return map_reader(optimizer)()
 
 
-def metric(optimizer: torch.optim.Optimizer, group: Group, kind: str) -> list[Tensor] | None:
-    """The diagonal metric M of each parameter of `group` (after the step); None: identity."""
-    if kind not in ("adam", "rmsprop"):
+def metric(optimizer: torch.optim.Optimizer, group: Group, step: GroupMap) -> list[Metric] | None:
+    """The diagonal metric M of each parameter of `group` after the `step` it took (Adam's
+    bias correction from the step's number); None: the identity."""
+    if step.kind not in METRIC_KINDS:
         return None
     out = []
     for p in group["params"]:
         st = optimizer.state.get(p, {})
-        if kind == "adam":
+        if step.kind == "adam":
             if "exp_avg_sq" not in st:
                 return None
-            correction = 1.0 - group["betas"][1] ** int(st["step"])
-            out.append(st["exp_avg_sq"].div(correction).sqrt_().add_(group["eps"]))
+            correction = 1.0 - group["betas"][1] ** step.steps
+            out.append(Metric(st["exp_avg_sq"], correction, group["eps"]))
         else:
             if "square_avg" not in st:
                 return None
-            avg = (
-                st["square_avg"] - st["grad_avg"] ** 2
-                if group.get("centered")
-                else st["square_avg"]
-            )
-            out.append(avg.sqrt().add_(group["eps"]))
+            mean = st["grad_avg"] if group.get("centered") else None
+            out.append(Metric(st["square_avg"], 1.0, group["eps"], mean))
     return out
 
 

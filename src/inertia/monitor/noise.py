@@ -1,5 +1,6 @@
 """Gradient-noise estimates: tr(C)/B, the variance of one step's minibatch gradient, per
-parameter group (docs/theory.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
+parameter group (docs/theory.md §4: g_B = ∇L + ξ, Cov ξ = C/B), as float64 tensors on the
+parameters' device.
 
 - "per_sample": exact from per-sample gradients (vectorised autograd over the unreduced losses,
   which `observe(loss, per_sample=losses)` receives before `backward`); for small and medium
@@ -12,57 +13,63 @@ parameter group (docs/theory.md §4: g_B = ∇L + ξ, Cov ξ = C/B).
 
 "microbatch" also gives the noise along the last step, Δθᵀ(C/B)Δθ (the secant margin's
 standard error, `inertia.monitor.alarm`); the others cannot (NaN). Over the m micro-batches of
-one step (independent batches) "per_sample" gives the estimate of their mean: ÷ m².
+one step (independent batches) "per_sample" gives the estimate of their mean: ÷ m². With
+per-layer books (`segments`) each estimator also gives tr(C)/B per segment.
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
-from .layout import F64, GroupLayout
+from . import reduce
+from .layout import F64, GroupLayout, Segments
 
 KINDS = ("per_sample", "microbatch", "fluctuation")
+Values = list[Tensor]  # one 0-d float64 tensor per parameter group
 
 
 @dataclass(frozen=True)
 class NoiseEstimate:
-    """Per group: `trace` = tr(C)/B and `along` = Δθᵀ(C/B)Δθ (NaN where not estimated)."""
+    """Per group: `trace` = tr(C)/B and `along` = Δθᵀ(C/B)Δθ (NaN where not estimated);
+    `segments`: tr(C)/B per segment of the per-layer books, or None."""
 
-    trace: list[float]
-    along: list[float]
-
-
-def _nan(n: int) -> list[float]:
-    return [math.nan] * n
+    trace: Values
+    along: Values
+    segments: Tensor | None = None
 
 
 class NoiseEstimator:
     """Collects one booked step's gradients (`observe`, per micro-batch); `take` returns the
     estimate at the row and resets."""
 
-    def __init__(self, layouts: list[GroupLayout]):
-        self.layouts = layouts
+    def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
+        self.layouts, self.segments = layouts, segments
+        self.device = layouts[0].device if layouts else torch.device("cpu")
+        self._nan = torch.full((), float("nan"), dtype=F64, device=self.device)
+        self._zero = torch.zeros((), dtype=F64, device=self.device)
+
+    def nan(self) -> Values:
+        return [self._nan] * len(self.layouts)
 
     def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
         """After (or, per_sample, before) a micro-batch's backward; `steps`: each group's last
-        step Δθ (flat float64, either sign), if one was measured."""
+        step Δθ (flat, either sign), if one was measured."""
 
-    def take(self, grad_sq: list[float]) -> NoiseEstimate:
-        """The estimate since the last row (`grad_sq`: ‖g_B‖² of the step, per group)."""
+    def take(self) -> NoiseEstimate:
+        """The estimate since the last row."""
         raise NotImplementedError
 
 
 class PerSample(NoiseEstimator):
     """tr(C)/B from the per-sample gradients: Σᵢ‖gᵢ − ḡ‖²/(B − 1) = tr(C), ÷ B for the mean."""
 
-    def __init__(self, layouts: list[GroupLayout]):
-        super().__init__(layouts)
+    def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
+        super().__init__(layouts, segments)
         self._params = [p for layout in layouts for p in layout.params]
-        self._traces = [0.0] * len(layouts)
+        self._tensors: list[list[Tensor]] = [[self._zero] * len(x.params) for x in layouts]
         self._count = 0
 
     def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
@@ -78,19 +85,32 @@ class PerSample(NoiseEstimator):
         )
         i = 0
         for k, layout in enumerate(self.layouts):
-            for g in grads[i : i + len(layout.params)]:
-                if g is not None:
+            for j, g in enumerate(grads[i : i + len(layout.params)]):
+                if g is not None:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
                     centred = g.reshape(batch, -1).to(F64)
                     centred = centred - centred.mean(0)
-                    self._traces[k] += float(centred.square().sum()) / (batch - 1) / batch
+                    trace = centred.square().sum() / (batch - 1) / batch
+                    self._tensors[k][j] = self._tensors[k][j] + trace
             i += len(layout.params)
         self._count += 1
 
-    def take(self, grad_sq: list[float]) -> NoiseEstimate:
+    def take(self) -> NoiseEstimate:
         m = self._count
-        traces = [t / m**2 for t in self._traces] if m else _nan(len(self.layouts))
-        self._traces, self._count = [0.0] * len(self.layouts), 0
-        return NoiseEstimate(traces, _nan(len(self.layouts)))
+        traces = self._tensors
+        self._tensors, self._count = [[self._zero] * len(x.params) for x in self.layouts], 0
+        if not m:
+            return NoiseEstimate(self.nan(), self.nan())
+        groups = [_sum(t, self._zero) / m**2 for t in traces]
+        segments = None if self.segments is None else self.segments.sum(traces) / m**2
+        return NoiseEstimate(groups, self.nan(), segments)
+
+
+def _sum(values: list[Tensor], zero: Tensor) -> Tensor:
+    """Σ of 0-d tensors in order (as a running sum: the same floats as a Python loop)."""
+    out = zero
+    for i, v in enumerate(values):
+        out = v if i == 0 else out + v
+    return out
 
 
 def per_sample_losses(per_sample: Tensor | None) -> Tensor:
@@ -103,20 +123,26 @@ def per_sample_losses(per_sample: Tensor | None) -> Tensor:
     return losses
 
 
-class MicroBatch(NoiseEstimator):
-    """Two float64 buffers per group take the accumulated gradient G_j in turn: the one with
-    G_{j−1} becomes −d_j = G_{j−1} − G_j in place (it is overwritten next anyway), so a
-    micro-batch costs a copy, a subtraction and its dot products."""
+def _squares(views: list[Tensor], device: torch.device) -> list[Tensor]:
+    return [reduce.total(reduce.square_parts(v), device) for v in views]
 
-    def __init__(self, layouts: list[GroupLayout]):
-        super().__init__(layouts)
-        self._buffers = [(layout.zeros(), layout.zeros()) for layout in layouts]
-        self._views = [
-            (layout.views_of(a), layout.views_of(b))
-            for layout, (a, b) in zip(layouts, self._buffers, strict=True)
-        ]
-        self._square = [0.0] * len(layouts)  # Σ‖d_j‖²
-        self._projected = [[0.0, 0.0] for _ in layouts]  # Σ⟨d_j, Δθ⟩, Σ⟨d_j, Δθ⟩²
+
+class MicroBatch(NoiseEstimator):
+    """One buffer per group, in the parameters' precision, holds the accumulated gradient
+    G_{j−1}; micro-batch j turns it into −d_j = G_{j−1} − G_j in place for its dot products,
+    then takes G_j: a copy, a subtraction and the dots per micro-batch."""
+
+    def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
+        super().__init__(layouts, segments)
+        self._buffers = [layout.zeros() for layout in layouts]
+        self._views = [x.views_of(b) for x, b in zip(layouts, self._buffers, strict=True)]
+        self._reset()
+
+    def _reset(self) -> None:
+        n = len(self.layouts)
+        self._square = [self._zero] * n  # Σ‖d_j‖²
+        self._tensor_squares = [[self._zero] * len(x.params) for x in self.layouts]
+        self._projected = [[self._zero, self._zero] for _ in range(n)]  # Σ⟨d, Δθ⟩, Σ⟨d, Δθ⟩²
         self._along = False
         self._count = 0
 
@@ -124,52 +150,75 @@ class MicroBatch(NoiseEstimator):
         j = self._count
         self._along = steps is not None
         for i, layout in enumerate(self.layouts):
-            now, before = self._buffers[i][j % 2], self._buffers[i][1 - j % 2]
-            torch._foreach_copy_(self._views[i][j % 2], layout.grads())
-            increment, sign = (before.sub_(now), -1.0) if j else (now, 1.0)  # ±d_j (G_0 = 0)
-            self._square[i] += float(torch.dot(increment, increment))
+            grads, views, buffer = layout.grads(), self._views[i], self._buffers[i]
+            if j:  # −d_j = G_{j−1} − G_j
+                torch._foreach_sub_(views, grads)
+            else:  # d_0 = G_0 (G_{−1} = 0)
+                torch._foreach_copy_(views, grads)
+            if self.segments is None:
+                self._square[i] = self._square[i] + reduce.total(
+                    reduce.square_parts(buffer), self.device
+                )
+            else:
+                squares = _squares(views, self.device)
+                self._tensor_squares[i] = [
+                    a + b for a, b in zip(self._tensor_squares[i], squares, strict=True)
+                ]
+                self._square[i] = self._square[i] + torch.stack(squares).sum()
             if steps is not None:
-                p = sign * float(torch.dot(increment, steps[i]))
-                self._projected[i][0] += p
-                self._projected[i][1] += p * p
+                p = reduce.total(reduce.dot_parts(buffer, steps[i]), self.device)
+                p = -p if j else p
+                first, second = self._projected[i]
+                self._projected[i] = [first + p, second + p * p]
+            if j:
+                torch._foreach_copy_(views, grads)  # G_j, for the next increment
         self._count += 1
 
-    def take(self, grad_sq: list[float]) -> NoiseEstimate:
+    def take(self) -> NoiseEstimate:
         m = self._count
-        traces, alongs = [], []
-        for i in range(len(self.layouts)):
-            if m < 2:
-                traces.append(math.nan)
-                alongs.append(math.nan)
-            else:  # the variance of the sum of m increments: m·Var(d)
-                total = self._buffers[i][(m - 1) % 2]  # Σ d_j: the accumulated gradient
-                var = (self._square[i] - float(torch.dot(total, total)) / m) / (m - 1)
-                traces.append(m * var)
-                first, second = self._projected[i]
-                alongs.append(
-                    m * (second - first * first / m) / (m - 1) if self._along else math.nan
+        if m < 2:
+            self._reset()
+            return NoiseEstimate(self.nan(), self.nan())
+        traces, alongs, tensors = [], [], []
+        for i, buffer in enumerate(self._buffers):  # the buffer holds G_m = Σ d_j
+            total = reduce.total(reduce.square_parts(buffer), self.device)
+            traces.append(m * ((self._square[i] - total / m) / (m - 1)))
+            first, second = self._projected[i]
+            along = m * (second - first * first / m) / (m - 1)
+            alongs.append(along if self._along else self._nan)
+            if self.segments is not None:
+                totals = _squares(self._views[i], self.device)
+                tensors.append(
+                    [
+                        m * ((s - t / m) / (m - 1))
+                        for s, t in zip(self._tensor_squares[i], totals, strict=True)
+                    ]
                 )
-            self._square[i] = 0.0
-            self._projected[i] = [0.0, 0.0]
-        self._count = 0
-        return NoiseEstimate(traces, alongs)
+        segments = None if self.segments is None else self.segments.sum(tensors)
+        self._reset()
+        return NoiseEstimate(traces, alongs, segments)
 
 
 class Fluctuation(NoiseEstimator):
-    """‖g_B‖² per group, measured by the probe with the step's gradient; nothing along Δθ."""
+    """‖g_B‖² of the step's gradient, per group; nothing along Δθ."""
 
-    def take(self, grad_sq: list[float]) -> NoiseEstimate:
-        return NoiseEstimate(list(grad_sq), _nan(len(self.layouts)))
+    def take(self) -> NoiseEstimate:
+        per_tensor = [_squares(layout.grads(), self.device) for layout in self.layouts]
+        groups = [_sum(t, self._zero) for t in per_tensor]
+        segments = None if self.segments is None else self.segments.sum(per_tensor)
+        return NoiseEstimate(groups, self.nan(), segments)
 
 
-def estimator(kind: str | None, layouts: list[GroupLayout]) -> NoiseEstimator | None:
+def estimator(
+    kind: str | None, layouts: list[GroupLayout], segments: Segments | None = None
+) -> NoiseEstimator | None:
     """The estimator `kind` names (None: no estimate)."""
     if kind is None:
         return None
     if kind == "per_sample":
-        return PerSample(layouts)
+        return PerSample(layouts, segments)
     if kind == "microbatch":
-        return MicroBatch(layouts)
+        return MicroBatch(layouts, segments)
     if kind == "fluctuation":
-        return Fluctuation(layouts)
+        return Fluctuation(layouts, segments)
     raise ValueError(f"noise must be None or one of {', '.join(KINDS)}; got {kind!r}")

@@ -3,18 +3,19 @@
 A row at θ_k needs, per parameter group, the kinetic energy K = ½ uᵀMu of the velocity
 u = (θ_k − θ_{k−1})/h, the weight-decay potential (wd/2)‖θ_k‖² and the shadow term
 −½⟨θ_k − θ_{k−1}, ∇L(θ_k) + wd θ_k⟩; the stability alarm's secant needs a few more dot
-products. Two probes give them behind one protocol:
+products. Every value is a 0-d float64 tensor on the parameters' device: nothing waits for the
+host. Two probes give them behind one protocol:
 
-- `ParameterProbe` keeps float64 buffers of the parameters (θ_k at the step, then −Δθ_k after
-  it: any two float32/bf16 values differ exactly in float64) and measures from them;
+- `ParameterProbe` keeps a buffer of the parameters in their own precision (float32 for
+  float32, bf16 and fp16 parameters; float64 for float64): θ_k at the step, then
+  θ_k − θ_{k+1} after it, and measures from it (`inertia.monitor.reduce`);
 - `ReportProbe` reads an optimizer's own report (`inertia.reporting.ReportsEnergy`), with no
   pass over the parameters; its rows are booked after the step, when the report exists.
 """
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, Protocol
 
 import torch
@@ -22,8 +23,11 @@ from torch import Tensor
 
 from .._distributed import local
 from ..reporting import ReportsEnergy
-from .layout import F64, GroupLayout
+from . import reduce
+from .layout import F64, GroupLayout, Segments
 from .maps import GroupMap, metric
+
+Values = list[Tensor]  # one 0-d float64 tensor per parameter group
 
 
 @dataclass(slots=True)
@@ -33,26 +37,29 @@ class Measurement:
     measured): ⟨−Δθ_{k−1}, g_k⟩ (`grad_dot`) and ⟨−Δθ_{k−1}, g_{k−1}⟩ (`grad_dot_before`),
     ‖Δθ_{k−1}‖², ‖θ‖² at the last snapshot, and for the two-step curvature
     ⟨−Δθ_{k−2}, g_k⟩ (`cross_grad`), ⟨Δθ_{k−1}, Δθ_{k−2}⟩ (`cross`), ⟨−Δθ_{k−2}, g_{k−1}⟩
-    (`cross_before`). `grad_sq` = ‖g_k‖² is local to the rank (the "fluctuation" noise)."""
+    (`cross_before`). `segments`: per-layer sums (name → (S,)), where the monitor keeps
+    per-layer books."""
 
-    decay: float
-    shadow: float
-    kinetic: list[float]
-    grad_dot: list[float]
-    grad_dot_before: list[float]
-    delta_sq: list[float]
-    theta_sq: list[float]
-    cross_grad: list[float]
-    cross: list[float]
-    cross_before: list[float]
-    grad_sq: list[float]
+    decay: Tensor
+    shadow: Tensor
+    kinetic: Values
+    grad_dot: Values
+    grad_dot_before: Values
+    delta_sq: Values
+    theta_sq: Values
+    cross_grad: Values
+    cross: Values
+    cross_before: Values
+    segments: dict[str, Tensor] = field(default_factory=dict)
 
-    def per_group(self) -> dict[str, list[float]]:
-        """The per-group values summed over ranks (all but `grad_sq`), by name."""
+    def per_group(self) -> dict[str, Values]:
+        """The per-group values, by name."""
         return {name: getattr(self, name) for name in _SUMMED}
 
 
-_SUMMED = tuple(f.name for f in fields(Measurement) if f.name not in ("decay", "shadow", "grad_sq"))
+_SUMMED = tuple(
+    f.name for f in fields(Measurement) if f.name not in ("decay", "shadow", "segments")
+)
 
 
 class Probe(Protocol):
@@ -72,59 +79,69 @@ class Probe(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _dot(a: Tensor, b: Tensor) -> float:
-    return float(torch.dot(a, b))
-
-
-def _nan(n: int) -> list[float]:
-    return [math.nan] * n
+def _cross(views: list[Tensor], tensors: list[Tensor], device: torch.device) -> Tensor:
+    """Σ over a group's parameters of ⟨view, tensor⟩, as a 0-d float64 tensor."""
+    parts = [p for v, t in zip(views, tensors, strict=True) for p in reduce.dot_parts(v, t)]
+    return reduce.total(parts, device)
 
 
 class _Buffers:
-    """One group's flat float64 buffers: `step` holds θ_k at the step, then −Δθ_k after it;
-    `scratch` takes ∇L or the metric for a dot product; with `two_steps`, `previous` keeps the
-    step before the last."""
+    """One group's flat buffer in the group's buffer dtype: `step` holds θ_k at the step, then
+    θ_k − θ_{k+1} after it; with `two_steps`, `previous` keeps the step before the last."""
 
-    def __init__(self, layout: GroupLayout, two_steps: bool):
+    def __init__(self, layout: GroupLayout, two_steps: bool, nan: Tensor):
         self.layout = layout
-        self.step, self.scratch = layout.zeros(), layout.zeros()
+        self.step = layout.zeros()
         self.step_views = layout.views_of(self.step)
-        self.scratch_views = layout.views_of(self.scratch)
         self.previous = layout.zeros() if two_steps else None
+        self.previous_views = [] if self.previous is None else layout.views_of(self.previous)
         self.has_previous = False
-        self.delta_sq = 0.0  # ‖Δθ‖² of the last measured step
-        self.theta_sq = 0.0  # ‖θ‖² at the last snapshot
+        self.delta_sq = nan.new_zeros(())  # ‖Δθ‖² of the last measured step
+        self.theta_sq = nan.new_zeros(())  # ‖θ‖² at the last snapshot
+        self.nan = nan
 
-    def load_scratch(self, tensors: list[Tensor]) -> Tensor:
-        torch._foreach_copy_(self.scratch_views, tensors)
-        return self.scratch
+    def square(self, flat: Tensor) -> Tensor:
+        return reduce.total(reduce.square_parts(flat), flat.device)
 
     def snapshot(self, norm: bool) -> None:
         """step ← θ, remembering ‖θ‖² if `norm` (weight decay books it; else NaN)."""
         torch._foreach_copy_(self.step_views, self.layout.local_params())
-        self.theta_sq = _dot(self.step, self.step) if norm else math.nan
+        self.theta_sq = self.square(self.step) if norm else self.nan
 
 
 class ParameterProbe:
-    """Measures from float64 buffers of the parameters. `secant`: also the dots of the alarm's
-    secant curvature; `two_steps`: and those over the last two steps; `fluctuation`: ‖g_k‖²."""
+    """Measures from buffers of the parameters. `secant`: also the dots of the alarm's secant
+    curvature; `two_steps`: and those over the last two steps; `segments`: the per-layer
+    kinetic energy and step size."""
 
     books_after_step = False
 
     def __init__(
-        self, layouts: list[GroupLayout], *, secant: bool, two_steps: bool, fluctuation: bool
+        self,
+        layouts: list[GroupLayout],
+        *,
+        secant: bool,
+        two_steps: bool,
+        segments: Segments | None = None,
     ):
-        self.groups = [_Buffers(layout, two_steps) for layout in layouts]
-        self.secant, self.two_steps, self.fluctuation = secant, two_steps, fluctuation
+        device = layouts[0].device if layouts else torch.device("cpu")
+        self._nan = torch.full((), float("nan"), dtype=F64, device=device)
+        self._zero = torch.zeros((), dtype=F64, device=device)
+        self.groups = [_Buffers(layout, two_steps, self._nan) for layout in layouts]
+        self.secant, self.two_steps = secant, two_steps
+        self.segments = segments
         self.measured = False  # the last step's −Δθ is in the buffers
         self.has_delta = False  # some step was measured
         n = len(layouts)
-        self.kinetic = [0.0] * n  # per group, measured after the last measured step
-        self.grad_dot_before = [0.0] * n  # ⟨−Δθ, g⟩ with the step's own gradient
-        self.cross_before = _nan(n)  # ⟨−Δθ_prev, g⟩ with the last step's gradient
+        self.kinetic = [self._zero] * n  # per group, measured after the last measured step
+        self.grad_dot_before = [self._zero] * n  # ⟨−Δθ, g⟩ with the step's own gradient
+        self.cross_before = [self._nan] * n  # ⟨−Δθ_prev, g⟩ with the last step's gradient
+        # the per-layer books of the last measured step (0 before one)
+        zeros = torch.zeros(len(segments.names) if segments else 0, dtype=F64, device=device)
+        self.segment_values = {} if segments is None else {"kinetic": zeros, "step_sq": zeros}
 
     def steps(self) -> list[Tensor]:
-        """Each group's last measured step −Δθ (flat float64)."""
+        """Each group's last measured step −Δθ (flat)."""
         return [g.step for g in self.groups]
 
     def snapshot(self, maps: list[GroupMap]) -> None:
@@ -134,52 +151,72 @@ class ParameterProbe:
 
     def after_step(self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]) -> None:
         """Buffers ← θ_k − θ_{k+1} = −Δθ; K = ½ΔθᵀMΔθ/h² in the map's metric; the secant's dots."""
+        kinetic_parts: list[list[Tensor]] = []
+        step_parts: list[list[Tensor]] = []
         for i, (group, m) in enumerate(zip(self.groups, maps, strict=True)):
-            # a float64 copy, then one flat kernel: faster than a mixed-dtype foreach subtraction
-            group.step.sub_(group.load_scratch(group.layout.local_params()))
-            delta = group.step
-            group.delta_sq = _dot(delta, delta)
+            device = group.step.device
+            torch._foreach_sub_(group.step_views, group.layout.local_params())
+            group.delta_sq = group.square(group.step)
             if self.secant:  # ⟨−Δθ_k, g_k⟩: the secant's other half, and the cross term
-                grads = group.load_scratch(group.layout.grads())
-                self.grad_dot_before[i] = _dot(delta, grads)
+                grads = group.layout.grads()
+                self.grad_dot_before[i] = _cross(group.step_views, grads, device)
                 if group.previous is not None and group.has_previous:
-                    self.cross_before[i] = _dot(group.previous, grads)
-            mass = metric(optimizer, optimizer.param_groups[i], m.kind)
-            sq = group.delta_sq if mass is None else _dot(delta * delta, group.load_scratch(mass))
-            self.kinetic[i] = 0.5 * sq / (m.h * m.h) if m.h > 0 else 0.0
+                    self.cross_before[i] = _cross(group.previous_views, grads, device)
+            mass = metric(optimizer, optimizer.param_groups[i], m)
+            if mass is None and self.segments is None:  # the flat norm already measured
+                self.kinetic[i] = 0.5 * group.delta_sq / (m.h * m.h) if m.h > 0 else self._zero
+                continue
+            squares = [reduce.total(reduce.square_parts(v), device) for v in group.step_views]
+            weighted = (
+                squares
+                if mass is None
+                else [
+                    reduce.total(reduce.weighted_square_parts(v, w), device)
+                    for v, w in zip(group.step_views, mass, strict=True)
+                ]
+            )
+            per_tensor = [0.5 * x / (m.h * m.h) if m.h > 0 else self._zero for x in weighted]
+            self.kinetic[i] = torch.stack(per_tensor).sum() if per_tensor else self._zero
+            kinetic_parts.append(per_tensor)
+            step_parts.append(squares)
+        if self.segments is not None:
+            self.segment_values = {
+                "kinetic": self.segments.sum(kinetic_parts),
+                "step_sq": self.segments.sum(step_parts),
+            }
         self.has_delta = True
 
     def measure(self, maps: list[GroupMap], *, snapshot: bool, after_step: bool) -> Measurement:
         """Energies at θ_k from the buffers (−Δθ_{k−1} where the last step was measured); with
         `snapshot`, θ_k is left in them for the step's velocity."""
-        n = len(self.groups)
+        n, nan = len(self.groups), self._nan
         out = Measurement(
-            decay=0.0,
-            shadow=0.0,
+            decay=self._zero,
+            shadow=self._zero,
             kinetic=list(self.kinetic),
-            grad_dot=[0.0] * n,
-            grad_dot_before=self.grad_dot_before,
+            grad_dot=[self._zero] * n,
+            grad_dot_before=list(self.grad_dot_before),
             delta_sq=[g.delta_sq for g in self.groups],
             theta_sq=[],  # appended below, after any snapshot
-            cross_grad=_nan(n),
-            cross=_nan(n),
-            cross_before=self.cross_before,
-            grad_sq=_nan(n),
+            cross_grad=[nan] * n,
+            cross=[nan] * n,
+            cross_before=list(self.cross_before),
+            segments=dict(self.segment_values),
         )
         for i, (group, m) in enumerate(zip(self.groups, maps, strict=True)):
-            if self.has_delta or self.fluctuation:
-                grads = group.load_scratch(group.layout.grads())
-                if self.has_delta:  # step = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
-                    out.grad_dot[i] = _dot(group.step, grads)
-                    out.shadow += 0.5 * out.grad_dot[i]
-                    if group.previous is not None:
-                        if group.has_previous:
-                            out.cross_grad[i] = _dot(group.previous, grads)
-                            out.cross[i] = _dot(group.step, group.previous)
-                        group.previous.copy_(group.step)
-                        group.has_previous = True
-                if self.fluctuation:
-                    out.grad_sq[i] = _dot(grads, grads)
+            device = group.step.device
+            if self.has_delta:  # step = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
+                grads = group.layout.grads()
+                out.grad_dot[i] = _cross(group.step_views, grads, device)
+                out.shadow = out.shadow + 0.5 * out.grad_dot[i]
+                if group.previous is not None:
+                    if group.has_previous:
+                        out.cross_grad[i] = _cross(group.previous_views, grads, device)
+                        out.cross[i] = reduce.total(
+                            reduce.dot_parts(group.step, group.previous), device
+                        )
+                    group.previous.copy_(group.step)
+                    group.has_previous = True
             if not m.weight_decay:
                 if snapshot:
                     group.snapshot(norm=self.two_steps)  # the two-step curvature's precision
@@ -190,48 +227,72 @@ class ParameterProbe:
                 group.snapshot(norm=True)
                 theta_sq = group.theta_sq
             else:
-                norms = torch._foreach_norm(group.layout.local_params(), 2, dtype=F64)
-                theta_sq = float(torch.stack(norms).square().sum()) if norms else 0.0
+                parts = [p for t in group.layout.local_params() for p in reduce.square_parts(t)]
+                theta_sq = reduce.total(parts, device)
             out.theta_sq.append(group.theta_sq)
-            out.decay += 0.5 * m.weight_decay * theta_sq
+            out.decay = out.decay + 0.5 * m.weight_decay * theta_sq
             if self.has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
-                out.shadow += 0.25 * m.weight_decay * (before - theta_sq - group.delta_sq)
+                out.shadow = out.shadow + 0.25 * m.weight_decay * (
+                    before - theta_sq - group.delta_sq
+                )
         return out
 
+    def check(self, state: dict[str, Any]) -> None:
+        """ValueError unless `state` holds one step per group, of this group's size."""
+        keys = ("measured", "has_delta", "kinetic", "grad_dot_before", "cross_before", "norms")
+        sizes = [getattr(t, "numel", lambda: -1)() for t in state.get("steps", [])]
+        expected = [g.step.numel() for g in self.groups]
+        if not any(sizes) and any(expected):
+            raise ValueError(
+                "state: booked from the optimizer's own report (InertiaSGD without the alarm or "
+                "a noise estimate), while this monitor keeps parameter buffers: resume with the "
+                "alarm and noise estimate it was saved with"
+            )
+        if sizes != expected:
+            raise ValueError(
+                f"state: parameter sizes {sizes} do not match this optimizer's {expected}"
+            )
+        missing = [key for key in (*keys, "previous") if key not in state]
+        if missing:
+            raise ValueError(f"state: not a monitor checkpoint (missing {missing})")
+
     def state_dict(self) -> dict[str, Any]:
+        floats = (
+            torch.stack(
+                [*self.kinetic, *self.grad_dot_before, *self.cross_before]
+                + [x for g in self.groups for x in (g.delta_sq, g.theta_sq)]
+            ).tolist()
+            if self.groups
+            else []
+        )
+        n = len(self.groups)
         return {
             "measured": self.measured,
             "has_delta": self.has_delta,
-            "kinetic": list(self.kinetic),
-            "grad_dot_before": list(self.grad_dot_before),
-            "cross_before": list(self.cross_before),
+            "kinetic": floats[:n],
+            "grad_dot_before": floats[n : 2 * n],
+            "cross_before": floats[2 * n : 3 * n],
             "steps": [g.step.clone() for g in self.groups],
-            "norms": [(g.delta_sq, g.theta_sq) for g in self.groups],
+            "norms": [(floats[3 * n + 2 * i], floats[3 * n + 2 * i + 1]) for i in range(n)],
             "previous": [
                 g.previous.clone() if g.previous is not None and g.has_previous else None
                 for g in self.groups
             ],
         }
 
-    def check(self, state: dict[str, Any]) -> None:
-        """ValueError unless `state` holds one step per group, of this group's size."""
-        sizes = [t.numel() for t in state.get("steps", [])]
-        expected = [g.step.numel() for g in self.groups]
-        if sizes != expected:
-            raise ValueError(
-                f"state: parameter sizes {sizes} do not match this optimizer's {expected}"
-            )
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        def scalar(x: float) -> Tensor:
+            return torch.tensor(x, dtype=F64, device=self._zero.device)
+
         self.measured, self.has_delta = state["measured"], state["has_delta"]
-        self.kinetic = list(state["kinetic"])
-        self.grad_dot_before = list(state["grad_dot_before"])
-        self.cross_before = list(state["cross_before"])
+        self.kinetic = [scalar(x) for x in state["kinetic"]]
+        self.grad_dot_before = [scalar(x) for x in state["grad_dot_before"]]
+        self.cross_before = [scalar(x) for x in state["cross_before"]]
         for group, step, (delta_sq, theta_sq), previous in zip(
             self.groups, state["steps"], state["norms"], state["previous"], strict=True
         ):
             group.step.copy_(step)
-            group.delta_sq, group.theta_sq = delta_sq, theta_sq
+            group.delta_sq, group.theta_sq = scalar(delta_sq), scalar(theta_sq)
             group.has_previous = group.previous is not None and previous is not None
             if group.previous is not None and previous is not None:
                 group.previous.copy_(previous)
@@ -245,12 +306,13 @@ class ReportProbe:
     books_after_step = True
     measured = has_delta = False
 
-    def __init__(self, optimizer: ReportsEnergy, params: list[list[Tensor]]):
+    def __init__(self, optimizer: ReportsEnergy, params: list[list[Tensor]], device: torch.device):
         self.optimizer, self.params = optimizer, params
         self.kinetic = [0.0] * len(params)
+        self._nan = torch.full((), float("nan"), dtype=F64, device=device)
 
     def steps(self) -> list[Tensor]:
-        """None: the optimizer keeps its own velocity."""
+        """No buffers: the optimizer keeps its own velocity."""
         return []
 
     def snapshot(self, maps: list[GroupMap]) -> None:
@@ -260,26 +322,46 @@ class ReportProbe:
         """Nothing: the row is booked from the report."""
 
     def measure(self, maps: list[GroupMap], *, snapshot: bool, after_step: bool) -> Measurement:
-        n = len(self.params)
-        out = Measurement(0.0, 0.0, self.kinetic, *(_nan(n) for _ in range(8)))
+        n, decay, shadow = len(self.params), 0.0, 0.0
+        device = self._nan.device
         if after_step:
             for i, (report, m) in enumerate(zip(self.optimizer.energy_report(), maps, strict=True)):
                 self.kinetic[i] = report.kinetic
-                out.shadow -= 0.5 * report.h_before * report.power
-                out.decay += 0.5 * m.weight_decay * report.theta_sq
+                shadow -= 0.5 * report.h_before * report.power
+                decay += 0.5 * m.weight_decay * report.theta_sq
+            decay_t = torch.tensor(decay, dtype=F64, device=device)
         else:
             self.kinetic[:] = self.optimizer.kinetic_energy()
+            decay_t = torch.zeros((), dtype=F64, device=device)
             for params, m in zip(self.params, maps, strict=True):
-                norms = torch._foreach_norm([local(p) for p in params], 2, dtype=F64)
-                out.decay += 0.5 * m.weight_decay * float(torch.stack(norms).square().sum())
-        out.kinetic = list(self.kinetic)
-        return out
+                parts = [q for p in params for q in reduce.square_parts(local(p).detach())]
+                decay_t = decay_t + 0.5 * m.weight_decay * reduce.total(parts, device)
+        values = torch.tensor([*self.kinetic, shadow], dtype=F64, device=device).unbind()
+        nan = [self._nan] * n
+        return Measurement(
+            decay=decay_t,
+            shadow=values[-1],
+            kinetic=list(values[:-1]),
+            grad_dot=nan,
+            grad_dot_before=nan,
+            delta_sq=nan,
+            theta_sq=nan,
+            cross_grad=nan,
+            cross=nan,
+            cross_before=nan,
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {"kinetic": list(self.kinetic)}
 
     def check(self, state: dict[str, Any]) -> None:
         """ValueError unless `state` holds one kinetic energy per group."""
+        if any(getattr(t, "numel", lambda: 0)() for t in state.get("steps", [])):
+            raise ValueError(
+                "state: booked from parameter buffers (with the alarm or a noise estimate), "
+                "while this monitor reads the optimizer's report: resume with the alarm and "
+                "noise estimate it was saved with"
+            )
         if len(state.get("kinetic", ())) != len(self.params):
             raise ValueError(f"state: not the report of {len(self.params)} parameter groups")
 
@@ -292,14 +374,16 @@ def make_probe(
     layouts: list[GroupLayout],
     alarm: str | None,
     noise: str | None,
+    segments: Segments | None = None,
 ) -> Probe:
-    """The report of an optimizer that gives one (`ReportsEnergy`) where neither the alarm nor
-    a noise estimate needs the parameters' buffers; otherwise the parameters' own."""
-    if isinstance(optimizer, ReportsEnergy) and alarm is None and noise is None:
-        return ReportProbe(optimizer, [layout.params for layout in layouts])
+    """The report of an optimizer that gives one (`ReportsEnergy`) where neither the alarm, a
+    noise estimate nor per-layer books need the parameters' buffers; otherwise theirs."""
+    if isinstance(optimizer, ReportsEnergy) and alarm is None and noise is None and not segments:
+        device = layouts[0].device if layouts else torch.device("cpu")
+        return ReportProbe(optimizer, [layout.params for layout in layouts], device)
     return ParameterProbe(
         layouts,
         secant=alarm in ("two_steps", "secant"),
         two_steps=alarm == "two_steps",
-        fluctuation=noise == "fluctuation",
+        segments=segments,
     )

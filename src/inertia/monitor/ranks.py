@@ -1,20 +1,27 @@
-"""A row's numbers over the ranks of torch.distributed: one packed `all_reduce` per row."""
+"""A row's numbers over the ranks of torch.distributed: one `all_reduce` of the row's packed
+values per row, on the parameters' device, with no host synchronisation."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
+from torch import Tensor
 
 from .._distributed import rank_world
+from .layout import F64
 
-F64 = torch.float64
 #: The estimates each rank makes from its own batch: name → p, their mean over ranks is
 #: further ÷ world^p (a variance of the mean gradient: p = 1).
-PER_RANK = {"noise": 1, "along": 1, "spread": 1, "curvature": 0}
+PER_RANK = {
+    "noise": 1,
+    "along": 1,
+    "spread": 1,
+    "curvature": 0,
+}  # "noise…" covers noise_trace/<layer>
 
 
-@dataclass(frozen=True)
+@dataclass
 class Ranks:
     """This process among the ranks of torch.distributed (rank 0 of 1 outside it), where its
     parameters live, whether they are `replicated` (DDP, or a report that is global already;
@@ -26,37 +33,36 @@ class Ranks:
     own_batch: bool
     rank: int
     world: int
+    _weights: dict[tuple[tuple[str, int], ...], tuple[Tensor, Tensor]] = field(default_factory=dict)
 
     @classmethod
     def here(cls, device: torch.device, *, replicated: bool, own_batch: bool) -> Ranks:
         """This process, as torch.distributed sees it now."""
         return cls(device, replicated, own_batch, *rank_world())
 
-    def reduce(
-        self, loss: float, decay: float, shadow: float, values: dict[str, list[float]]
-    ) -> tuple[float, float, float, dict[str, list[float]]]:
-        """(loss, decay, shadow, values) of the whole run after one `all_reduce`: the loss
-        averaged over ranks; the weight-decay potential, the shadow term and the per-group
-        norms and dot products summed over shards, counted once where replicated (rank 0's);
-        with `own_batch`, the estimates of `PER_RANK` averaged over ranks and ÷ world^p once
-        more (tr(C)/B of the global batch)."""
-        per_rank = PER_RANK if self.own_batch else {}
-        summed = [name for name in values if name not in per_rank]
-        blocks = [*summed, *per_rank]
-        flat = [x for name in blocks for x in values[name]]
-        packed = torch.tensor([loss, decay, shadow, *flat, 1.0], dtype=F64, device=self.device)
-        end = 3 + sum(len(values[name]) for name in summed)
+    def reduce(self, packed: Tensor, layout: list[tuple[str, int]]) -> Tensor:
+        """The row's values (`packed`: the loss first, then `layout`'s names and lengths in
+        order) over all ranks after one `all_reduce`: the loss averaged; norms and dot products
+        summed over shards, counted once where replicated (rank 0's); with `own_batch`, the
+        estimates of `PER_RANK` averaged over ranks and ÷ world^p once more (tr(C)/B of the
+        global batch)."""
+        keep, divide = self._weights.get(tuple(layout)) or self._weigh(layout)
         if self.replicated and self.rank != 0:
-            packed[1:end] = 0.0  # replicated: count once
+            packed = packed * keep  # replicated: count once
         torch.distributed.all_reduce(packed)
-        packed[0] /= packed[-1]  # mean loss over ranks
-        start = end
-        for name, power in per_rank.items():
-            packed[start : start + len(values[name])] /= self.world ** (1 + power)
-            start += len(values[name])
-        out = packed[:-1].tolist()
-        reduced, start = {}, 3
-        for name in blocks:
-            reduced[name] = out[start : start + len(values[name])]
-            start += len(values[name])
-        return out[0], out[1], out[2], reduced
+        return packed / divide
+
+    def _weigh(self, layout: list[tuple[str, int]]) -> tuple[Tensor, Tensor]:
+        keep, divide = [1.0], [float(self.world)]  # the loss: a mean over ranks
+        for name, length in layout:
+            power = next((p for key, p in PER_RANK.items() if name.startswith(key)), None)
+            own = self.own_batch and power is not None
+            keep += [1.0 if own else 0.0] * length
+            scale = self.world ** (1 + power) if own and power is not None else 1
+            divide += [float(scale)] * length
+        weights = (
+            torch.tensor(keep, dtype=F64, device=self.device),
+            torch.tensor(divide, dtype=F64, device=self.device),
+        )
+        self._weights[tuple(layout)] = weights
+        return weights

@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 
 import torch
 from torch import Tensor
 
 from ..energy import Ledger
+from .noise import NoiseEstimate
+from .probe import Measurement
 
 OK, NONFINITE, SKIPPED = 0, 1, 2  # `Row.flag`
 
@@ -19,7 +21,8 @@ OK, NONFINITE, SKIPPED = 0, 1, 2  # `Row.flag`
 class Row:
     """Row k describes the parameters θ_k that step k starts from (docs/monitor.md, Rows).
 
-    `lr`, `h`, `gamma`: the first parameter group's map; `kinetic`, `potential`, `inertia`:
+    `lr`, `h`, `gamma`, `metric`: the first parameter group's map (metric 1: a diagonal metric,
+    Adam's or RMSprop's; 0: the identity); `kinetic`, `potential`, `inertia`:
     the energies at θ_k; `dissipated`, `injected`, `residual`: the cumulative books;
     `shadow`: the modified energy H̃_k; `noise_trace`: tr(C)/B (NaN without a noise
     estimate); `margin`: the stability margin (NaN without the alarm); `alarm`: 1 while the
@@ -31,6 +34,7 @@ class Row:
     lr: float
     h: float
     gamma: float
+    metric: int
     kinetic: float
     potential: float
     inertia: float
@@ -42,32 +46,94 @@ class Row:
     margin: float
     alarm: int
     flag: int
+    extras: dict[str, float] = field(default_factory=dict)  # per-layer columns, name → value
 
     def as_dict(self) -> dict[str, float | int]:
-        """The row as a dict of plain numbers, in column order (what sinks receive)."""
-        return {name: getattr(self, name) for name in MONITOR_COLUMNS}
+        """The row as a dict of plain numbers, in column order, then the per-layer columns
+        (what sinks receive)."""
+        return {**{name: getattr(self, name) for name in MONITOR_COLUMNS}, **self.extras}
 
 
-#: The monitor's columns, in order.
-MONITOR_COLUMNS = tuple(f.name for f in fields(Row))
+#: The monitor's columns, in order (per-layer books add `<quantity>/<layer>` columns after them).
+MONITOR_COLUMNS = tuple(f.name for f in fields(Row) if f.name != "extras")
 
 
 def ledger_of(rows: Iterable[Row]) -> Ledger:
-    """Rows as a `Ledger`: 1-D float64 columns against `step`."""
+    """Rows as a `Ledger`: 1-D float64 columns against `step`, the per-layer ones included."""
     rows = list(rows)
     table = {
         name: torch.tensor([getattr(row, name) for row in rows], dtype=torch.float64)
         for name in MONITOR_COLUMNS
     }
+    for name in rows[0].extras if rows else ():
+        table[name] = torch.tensor([row.extras[name] for row in rows], dtype=torch.float64)
     step = table.pop("step")
     return Ledger(step, table, time_name="step")
 
 
+class Pack:
+    """A row's device values by name (lists of 0-d float64 tensors) after the loss, packed
+    into one tensor: reduced over ranks there (`inertia.monitor.ranks`), then brought to the
+    host in one transfer, the row's only host synchronisation."""
+
+    def __init__(self, loss: Tensor, named: dict[str, list[Tensor]]):
+        self.layout = [(name, len(values)) for name, values in named.items()]
+        self.tensor = torch.stack([loss, *(t for values in named.values() for t in values)])
+        self._slices, start = {"loss": slice(0, 1)}, 1
+        for name, length in self.layout:
+            self._slices[name] = slice(start, start + length)
+            start += length
+
+    def __getitem__(self, name: str) -> Tensor:
+        """The values of `name`, on the device (a view of the packed tensor)."""
+        return self.tensor[self._slices[name]]
+
+    def fetch(self, *extra: Tensor) -> tuple[dict[str, list[float]], list[float]]:
+        """Every value by name, and the `extra` tensors' values flattened in order, as floats."""
+        host = torch.cat([self.tensor, *(t.reshape(-1) for t in extra)]).tolist()
+        named = {name: host[s] for name, s in self._slices.items()}
+        return named, host[self.tensor.numel() :]
+
+
+def row_values(
+    measured: Measurement,
+    estimate: NoiseEstimate,
+    spread: list[Tensor],
+    curvature: list[Tensor],
+    layers: list[str],
+) -> dict[str, list[Tensor]]:
+    """A row's device values by name, as `Pack` takes them: the probe's measurement, the noise
+    estimate, the alarm's curvature and the per-layer sums (`<quantity>/<layer>`)."""
+    named = {"decay": [measured.decay], "shadow": [measured.shadow], **measured.per_group()}
+    named |= {"noise": estimate.trace, "along": estimate.along}
+    named |= {"spread": spread, "curvature": curvature}
+    per_layer = dict(measured.segments)
+    if estimate.segments is not None:
+        per_layer["noise_trace"] = estimate.segments
+    for quantity, values in per_layer.items():
+        for layer, value in zip(layers, values.unbind(), strict=True):
+            named[f"{quantity}/{layer}"] = [value]
+    return named
+
+
+def layer_columns(values: dict[str, list[float]], layers: list[str]) -> dict[str, float]:
+    """The per-layer columns of a row: `kinetic/<layer>`, `step_size/<layer>` = ‖Δθ‖ over the
+    layer's parameters and, with a noise estimate, `noise_trace/<layer>`."""
+    out = {}
+    for layer in layers:
+        out[f"kinetic/{layer}"] = values[f"kinetic/{layer}"][0]
+        out[f"step_size/{layer}"] = math.sqrt(values[f"step_sq/{layer}"][0])
+        if f"noise_trace/{layer}" in values:
+            out[f"noise_trace/{layer}"] = values[f"noise_trace/{layer}"][0]
+    return out
+
+
 class LossMean:
     """The loss observed at a step's parameters, averaged over its micro-batches (summed in
-    float64 when there are several); kept on the device until the row takes it."""
+    float64 when there are several), kept on the device: taking it does not wait for the host."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
         self._sum: Tensor | float = 0.0
         self.count = 0
 
@@ -80,11 +146,13 @@ class LossMean:
             self._sum = value
         self.count += 1
 
-    def take(self) -> float:
-        """The mean so far (NaN if nothing was observed), then reset."""
-        mean = float(self._sum) / self.count if self.count else math.nan
+    def take(self) -> Tensor:
+        """The mean so far (NaN if nothing was observed) as a 0-d float64 tensor, then reset."""
+        total = self._sum if self.count else math.nan
+        total = torch.as_tensor(total, dtype=torch.float64, device=self.device)
+        mean = total.to(torch.float64) / self.count if self.count else total
         self.reset()
-        return mean
+        return mean.reshape(())
 
     def reset(self) -> None:
         self._sum, self.count = 0.0, 0
