@@ -28,48 +28,14 @@ import time
 from functools import partial
 
 import torch
-from sklearn.datasets import load_digits
 
 from inertia import InertiaMonitor
 from inertia.optim import InertiaSGD
+from workloads import digits_batches as digits
+from workloads import digits_cnn as cnn
+from workloads import digits_mlp as mlp
 
 OPTIMIZERS = {"sgd": torch.optim.SGD, "inertia": InertiaSGD}
-
-
-def digits(batch: int):
-    data = load_digits()
-    x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
-    y = torch.tensor(data.target)
-    gen = torch.Generator().manual_seed(0)
-    while True:
-        idx = torch.randperm(len(y), generator=gen)
-        for start in range(0, len(y) - batch + 1, batch):
-            yield x[idx[start : start + batch]], y[idx[start : start + batch]]
-
-
-def mlp() -> torch.nn.Module:
-    return torch.nn.Sequential(
-        torch.nn.Flatten(),
-        torch.nn.Linear(64, 256),
-        torch.nn.ReLU(),
-        torch.nn.Linear(256, 128),
-        torch.nn.ReLU(),
-        torch.nn.Linear(128, 10),
-    )
-
-
-def cnn(width: int = 16) -> torch.nn.Module:
-    """Two 3×3 convolutions (width, 2·width channels), a 2×2 max-pool and a linear layer, for
-    8×8 digits; also the CNN of benchmarks/optimizers.py (width 8)."""
-    return torch.nn.Sequential(
-        torch.nn.Conv2d(1, width, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.Conv2d(width, 2 * width, 3, padding=1),
-        torch.nn.ReLU(),
-        torch.nn.MaxPool2d(2),
-        torch.nn.Flatten(),
-        torch.nn.Linear(2 * width * 16, 10),
-    )
 
 
 class Run:

@@ -1,16 +1,26 @@
-"""`inertia report LEDGER.csv`: figures and a self-contained HTML page from any ledger CSV."""
+"""`inertia report LEDGER.csv`: figures and a self-contained HTML page from any ledger CSV:
+loss and learning rate, log scales, diverging runs drawn up to the blow-up, the regime shaded,
+per-layer panels, no noise floor where its law does not apply, long ledgers down-sampled."""
 
 from __future__ import annotations
 
+import math
 import re
+import subprocess
+import sys
+import warnings
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from matplotlib.figure import Figure
 from PIL import Image
 
 from inertia import COLUMNS, Dynamics, InertiaMonitor, Ledger, simulate, systems
 from inertia.cli import main
-from inertia.report import plot_ledger
+from inertia.figures import BINS, ESCAPE, binned, plot_ledger, span_of
+from inertia.report import ledger_report
 from inertia.theory import heavy_ball_noise_floor
 
 
@@ -35,7 +45,7 @@ def test_report_of_a_monitored_run_has_every_figure(tmp_path, capsys):
     monitored_csv(tmp_path)
     assert main(["report", str(tmp_path / "ledger.csv"), "--out", str(tmp_path / "rep")]) == 0
     html = (tmp_path / "rep" / "report.html").read_text()
-    names = ["ledger_stack", "phase", "noise_floor", "margin"]
+    names = ["training", "ledger_stack", "phase", "noise_floor", "margin"]
     for name in names:
         with Image.open(tmp_path / "rep" / f"{name}.png") as image:
             image.verify()
@@ -91,13 +101,15 @@ def assert_png(path) -> None:
 
 
 def test_plot_ledger_draws_a_training_run_ledger(tmp_path):
-    """A monitor's ledger: 1-D columns against `step`, with NaN rows where a loss was not finite."""
+    """A monitor's ledger: 1-D columns against `step`, with NaN rows where a loss was not
+    finite and inf where it blew up."""
     steps = torch.arange(50, dtype=torch.float64)
     columns = {
         name: torch.linspace(0.0, 1.0 + i, 50, dtype=torch.float64)
         for i, name in enumerate(COLUMNS)
     }
     columns["kinetic"][10] = float("nan")
+    columns["potential"][45:] = float("inf")
     ledger = Ledger(steps, columns, time_name="step")
     assert_png(plot_ledger(ledger, tmp_path / "training.png", title="training"))
 
@@ -113,3 +125,222 @@ def test_plot_ledger_draws_a_simulation_with_its_band(tmp_path, paths):
         seed=0,
     )
     assert_png(plot_ledger(tr.ledger, tmp_path / "simulation.png"))
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """The axes (colour bars left out) of every figure saved, by file name."""
+    saved = {}
+    savefig = Figure.savefig
+
+    def keep(fig, path, *args, **kwargs):
+        saved[Path(path).name] = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+        return savefig(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", keep)
+    return saved
+
+
+def by_title(axes, fragment):
+    (ax,) = [ax for ax in axes if fragment in ax.get_title()]
+    return ax
+
+
+def with_columns(ledger: Ledger, **columns) -> Ledger:
+    return Ledger(ledger.t, {**ledger, **columns}, time_name=ledger.time_name)
+
+
+def quadratic_run(folder, steps, *, lr=lambda k: 1.0, opt=None, noise=None, dtype=torch.float32):
+    """Heavy ball (or `opt`) on ½Σλᵢθᵢ², λ = (1, 0.5, 0.1), minibatch-like noise on the
+    gradient, learning rate lr(k) through a LambdaLR, rows to `folder`/ledger.csv."""
+    gen = torch.Generator().manual_seed(0)
+    lam = torch.tensor([1.0, 0.5, 0.1], dtype=dtype)
+    theta = torch.nn.Parameter(torch.ones(3, dtype=dtype))
+    opt = opt([theta]) if opt else torch.optim.SGD([theta], lr=1.0, momentum=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lr)
+    monitor = InertiaMonitor(opt, log_dir=folder, noise=noise)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the non-finite loss of a blow-up
+        for _ in range(steps):
+            opt.zero_grad()
+            shift = 0.01 * torch.randn(2, 3, generator=gen, dtype=dtype)  # two micro-batches
+            for i in range(2):
+                loss = 0.5 * (lam * (theta - shift[i]) ** 2).sum()
+                (loss / 2).backward()
+                monitor.observe(loss, accumulate=True)
+            opt.step()
+            schedule.step()
+    monitor.detach()
+    return Path(folder) / "ledger.csv"
+
+
+def test_a_run_that_diverged_is_drawn_up_to_its_blow_up_on_finite_axes(tmp_path, drawn):
+    """Stable for 60 steps, then 5× the heavy ball's threshold 2(1 + μ)/λ_max: the loss grows
+    to inf in float32. The figures end at the blow-up, on the scales of the rows before it."""
+    path = quadratic_run(tmp_path, 120, lr=lambda k: 1.0 if k < 60 else 5 * 3.8)
+    ledger = Ledger.read_csv(path)
+    loss, flag = ledger["potential"].numpy(), ledger["flag"].numpy()
+    diverged = int(np.flatnonzero(flag == 1)[0])
+    assert np.isinf(loss).any() and np.nanmax(loss[np.isfinite(loss)]) > 1e30
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    span = span_of(ledger.t.numpy(), loss, flag)
+    assert span.diverged == diverged and 60 <= span.blowup < diverged
+    calm = np.nanmax(loss[: span.calm])
+    for name, axes in drawn.items():
+        for ax in axes:
+            limits = [*ax.get_xlim(), *ax.get_ylim()]
+            assert all(math.isfinite(x) for x in limits), (name, ax.get_title())
+            if name != "phase.png":
+                assert ax.get_xlim()[1] <= diverged
+    assert by_title(drawn["training.png"], "learning rate").get_yscale() == "linear"  # 19×
+    top = by_title(drawn["training.png"], "potential").get_ylim()[1]
+    assert calm < top <= ESCAPE * 1.3 * calm < 1e-3 * np.nanmax(loss[np.isfinite(loss)])
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert f"diverged at step {diverged}" in html and "blew up from step" in html
+
+
+def test_no_noise_floor_for_a_map_without_friction(tmp_path, drawn):
+    """Adagrad is read with μ = 1 and γ = 0: the heavy ball's floor does not apply."""
+    path = quadratic_run(
+        tmp_path, 60, opt=lambda p: torch.optim.Adagrad(p, lr=0.1), noise="microbatch"
+    )
+    ledger = Ledger.read_csv(path)
+    assert (ledger["gamma"] == 0).all() and ledger["noise_trace"][1:].isfinite().all()
+    html = ledger_report(path, tmp_path / "rep").read_text()
+    assert not (tmp_path / "rep" / "noise_floor.png").exists()
+    assert set(drawn) == {"training.png", "ledger_stack.png", "phase.png", "kinetic.png"}
+    assert [ax.get_title() for ax in drawn["kinetic.png"]] == [
+        "kinetic energy",
+        "gradient noise tr(C)/B",
+    ]
+    assert "No noise floor" in html and "predicted" not in html
+
+
+def test_no_noise_floor_where_the_ledger_says_the_metric_is_not_the_identity(tmp_path, drawn):
+    """Adam's and RMSprop's maps have friction, but their kinetic energy is in a diagonal
+    metric M and their heat h²tr(M⁻¹C)/(2B): a `metric` column (0: identity) says so."""
+    ledger = Ledger.read_csv(quadratic_run(tmp_path, 40, noise="microbatch"))
+    assert (ledger["gamma"] > 0).all()
+    metric = torch.zeros(40, dtype=torch.float64)
+    ledger_report(ledger, tmp_path / "identity")
+    ledger_report(with_columns(ledger, metric=metric + 1), tmp_path / "diagonal")
+    assert (tmp_path / "identity" / "noise_floor.png").exists()
+    assert not (tmp_path / "diagonal" / "noise_floor.png").exists()
+
+
+def test_per_layer_panels_the_regime_and_a_learning_rate_spanning_decades(tmp_path, drawn):
+    """A learning rate decaying 0.95× a step (2.6 decades: a log scale), 12 per-layer kinetic
+    columns (the 8 largest drawn) and a noise column, a `regime` column shaded."""
+    path = quadratic_run(tmp_path, 120, lr=lambda k: 0.95**k, noise="microbatch")
+    ledger = Ledger.read_csv(path)
+    share = torch.linspace(1.0, 12.0, 12, dtype=torch.float64)  # segment i: i/78 of the total
+    layers = {f"kinetic/encoder.{i}.attn": ledger["kinetic"] * share[i] / 78 for i in range(12)}
+    regime = torch.zeros(120, dtype=torch.float64)
+    regime[40:60], regime[60:70] = 1.0, 2.0
+    ledger = with_columns(ledger, **layers, regime=regime)
+    ledger = with_columns(ledger, **{"noise_trace/encoder.0.attn": ledger["noise_trace"]})
+    path = ledger.to_csv(tmp_path / "layers.csv")
+    assert main(["report", str(path), "--out", str(tmp_path / "rep")]) == 0
+    assert by_title(drawn["training.png"], "learning rate").get_yscale() == "log"
+    assert by_title(drawn["noise_floor.png"], "kinetic").get_yscale() == "log"
+    kinetic, noise = drawn["layers.png"]
+    assert kinetic.get_title() == "kinetic per segment, the 8 of 12 largest"
+    legend = [text.get_text() for text in kinetic.get_legend().get_texts()]
+    assert legend == [f"encoder.{i}.attn" for i in range(11, 3, -1)]
+    assert noise.get_title() == "noise_trace per segment" and kinetic.get_yscale() == "log"
+    loss = by_title(drawn["training.png"], "potential")
+    shaded = [(p.get_x(), p.get_x() + p.get_width(), p.get_label()) for p in loss.patches]
+    assert shaded == [(40, 60, "edge of stability"), (60, 70, "diverging")]
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert re.search(r"rows at the edge of stability</td><td>20<", html)
+
+
+def test_the_report_of_a_character_transformer(tmp_path, drawn):
+    """The benchmarks' GPT-style model on the standard library's text, AdamW with warmup and
+    cosine decay (two parameter groups), tiny here."""
+    from workloads import char_transformer_run
+
+    monitor, _, losses = char_transformer_run(
+        12,
+        log_dir=tmp_path,
+        batch=4,
+        context=16,
+        warmup=4,
+        chars=20_000,
+        model_kwargs={"d_model": 32, "n_layers": 1, "n_heads": 2},
+        monitor_kwargs={"noise": "fluctuation"},
+    )
+    monitor.detach()
+    assert losses[-1] < losses[0]
+    assert main(["report", str(tmp_path / "ledger.csv"), "--out", str(tmp_path / "rep")]) == 0
+    # AdamW's kinetic energy is in its metric (the ledger's `metric` column is 1): the Euclidean
+    # floor h²tr(C)/(2B(1 − μ²)) does not apply, so K is drawn without it
+    assert set(drawn) == {"training.png", "ledger_stack.png", "phase.png", "kinetic.png"}
+    lr = by_title(drawn["training.png"], "learning rate").get_lines()[0].get_ydata()
+    assert lr[0] < lr[4] and lr[-1] < lr[4]  # warmup, then the cosine
+
+
+def test_binned_gives_the_mean_and_envelope_of_each_group():
+    t = np.arange(3000.0)
+    y = np.sin(t)
+    y[7] = np.nan
+    tb, mean, low, high = binned(t, y, bins=100)
+    assert len(tb) == len(mean) == 100 and tb[0] == 14.5
+    assert mean[0] == pytest.approx(np.nanmean(y[:30])) and low[0] == np.nanmin(y[:30])
+    assert high[-1] == y[-30:].max()
+    assert all(x is y for x in binned(t, y, bins=1500)[1:])  # short: as it is
+
+
+MILLION_ROWS = """
+import sys, time
+from pathlib import Path
+import psutil, torch
+from inertia import Ledger
+from inertia.report import ledger_report
+
+n = 10**6
+t = torch.arange(n, dtype=torch.float64)
+noise = torch.rand(n, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+kinetic = 1.0 / (1.0 + t) + 1e-3 * noise
+columns = {
+    "lr": 0.1 * torch.cos(t / n) ** 2 + 1e-4, "h": 0.1 + 0 * t, "gamma": 1.0 + 0 * t,
+    "kinetic": kinetic, "potential": 2.0 / (1.0 + t / 1000) + noise,
+    "dissipated": kinetic.cumsum(0), "injected": 0.01 * t, "residual": 1e-3 * noise,
+    "noise_trace": 0.1 * noise, "margin": 0.5 + 0.1 * noise, "alarm": 0 * t,
+    "regime": (t > 0.9 * n).double(), "flag": (t % 100_000 == 7).double() * 2,
+    **{f"kinetic/block.{i}": kinetic / (i + 1) for i in range(4)},
+}
+columns["inertia"] = columns["kinetic"] + columns["potential"]
+ledger = Ledger(t, columns, time_name="step")
+del columns, noise, kinetic
+before = psutil.Process().memory_info().rss
+with open("/proc/self/clear_refs", "w") as refs:
+    refs.write("5")  # the peak restarts here: building the ledger above does not count
+start, cpu = time.perf_counter(), time.process_time()
+ledger_report(ledger, Path(sys.argv[1]))
+seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+with open("/proc/self/status") as status:
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) * 1024
+print(seconds, cpu, (peak - before) / 2**20)
+"""
+
+
+@pytest.mark.slow
+def test_a_million_row_report_stays_light(tmp_path):
+    """A 10⁶-row ledger (19 columns, 152 MB in memory) in a fresh process: at most 120 MB
+    more at its peak and 30 s (measured: about 60 MB and 6 s on 2 busy cores), and PNGs of at
+    most 300 kB: every curve is drawn as BINS groups."""
+    out = subprocess.run(
+        [sys.executable, "-c", MILLION_ROWS, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    ).stdout.split()
+    seconds, cpu, extra_mb = (float(x) for x in out)
+    assert extra_mb < 100 and cpu < 20, (extra_mb, cpu, seconds)
+    for png in tmp_path.glob("*.png"):
+        assert png.stat().st_size < 300_000, png
+    html = (tmp_path / "report.html").read_text()
+    assert f"1000000 rows: each curve is the mean of {BINS} groups" in html
+    assert html.count('src="data:image/png;base64,') == 6  # the layers too

@@ -143,7 +143,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _simulate(args: argparse.Namespace) -> int:
     from . import systems
     from .dynamics import Dynamics
-    from .report import plot_ledger
+    from .figures import plot_ledger
     from .simulate import SimulationDiverged, simulate
 
     potential, q0 = systems.named(args.system, args.dim)

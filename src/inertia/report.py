@@ -1,269 +1,369 @@
-"""Figures (matplotlib, no global pyplot state), self-contained HTML pages, and the report of a
-ledger file (`inertia report`): inertia − inertia₀ = −dissipated + injected + residual
-(docs/theory.md §3), with the heavy ball's noise floor (§4) where the ledger has a noise estimate.
+"""The report of a ledger (`inertia report`): inertia − inertia₀ = −dissipated + injected +
+residual (docs/theory.md §3), with the heavy ball's noise floor (§4) where the run has a noise
+estimate and its map has friction, as figures (`inertia.figures`) on a self-contained page
+(`inertia.page`). A run that blew up is drawn up to its divergence, on the scales of its rows
+before the blow-up.
 """
 
 from __future__ import annotations
 
-import base64
 import html
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import matplotlib
-import numpy.typing as npt
-import torch
-from torch import Tensor
-
-matplotlib.use("Agg")  # files only: never open a window
+import numpy as np
 from matplotlib.axes import Axes
-from matplotlib.figure import Figure
+from matplotlib.colors import to_hex
 
-from .energy import BOOKS, ENERGIES, Ledger
+from .energy import BOOKS, Ledger
+from .figures import BINS, COLORS, ESCAPE, Array, binned, curve, figure, span_of, stack_ledger
+from .page import embed_png, number, write_page
 from .theory import heavy_ball_noise_floor
 
-COLORS: dict[str, str] = {
-    "kinetic": "#1f77b4",
-    "potential": "#ff7f0e",
-    "inertia": "#222222",
-    "dissipated": "#2ca02c",
-    "injected": "#d62728",
-    "residual": "#9467bd",
-}
+REGIMES = {1: ("#f2b134", "edge of stability"), 2: ("#d62728", "diverging")}  # `regime` column
+FLAGS = ((1, "#d62728", "non-finite loss"), (2, "#777777", "skipped step"))  # `flag` column
+SEGMENTS = 8  # per-layer panels: the segments with the largest mean
+TAB20 = matplotlib.colormaps["tab20"]
 
 
-@contextmanager
-def figure(
-    path: Path, ncols: int = 1, nrows: int = 1, *, width: float = 5.0, height: float = 3.6
-) -> Iterator[Any]:
-    """Yield the axes of a new figure (one `Axes`, or an array of them) and save it as a PNG at
-    `path` on exit."""
-    fig = Figure(figsize=(width * ncols, height * nrows), layout="tight")
-    axes = fig.subplots(nrows, ncols, squeeze=False)
-    yield axes.ravel() if axes.size > 1 else axes[0, 0]
-    for ax in axes.ravel():
-        if ax.get_legend() is None and ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8, frameon=False)
-        ax.grid(alpha=0.25)
-    fig.savefig(path, dpi=110)
+def _finite(x: Array) -> Array:
+    """x with its non-finite values as NaN."""
+    return np.where(np.isfinite(x), x, np.nan)
 
 
-def plot_ledger(ledger: Ledger, path: Path, *, title: str = "") -> Path:
-    """Energies (left) and cumulative ledger terms (right) against time: a training run's 1-D
-    columns as they are; a simulation's mean over paths, with the band across paths (min–max
-    below 20 paths, else 5–95%)."""
-    t = ledger.t.numpy()
-    with figure(path, ncols=2) as (energies, books):
-        for ax, names in ((energies, ENERGIES), (books, BOOKS)):
-            for name in names:
-                column = ledger[name]
-                values = column if column.dim() == 2 else column[:, None]
-                ax.plot(t, values.mean(1).numpy(), color=COLORS[name], label=name)
-                if values.shape[1] > 1:
-                    low, high = (
-                        (values.amin(1), values.amax(1))
-                        if values.shape[1] < 20
-                        else (values.quantile(0.05, dim=1), values.quantile(0.95, dim=1))
-                    )
-                    ax.fill_between(
-                        t, low.numpy(), high.numpy(), color=COLORS[name], alpha=0.15, linewidth=0
-                    )
-            ax.set_xlabel(ledger.time_name)
-        energies.set_ylabel("energy")
-        energies.set_title(title or "inertia I = K + L")
-        books.set_title("ledger: I − I₀ = −dissipated + injected + residual")
-    return path
+def _nanmax(x: Array) -> float:
+    """The largest finite value of x (NaN if none is)."""
+    x = x[np.isfinite(x)]
+    return float(x.max()) if len(x) else float("nan")
 
 
-def embed_png(path: Path) -> str:
-    """An <img> tag carrying the PNG itself (base64), so the HTML needs no other file."""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
+def _later_half(x: Array) -> float:
+    """The mean of the finite values of the later half of x."""
+    x = x[len(x) // 2 :]
+    return float(x[np.isfinite(x)].mean()) if bool(np.isfinite(x).any()) else float("nan")
 
 
-_STYLE = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222;
-       line-height: 1.45; padding: 0 1em; }
-h1 { margin-bottom: 0.2em; } section { border-top: 1px solid #ddd; margin-top: 2em; }
-.pass { color: #1a7f37; font-weight: 600; } .fail { color: #c62828; font-weight: 600; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-td, th { border: 1px solid #ddd; padding: 0.25em 0.6em; text-align: right; }
-td:first-child, th:first-child { text-align: left; }
-img { max-width: 100%; margin: 0.5em 0; } .law { font-family: ui-monospace, monospace;
-       background: #f6f8fa; padding: 0.4em 0.7em; display: inline-block; }
-"""
-
-# Marks each image once the browser has decoded it, so a headless browser can tell that every
-# figure rendered (data-rendered = "true") or failed ("false").
-_SCRIPT = """
-window.addEventListener("load", () => {
-  for (const img of document.images) {
-    img.dataset.rendered = String(img.complete && img.naturalWidth > 0);
-  }
-  document.body.dataset.loaded = "true";
-});
-"""
+def _range(values: Sequence[Array], positive: bool = False) -> tuple[float, float]:
+    """The smallest and largest finite (and positive) value of all arrays: (inf, −inf) if
+    none; reduced in place, without copies."""
+    low, high = np.inf, -np.inf
+    for x in values:
+        ok = np.isfinite(x) & (x > 0) if positive else np.isfinite(x)
+        low = min(low, float(np.min(x, where=ok, initial=np.inf)))
+        high = max(high, float(np.max(x, where=ok, initial=-np.inf)))
+    return low, high
 
 
-def _number(x: float | str) -> str:
-    return f"{x:.4g}" if isinstance(x, float) else html.escape(str(x))
+def _log_scale(values: Sequence[Array]) -> bool:
+    """Whether the finite values, none negative, span two decades or more."""
+    low, high = _range(values, positive=True)
+    return bool(_range(values)[0] >= 0 and low < high and high >= 100 * low)
 
 
-def write_page(path: Path, title: str, body: Sequence[str]) -> Path:
-    """A self-contained HTML page: style and the render-marking script inline, `body` parts."""
-    head = (
-        "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style><script>{_SCRIPT}</script>"
-        "</head><body>"
-    )
-    path.write_text("\n".join([head, *body, "</body></html>"]), encoding="utf-8")
-    return path
+def _limits(values: Sequence[Array], log: bool, blowup: bool) -> tuple[float, float] | None:
+    """Axis limits holding the finite values (positive ones on a log scale), with room above
+    for the start of a blow-up; None if there are none."""
+    low, high = _range(values, positive=log)
+    if low > high:
+        return None
+    if log:
+        return low / 1.3, high * (ESCAPE if blowup else 1.3)
+    pad = high - low or abs(high) or 1.0
+    return low - 0.05 * pad, high + (0.5 if blowup else 0.05) * pad
 
 
-def stack_ledger(
-    ax: Axes,
-    t: npt.ArrayLike,
-    kinetic: npt.ArrayLike,
-    potential: npt.ArrayLike,
-    dissipated: npt.ArrayLike,
-) -> None:
-    """Stacked K, L and cumulative D against t: their top is I₀ + N + R."""
-    names = ("kinetic", "potential", "dissipated")
-    ax.stackplot(
-        t,
-        kinetic,
-        potential,
-        dissipated,
-        colors=[COLORS[n] for n in names],
-        labels=list(names),
-        alpha=0.8,
-    )
+def _view(
+    ys: Sequence[Array], calm: int, log: bool, include: Sequence[float] = ()
+) -> tuple[float, float] | None:
+    """Limits for curves `ys` from their calm rows (all rows if those have no value to show),
+    with room for the start of a blow-up where later values exceed them."""
+    extra = np.array(include, dtype=np.float64)
+    limits = _limits([*(y[:calm] for y in ys), extra], log, False)
+    if limits is None:
+        return _limits([*ys, extra], log, False)
+    if _range([y[calm:] for y in ys])[1] > limits[1]:
+        return _limits([*(y[:calm] for y in ys), extra], log, True)
+    return limits
 
 
-def _mean_over_paths(ledger: Ledger) -> Ledger:
-    """A simulation's ledger averaged over its paths at each time; a training run's as it is."""
-    columns = {name: col.mean(1) if col.dim() == 2 else col for name, col in ledger.items()}
-    return Ledger(ledger.t, columns, time_name=ledger.time_name)
+def _near(y: Array, limits: tuple[float, float] | None, log: bool) -> Array:
+    """y clipped to a range around `limits`: what lies far outside is drawn leaving the view,
+    and never overflows matplotlib's transforms."""
+    if limits is None:
+        return y
+    low, high = limits
+    far = (low / 1e3, high * 1e3) if log else (11 * low - 10 * high, 11 * high - 10 * low)
+    return np.clip(y, *far)
 
 
-def _nanmax(x: Tensor) -> float:
-    """The largest value of x, NaNs left out (NaN if all are)."""
-    x = x[~x.isnan()]
-    return float(x.max()) if x.numel() else float("nan")
+class _Run:
+    """A ledger's columns as arrays (a simulation's mean over paths), its span, and the column
+    its loss is read from: `loss` if it has one, else the potential."""
 
+    def __init__(self, ledger: Ledger) -> None:
+        columns = {n: (x.mean(1) if x.dim() == 2 else x) for n, x in ledger.items()}
+        self.ledger = Ledger(ledger.t, columns, time_name=ledger.time_name)
+        self.time, self.t = ledger.time_name, ledger.t.double().numpy()
+        self.c = {name: x.double().numpy() for name, x in columns.items()}
+        self.loss = "loss" if "loss" in self.c else "potential"
+        self.span = span_of(self.t, self.c[self.loss], self.c.get("flag"))
 
-def _later_half(x: Tensor) -> float:
-    """The mean of the later half of x, NaNs left out."""
-    return float(x[len(x) // 2 :].nanmean())
+    def panel(
+        self,
+        ax: Axes,
+        curves: Sequence[tuple[str, Array, str]],
+        title: str,
+        *,
+        log: bool | None = None,
+        include: Sequence[float] = (),
+        marks: bool = False,
+    ) -> None:
+        """Curves (label, values, colour) on the rows drawn, on a log scale where they span
+        decades, limits from the calm rows; `mark`ed (with labels and flags if `marks`)."""
+        stop, calm = self.span.stop, self.span.calm
+        ys = [y[:stop] for _, y, _ in curves]
+        log = _log_scale(ys) if log is None else log
+        limits = _view(ys, calm, log, include)
+        for (label, _, color), y in zip(curves, ys, strict=True):
+            y = np.where(np.isfinite(y) & ((y > 0) if log else True), y, np.nan)
+            curve(ax, self.t[:stop], _near(y, limits, log), color, label, band=True)
+        if log:
+            ax.set_yscale("log")
+        if limits is not None:
+            ax.set_ylim(*limits)
+        ax.set_title(title)
+        self.mark(ax, labels=marks)
 
+    def mark(self, ax: Axes, *, labels: bool = False) -> None:
+        """Shade the `regime` spans, mark the blow-up and the divergence (and the flags)."""
+        span, t = self.span, self.t[: self.span.stop]
+        if "regime" in self.c and len(t):
+            tb, _, _, regime = binned(t, self.c["regime"][: span.stop])  # a group's worst
+            edges = np.flatnonzero(np.diff(np.nan_to_num(regime))) + 1
+            seen: set[int] = set()
+            for start, end in zip(np.r_[0, edges], np.r_[edges, len(tb)], strict=True):
+                if (kind := int(np.nan_to_num(regime[start]))) in REGIMES:
+                    color, name = REGIMES[kind]
+                    text = name if labels and kind not in seen else None
+                    seen.add(kind)
+                    right = tb[min(end, len(tb) - 1)]
+                    ax.axvspan(tb[start], right, color=color, alpha=0.15, lw=0, label=text)
+        for time, style, what in (
+            (span.blowup, "--", "blow-up from"),
+            (span.diverged, "-", "diverged at"),
+        ):
+            if time is not None:
+                text = f"{what} {self.time} {time:g}" if labels else None
+                ax.axvline(time, color="#d62728", ls=style, lw=1.2, label=text)
+        for value, color, label in FLAGS if labels and "flag" in self.c else ():
+            times = t[self.c["flag"][: span.stop] == value]  # ticks at the bottom
+            times = times[np.linspace(0, len(times) - 1, min(len(times), BINS)).astype(np.intp)]
+            if len(times):
+                axis = ax.get_xaxis_transform()
+                ax.plot(times, 0.02 + 0 * times, "|", c=color, ms=10, label=label, transform=axis)
+        if len(t) and span.right > self.t[0]:
+            ax.set_xlim(self.t[0], span.right + 0.01 * (span.right - self.t[0]))
+        ax.set_xlabel(self.time)
 
-def ledger_report(path: Path, out: Path) -> Path:
-    """Figures of a ledger CSV (`Ledger.read_csv`) and a self-contained `report.html` in `out`.
-
-    Stacked ledger (K + L + D = I₀ + N + R), kinetic against potential, kinetic energy with the
-    noise floor E[K] = h²tr(C)/(2B(1 − μ²)), μ = 1 − γh (`theory.heavy_ball_noise_floor`) where
-    the ledger has a noise estimate, and the stability margin with alarms marked where it has
-    one. A simulation's ledger is averaged over its paths.
-    """
-    ledger = _mean_over_paths(Ledger.read_csv(path))
-    time_name = ledger.time_name
-    c = {name: ledger[name].numpy() for name in (time_name, *ledger)}  # for matplotlib
-    t = c[time_name]
-    out.mkdir(parents=True, exist_ok=True)
-    figures = []
-    fig_path = out / "ledger_stack.png"
-    with figure(fig_path, ncols=2) as (stack, books):
-        stack_ledger(stack, t, c["kinetic"], c["potential"], c["dissipated"])
-        stack.plot(
-            t,
-            (ledger["inertia"][0] + ledger["injected"] + ledger["residual"]).numpy(),
-            color="black",
-            lw=1,
-            label="I₀ + injected + residual",
-        )
+    def stack(self, stack: Axes, books: Axes) -> None:
+        """K, L and D stacked (binned means) under I₀ + N + R; injected and residual."""
+        c, stop, calm, t = self.c, self.span.stop, self.span.calm, self.t[: self.span.stop]
+        top = (c["inertia"][0] + c["injected"] + c["residual"])[:stop]
+        k, p, d = (_finite(c[n][:stop]) for n in ("kinetic", "potential", "dissipated"))
+        limits = _view([k + p + d, top, p, np.zeros(1)], calm, False)
+        parts = (binned(t, _near(x, limits, False))[1] for x in (k, p, d))
+        stack_ledger(stack, binned(t, k)[0], *parts)
+        label = "I₀ + injected + residual"
+        curve(stack, t, _near(_finite(top), limits, False), "black", label, band=False)
+        if limits is not None:
+            stack.set_ylim(*limits)
         stack.set_title("K + L + D = I₀ + N + R")
-        for name in ("injected", "residual"):
-            books.plot(t, c[name], color=COLORS[name], label=name)
-        books.set_title("injected and residual (cumulative)")
-        for ax in (stack, books):
-            ax.set_xlabel(time_name)
-    figures.append(fig_path)
-    fig_path = out / "phase.png"
-    with figure(fig_path) as ax:
-        points = ax.scatter(c["potential"], c["kinetic"], c=t, s=6, cmap="viridis")
-        ax.figure.colorbar(points, ax=ax, label=time_name)
-        ax.set_xlabel("potential L")
-        ax.set_ylabel("kinetic K")
-        ax.set_title("kinetic against potential")
-    figures.append(fig_path)
-    inertia = ledger["inertia"]
+        self.mark(stack)
+        curves = [(n, c[n], COLORS[n]) for n in ("injected", "residual")]
+        self.panel(books, curves, "injected and residual (cumulative)", log=False)
+
+    def phase(self, ax: Axes) -> None:
+        """Kinetic against potential energy, coloured by time (at most 4000 rows, evenly)."""
+        stop, calm = self.span.stop, self.span.calm
+        rows = np.unique(np.linspace(0, stop - 1, min(stop, 4000)).astype(np.intp))
+        keep = np.ones(len(rows), dtype=bool)
+        for x, axis in ((self.c["potential"], ax.xaxis), (self.c["kinetic"], ax.yaxis)):
+            log = _log_scale([x[:stop]])
+            limits = _view([x[:stop]], calm, log)
+            keep &= np.isfinite(x[rows]) & ((x[rows] > 0) if log else True)
+            if limits is not None:
+                keep &= (x[rows] >= limits[0]) & (x[rows] <= limits[1])
+                (ax.set_xlim if axis is ax.xaxis else ax.set_ylim)(*limits)
+            if log:
+                (ax.set_xscale if axis is ax.xaxis else ax.set_yscale)("log")
+        rows = rows[keep]
+        x, y = self.c["potential"][rows], self.c["kinetic"][rows]
+        points = ax.scatter(x, y, c=self.t[rows], s=6, cmap="viridis")
+        ax.figure.colorbar(points, ax=ax, label=self.time)
+        ax.set(xlabel="potential L", ylabel="kinetic K", title="kinetic against potential")
+
+
+def _floor(c: dict[str, Array]) -> tuple[Array, Array] | None:
+    """The heavy ball's E[K] and E[L − L*] (docs/theory.md §4) on the rows where the law
+    applies: a noise estimate and friction (γ > 0, 0 ≤ μ = 1 − γh < 1), and where the ledger
+    has a `metric` column, the identity metric (0; Adam's and RMSprop's diagonal M, whose heat
+    is h²tr(M⁻¹C)/(2B), are not); None on none (a generic optimizer has γ = 0, μ = 1)."""
+    if not all(name in c for name in ("noise_trace", "gamma", "h")):
+        return None
+    h, noise, gamma = c["h"], c["noise_trace"], c["gamma"]
+    mu = 1.0 - gamma * h
+    applies = np.isfinite(noise) & np.isfinite(h) & (gamma > 0) & (mu >= 0) & (mu < 1)
+    applies &= c["metric"] == 0 if "metric" in c else True
+    if not applies.any():
+        return None
+    kinetic, loss = heavy_ball_noise_floor(h, noise, np.where(applies, mu, 0.0))
+    return np.where(applies, kinetic.numpy(), np.nan), np.where(applies, loss.numpy(), np.nan)
+
+
+def _segments(c: dict[str, Array], calm: int) -> dict[str, list[str]]:
+    """Per-layer columns `<quantity>/<segment>` by quantity, the largest mean first."""
+    groups: dict[str, list[str]] = {}
+    for name in c:
+        if "/" in name:
+            groups.setdefault(name.partition("/")[0], []).append(name)
+
+    def size(name: str) -> float:
+        x = c[name][:calm]
+        return -float(np.abs(x[np.isfinite(x)]).mean()) if bool(np.isfinite(x).any()) else 0.0
+
+    return {q: sorted(names, key=size) for q, names in sorted(groups.items())}
+
+
+def ledger_report(path: str | Path | Ledger, out: Path) -> Path:
+    """Figures of a ledger (a CSV file, read by `Ledger.read_csv`, or a `Ledger`) and a
+    self-contained `report.html` in `out`.
+
+    A training run: its loss (the `loss` column, else the potential) and learning rate; the
+    stacked ledger (K + L + D = I₀ + N + R) with injected and residual; kinetic against
+    potential; the kinetic energy, with its noise floor E[K] = h²tr(C)/(2B(1 − μ²)),
+    μ = 1 − γh (`theory.heavy_ball_noise_floor`) where the floor applies (`_floor`), beside the
+    noise tr(C)/B; the stability margin with its alarms; per-layer columns
+    `<quantity>/<segment>`, the `SEGMENTS` largest of each quantity. The `regime` column is
+    shaded (1: edge of stability, 2: diverging). A simulation (averaged over its paths): the
+    stacked ledger and kinetic against potential. Values spanning two decades or more are on
+    log scales.
+    """
+    ledger = path if isinstance(path, Ledger) else Ledger.read_csv(path)
+    title = "ledger" if isinstance(path, Ledger) else Path(path).name
+    run = _Run(ledger)
+    c, t, span = run.c, run.t, run.span
+    out.mkdir(parents=True, exist_ok=True)
+    figures, notes = [], []
+
+    def draw(name: str, ncols: int = 1, nrows: int = 1, **size: float) -> Any:
+        figures.append(out / name)
+        return figure(out / name, ncols, nrows, **size)
+
+    if "lr" in c:  # a training run
+        with draw("training.png", ncols=2) as (loss_ax, lr_ax):
+            name = "loss" if run.loss == "loss" else "potential L = loss + (wd/2)‖θ‖²"
+            run.panel(loss_ax, [(run.loss, c[run.loss], COLORS["potential"])], name, marks=True)
+            run.panel(lr_ax, [("lr", c["lr"], "#444444")], "learning rate (first group)")
+    with draw("ledger_stack.png", ncols=2) as (stack, books):
+        run.stack(stack, books)
+    with draw("phase.png") as ax:
+        run.phase(ax)
+    closure, inertia = np.abs(run.ledger.closure_error().double().numpy()), c["inertia"]
     findings: dict[str, float] = {
         "rows": float(len(t)),
         "inertia first": float(inertia[0]),
         "inertia last": float(inertia[-1]),
-        **{name: float(ledger[name][-1]) for name in BOOKS},
-        "closure |I − I₀ + D − N − R| / max |I|": _nanmax(ledger.closure_error().abs())
-        / max(_nanmax(inertia.abs()), 1e-300),
+        **{book: float(c[book][-1]) for book in BOOKS},
+        "closure |I − I₀ + D − N − R| / max |I|": _nanmax(closure)
+        / max(_nanmax(np.abs(inertia)), 1e-300),
     }
-    noise = all(name in ledger for name in ("noise_trace", "gamma", "h"))
-    if noise and bool(ledger["noise_trace"].isfinite().any()):
-        h = ledger["h"]
-        kinetic_floor, loss_floor = heavy_ball_noise_floor(
-            h, ledger["noise_trace"], 1.0 - ledger["gamma"] * h
+    measured = "noise_trace" in c and bool(np.isfinite(c["noise_trace"]).any())
+    floor = _floor(c)
+    if "lr" in c:
+        with draw(
+            "kinetic.png" if floor is None else "noise_floor.png", ncols=1 + measured
+        ) as axes:
+            curves = [("kinetic K", c["kinetic"], COLORS["kinetic"])]
+            if floor is not None:
+                curves.append(("predicted floor h²tr(C)/(2B(1 − μ²))", floor[0], "black"))
+            name = "kinetic energy" + ("" if floor is None else " and its noise floor")
+            run.panel(axes[0] if measured else axes, curves, name)
+            if measured:
+                run.panel(
+                    axes[1],
+                    [("tr(C)/B", c["noise_trace"], COLORS["injected"])],
+                    "gradient noise tr(C)/B",
+                )
+    if floor is not None:
+        findings["kinetic, later half (measured)"] = _later_half(c["kinetic"])
+        findings["kinetic, later half (predicted)"] = _later_half(floor[0])
+        findings["excess loss floor h²tr(C)/(4B(1 − μ)), later half"] = _later_half(floor[1])
+    elif measured:
+        notes.append(
+            "No noise floor: its law h²tr(C)/(2B(1 − μ²)) is that of a heavy ball with friction "
+            "in the identity metric, which this run's map is not (a generic optimizer: γ = 0, "
+            "μ = 1; Adam, RMSprop: a diagonal metric)."
         )
-        kinetic = ledger["kinetic"]
-        fig_path = out / "noise_floor.png"
-        with figure(fig_path) as ax:
-            ax.semilogy(
-                t,
-                kinetic.where(kinetic > 0, torch.nan).numpy(),  # K₀ = 0 has no logarithm
-                color=COLORS["kinetic"],
-                lw=0.8,
-                label="kinetic K",
-            )
-            ax.semilogy(
-                t,
-                kinetic_floor.numpy(),
-                color="black",
-                lw=1,
-                label="predicted floor h²tr(C)/(2B(1 − μ²))",
-            )
-            ax.set_xlabel(time_name)
-            ax.set_title("kinetic energy and its noise floor")
-        figures.append(fig_path)
-        findings["kinetic, later half (measured)"] = _later_half(kinetic)
-        findings["kinetic, later half (predicted)"] = _later_half(kinetic_floor)
-        findings["excess loss floor h²tr(C)/(4B(1 − μ)), later half"] = _later_half(loss_floor)
-    if "margin" in ledger and bool(ledger["margin"].isfinite().any()):
-        alarm = ledger["alarm"] > 0 if "alarm" in ledger else torch.zeros(len(t), dtype=torch.bool)
-        fig_path = out / "margin.png"
-        with figure(fig_path) as ax:
-            ax.plot(t, c["margin"], color="#1f77b4", label="stability margin")
+    if "margin" in c and bool(np.isfinite(c["margin"]).any()):
+        alarm = c["alarm"] > 0 if "alarm" in c else np.zeros(len(t), dtype=bool)
+        with draw("margin.png") as ax:
+            curves = [("stability margin", c["margin"], "#1f77b4")]
+            run.panel(ax, curves, "stability margin h²λ̂/(2(1 + μ))", include=(1.0,))
             ax.axhline(1.0, color="#d62728", ls="--", lw=0.8, label="threshold")
             if bool(alarm.any()):
-                first = float(ledger.t[alarm][0])
+                first = float(t[alarm][0])
                 ax.axvline(
-                    first, color="#d62728", lw=1.5, label=f"first alarm ({time_name} {first:g})"
+                    first, color="#d62728", lw=1.5, label=f"first alarm ({run.time} {first:g})"
                 )
-            ax.set_xlabel(time_name)
-            ax.set_title("stability margin h²λ̂/(2(1 + μ))")
-        figures.append(fig_path)
         findings["alarm rows"] = float(alarm.sum())
-    if "flag" in ledger:  # the monitor's flags: 1 a non-finite loss, 2 a skipped step
-        findings["non-finite losses"] = float((ledger["flag"] == 1).sum())
-        findings["skipped steps"] = float((ledger["flag"] == 2).sum())
+    groups = _segments(c, span.calm)
+    if groups:
+        segments = [n.partition("/")[2] for n in c if "/" in n]  # one colour each, in order
+        color = {s: to_hex(TAB20(i % 20)) for i, s in enumerate(dict.fromkeys(segments))}
+        with draw("layers.png", nrows=len(groups), width=10.0, height=3.2) as axes:
+            for ax, (quantity, names) in zip(np.atleast_1d(axes), groups.items(), strict=True):
+                shown = [n.partition("/")[2] for n in names[:SEGMENTS]]
+                curves = [(s, c[f"{quantity}/{s}"], color[s]) for s in shown]
+                more = (
+                    f", the {len(shown)} of {len(names)} largest" if len(names) > len(shown) else ""
+                )
+                run.panel(ax, curves, f"{quantity} per segment{more}")
+                ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=7, frameon=False)
+    if "flag" in c:  # the monitor's flags: 1 a non-finite loss, 2 a skipped step
+        findings["non-finite losses"] = float((c["flag"] == 1).sum())
+        findings["skipped steps"] = float((c["flag"] == 2).sum())
+    for kind, (_, label) in REGIMES.items() if "regime" in c else ():
+        findings[f"rows at the {label}" if kind == 1 else f"rows {label}"] = float(
+            (c["regime"] == kind).sum()
+        )
+    if span.diverged is not None:
+        findings[f"diverged at {run.time}"] = span.diverged
+        notes.append(
+            f"The run diverged at {run.time} {span.diverged:g}: its loss is not finite from "
+            "there on."
+        )
+    if span.blowup is not None:
+        notes.append(
+            f"Its loss blew up from {run.time} {span.blowup:g}: the figures end at {run.time} "
+            f"{span.right:g}, on the scales of the rows before."
+        )
+    if len(t) > 2 * BINS:
+        notes.append(
+            f"{len(t)} rows: each curve is the mean of {BINS} groups of consecutive rows, "
+            "with their min–max band."
+        )
     rows = "".join(
-        f"<tr><td>{html.escape(k)}</td><td>{_number(v)}</td></tr>" for k, v in findings.items()
+        f"<tr><td>{html.escape(k)}</td><td>{number(v)}</td></tr>" for k, v in findings.items()
     )
-    name = Path(path).name
     return write_page(
         out / "report.html",
-        f"Energy ledger: {name}",
+        f"Energy ledger: {title}",
         [
-            f"<h1>Energy ledger of {html.escape(name)}</h1>",
+            f"<h1>Energy ledger of {html.escape(title)}</h1>",
             "<p>inertia − inertia₀ = −dissipated + injected + residual (docs/theory.md §3–4).</p>",
+            *(f"<p>{html.escape(note)}</p>" for note in notes),
             f"<table><tr><th>quantity</th><th>value</th></tr>{rows}</table>",
             *(embed_png(p) for p in figures),
         ],

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from .. import report, systems
+from .. import figures, systems
 from ..dynamics import Dynamics
 from ..simulate import Trajectory, simulate
 from .checks import AtMost, Check
@@ -67,7 +67,7 @@ def compute(cfg: DemoConfig) -> Conservation:
 def plot(result: Conservation, out: Path) -> list[Path]:
     """K, L and I against t for t ≤ 20, quadratic (left) and double well (right)."""
     path = out / "e1_conservation.png"
-    with report.figure(path, ncols=2) as axes:
+    with figures.figure(path, ncols=2) as axes:
         for ax, traj, name in (
             (axes[0], result.quadratic, "quadratic (λ = 1, 4)"),
             (axes[1], result.well, "double well"),
@@ -76,7 +76,7 @@ def plot(result: Conservation, out: Path) -> list[Path]:
             t = traj.t[shown].numpy()
             for col in ("kinetic", "potential", "inertia"):
                 ax.plot(
-                    t, getattr(traj, col)[shown, 0].numpy(), color=report.COLORS[col], label=col
+                    t, getattr(traj, col)[shown, 0].numpy(), color=figures.COLORS[col], label=col
                 )
             ax.set_title(f"{name}: I is constant")
             ax.set_xlabel("t")

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import report, systems
+from .. import figures, systems
 from ..dynamics import Dynamics, Potential
 from ..simulate import SimulationDiverged, Trajectory, simulate
 from .checks import AtLeast, AtMost, Check, Within
@@ -108,7 +108,7 @@ def compute(cfg: DemoConfig) -> Integrators:
 def plot(result: Integrators, out: Path) -> list[Path]:
     """Energy error against t (left) and against the step h, log–log (right)."""
     path = out / "e2_integrators.png"
-    with report.figure(path, ncols=2) as (ax_t, ax_h):
+    with figures.figure(path, ncols=2) as (ax_t, ax_h):
         for name, (t, err) in result.curves.items():
             ax_t.semilogy(t[1:], np.maximum(err[1:], 1e-16), label=name, linewidth=1)
         ax_t.set_ylim(1e-12, 1e2)

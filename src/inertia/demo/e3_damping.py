@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import report, systems, theory
+from .. import figures, systems, theory
 from ..dynamics import Dynamics
 from ..simulate import Trajectory, simulate
 from .checks import Check, Within
@@ -87,7 +87,7 @@ def compute(cfg: DemoConfig) -> Damping:
 def plot(result: Damping, out: Path) -> list[Path]:
     """Simulated, exact and envelope I per regime; the stacked ledger, light and critical."""
     paths = [out / "e3_damping.png", out / "e3_ledger.png"]
-    with report.figure(paths[0], ncols=3, width=4.2) as axes:
+    with figures.figure(paths[0], ncols=3, width=4.2) as axes:
         for ax, (name, (traj, exact, env)) in zip(axes, result.runs.items(), strict=True):
             t = traj.t.numpy()
             ax.semilogy(t, exact, color="black", lw=1, zorder=3, label="exact law")
@@ -98,11 +98,11 @@ def plot(result: Damping, out: Path) -> list[Path]:
             ax.set_ylim(max(1e-14, float(exact.min()) / 10), 1)
             ax.set_title(f"{name}: γ = {REGIMES[name]}")
             ax.set_xlabel("t")
-    with report.figure(paths[1], ncols=2) as axes:
+    with figures.figure(paths[1], ncols=2) as axes:
         for ax, name in zip(axes, ("light", "critical"), strict=True):
             traj = result.runs[name][0]
             t = traj.t.numpy()
-            report.stack_ledger(
+            figures.stack_ledger(
                 ax,
                 t,
                 traj.kinetic[:, 0].numpy(),

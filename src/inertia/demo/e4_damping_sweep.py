@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import report, systems, theory
+from .. import figures, systems, theory
 from ..dynamics import Dynamics
 from ..simulate import simulate
 from .checks import AtMost, Check, Within
@@ -86,7 +86,7 @@ def compute(cfg: DemoConfig) -> DampingSweep:
 def plot(result: DampingSweep, out: Path) -> list[Path]:
     """Measured decay rate against γ, with the law, γ* and the envelope's claim rate = γ."""
     path = out / "e4_damping_sweep.png"
-    with report.figure(path) as ax:
+    with figures.figure(path) as ax:
         fine = np.linspace(0.05, result.gammas.max(), 400)
         ax.plot(
             fine,

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import report, systems, theory
+from .. import figures, systems, theory
 from ..dynamics import Dynamics
 from ..simulate import Estimate, Trajectory, simulate
 from .checks import AtMost, Check
@@ -98,7 +98,7 @@ def plot(result: Noise, out: Path) -> list[Path]:
     """Heating with its 95% band; relaxation to the floor; the floor against σ²/γ and d."""
     paths = [out / f"e5_{name}.png" for name in ("heating", "relaxation", "floor")]
     heat, n = result.heat, result.heat.paths
-    with report.figure(paths[0]) as ax:
+    with figures.figure(paths[0]) as ax:
         low, high = heat.confidence(0.95)["inertia"]
         t = heat.t.numpy()
         ax.fill_between(t, low.numpy(), high.numpy(), alpha=0.25, color="#1f77b4", label="95% band")
@@ -106,7 +106,7 @@ def plot(result: Noise, out: Path) -> list[Path]:
         ax.plot(t, mean, color="#1f77b4", label=f"Monte Carlo mean ({n} paths)")
         ax.plot(t, result.law.numpy(), "--", color="black", label="exact: I₀ + ½ d σ² t")
         ax.set(xlabel="t", ylabel="E[I]", title="γ = 0, double well: noise heats, for any loss")
-    with report.figure(paths[1]) as ax:
+    with figures.figure(paths[1]) as ax:
         colors = ("#1f77b4", "#2ca02c", "#d62728")
         for color, (s, (traj, est, exact, closed)) in zip(
             colors, result.relax.items(), strict=True
@@ -120,7 +120,7 @@ def plot(result: Noise, out: Path) -> list[Path]:
         ax.set_ylim(0, 1.5 * theory.stationary_inertia(2, GAMMA, max(result.relax)))
         ax.legend(fontsize=7, ncol=3, loc="upper center", frameon=False)
         ax.set_title(f"relaxation to the floor dT (γ = {GAMMA}); bands: MC ± 2 SE")
-    with report.figure(paths[2], ncols=2) as (ax_t, ax_d):
+    with figures.figure(paths[2], ncols=2) as (ax_t, ax_d):
         by_temp = [f for f in result.floors if f[0] == 2]
         x = np.array([s * s / g for _, g, s, *_ in by_temp])
         by_dim = sorted((f for f in result.floors if f[1:3] == (1.0, 0.5)), key=lambda f: f[0])

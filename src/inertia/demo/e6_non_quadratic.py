@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .. import report, systems, theory
+from .. import figures, systems, theory
 from ..dynamics import Dynamics, Potential
 from ..simulate import simulate
 from .checks import AtMost, Check, Within
@@ -86,7 +86,7 @@ def compute(cfg: DemoConfig) -> NonQuadratic:
 def plot(result: NonQuadratic, out: Path) -> list[Path]:
     """Per loss: I − L* against the envelope (top), balance residual / (I₀ − L*) (bottom)."""
     path = out / "e6_nonquadratic.png"
-    with report.figure(path, ncols=3, nrows=2, width=4.2, height=3.2) as axes:
+    with figures.figure(path, ncols=3, nrows=2, width=4.2, height=3.2) as axes:
         for i, (name, (t, excess, env, residual)) in enumerate(result.curves.items()):
             top, bottom = axes[i], axes[3 + i]
             top.semilogy(t, np.maximum(excess, 1e-16), color="#1f77b4", label="simulated I − L*")

@@ -7,7 +7,7 @@ import html
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..report import embed_png, write_page
+from ..page import embed_png, write_page
 from .core import Outcome
 
 TITLE = "Computational inertia: the demonstration"
