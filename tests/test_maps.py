@@ -1,48 +1,47 @@
-"""Each optimizer map against the dynamics it claims (docs/theory.md §3–§4).
+"""Each optimizer map and the books it keeps, against the dynamics it claims (docs/theory.md
+§3–§4, the books of issue 15).
 
-The monitor books residual += ΔI + ΔD − ΔN, so its books close by construction whatever the
-map. These tests check the residual itself against expectations derived from each optimizer's
-update rule and computed from recorded parameters, gradients and optimizer state, never from
-the monitor.
+Every expectation here is computed from recorded parameters θ_k, gradients g_k = ∇L(θ_k),
+losses L(θ_k) and the optimizer's state and hyper-parameters after each step, with the map
+written out from each optimizer's update rule, never from the monitor's own columns.
 
-Notation. Step k takes θ_k to θ_{k+1}, Δθ_k = θ_{k+1} − θ_k. The booked potential is
-Φ = L + (wd/2)‖θ‖², G_k = ∇Φ(θ_k). The map of step k says h_k, μ and the metric M_k (read after
-the step); the monitor books K_{k+1} = ½ Δθ_kᵀM_kΔθ_k/h_k² and one step's friction
-(1 − μ_k²)K_k, μ_k = μ h_k/h_{k−1} (μ for an optimizer whose velocity is physical), so
+**The books** (per parameter group; step k takes θ_k → θ_{k+1} and is booked at row k + 1).
+The map of step k: h_k, μ, the metric M_k (read after the step), the coupled weight decay wd
+(in the potential Φ = L + (wd/2)‖θ‖², G = g + wd θ) and a decoupled decay ηλ (AdamW: not in
+Φ). The step the momentum carries is Δθ'_k = θ_{k+1} − θ_k + ηλθ_k, the velocity
+u_k = Δθ'_k/h_k, K_{k+1} = ½u_kᵀM_ku_k (K_0 = 0), I = K + Φ,
 
-    ΔR_k = K_{k+1} − μ_k² K_k + Φ_{k+1} − Φ_k.
+    P_k = ⟨−Δθ'_{k−1}, G_k⟩ (P_0 = 0),   shadow H̃ = I + ½P,   q_k = h_k/h_{k−1} (q_0 = 1),
+    schedule   += (q² − 1)(K_k + ½P_k)               (velocity Δθ/η; physical: ½(q − 1)P_k)
+    dissipated += q²[(1 − μ²)K_k + ½(1 − μ)P_k]       (physical: (1 − μ²)K_k + ½(1 − μ)qP_k)
+                  + ½μ(1 + μ)⟨Δθ_{k−1}, G_k − G_{k−1}⟩  (Nesterov; first step −½μ⟨−Δθ_0, G_0⟩)
+    decay      += ½ηλ(⟨θ_k, g_k⟩ + ⟨θ_k, g_{k+1}⟩)
+    residual   += ΔI + Δdissipated + Δdecay − Δinjected − Δschedule.
 
-**Exact residual.** Let the optimizer's step be a heavy ball in the metric with some force F_k,
-written out from its update rule (not from the map):
+**What the residual must hold.** Let E_k = ΔR_k + ½(P_{k+1} − P_k) be the change of the shadow
+energy the books leave unexplained, and T_k = Φ_{k+1} − Φ_k − ½⟨G_k + G_{k+1}, Δθ_k⟩ the
+trapezoid remainder of the potential (0 on a quadratic, −(1/12)Φ'''[Δθ_k]³ + … otherwise).
+For the heavy ball in gradient units, Δθ_k = μ(η_k/η_{k−1})Δθ_{k−1} − h_k²G_k, i.e.
+u_k = μq_ku_{k−1} − h_kG_k:
 
-    q_k = μ_k q_{k−1} − h_k F_k,   q_k = M_kΔθ_k/h_k     (the momentum accumulates forces)
+    K_{k+1} = μ²q²K_k + μq²P_k + ½h²‖G_k‖²,   Φ_{k+1} − Φ_k = T_k − ½P_{k+1} − ½μq²P_k − ½h²‖G_k‖²,
 
-Then K_{k+1} = ½q_kᵀM_k⁻¹q_k and, expanding q_k and Φ_{k+1} − Φ_k = ⟨G_k, Δθ_k⟩ + T_k,
+so Δ(I + ½P) = T_k − (1 − μ²q²)K_k − ½(1 − μq²)P_k, which is exactly what the books take,
+q²[(1 − μ²)K_k + ½(1 − μ)P_k] − (q² − 1)(K_k + ½P_k): a change of h rescales u → qu and the
+shadow term with it (½P → ½q²P), and the schedule book holds both. The same expansion for
+each update rule gives, exactly and for any loss (`shadow_leak`; checked to round-off below):
 
-    ΔR_k = T_k − ½h_k² F_kᵀM_k⁻¹F_k + ½μ_k² q_{k−1}ᵀ(M_k⁻¹ − M_{k−1}⁻¹)q_{k−1} + ⟨G_k − F_k, Δθ_k⟩
-           curvature   kick                moving metric                        unbooked work
+    SGD, RMSprop with μ = 0, InertiaSGD:   E_k = T_k
+    Adam, AdamW (m accumulates g):         E_k = T_k − ½μq⟨u_{k−1}, ΔM_k u_k⟩
+    RMSprop (buf accumulates M⁻¹G):        E_k = T_k + ½μ²q²⟨u_{k−1}, ΔM_k u_{k−1}⟩
+    Nesterov:                              E_k = T_k + ½μ⟨G_k − G_{k−1}, Δθ_{k−1} − Δθ_k⟩, E_0 = T_0
 
-exactly, for any loss: T_k = Φ_{k+1} − Φ_k − ⟨G_k, Δθ_k⟩ = ½Δθ_kᵀ∇²ΦΔθ_k + O(Δθ³) is the
-Taylor remainder. If the velocity accumulates preconditioned steps instead, u_k = μ_k u_{k−1} −
-h_k M_k⁻¹F_k with u = Δθ/h (RMSprop), the same algebra with K_{k+1} = ½u_kᵀM_ku_k gives the
-moving-metric term ½μ_k² u_{k−1}ᵀ(M_k − M_{k−1})u_{k−1}. With M = Id and F = G this is the
-familiar ΔR_k = ½Δθ_kᵀAΔθ_k − ½h²‖g_k‖² of the heavy ball on a quadratic. The maps:
-
-- SGD (lr η, momentum μ, dampening τ): h = sqrt(η(1 − τ)), M = Id, F_k = G_k, except
-  F_0 = G_0/(1 − τ): torch's first buffer is the undampened gradient.
-- SGD with Nesterov: h = sqrt(η), M = Id, F_k = G_k + μ(G_k − G_{k−1}), G_{−1} = 0 (the
-  look-ahead's Hessian-driven damping, ≈ G_k + μh∇²Φu_{k−1}).
-- Adam (coupled wd): h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)), μ = β₁, M_k = sqrt(v̂_k) + ε, F_k = G_k.
-- AdamW (decay λ): h, μ, M as Adam, F_k = g_k + (c_kM_kθ_k − μ_k c_{k−1}M_{k−1}θ_{k−1})/h_k,
-  c = ηλ/h, with g = ∇L (the decay is not in the gradient) and G = g + λθ (it is booked).
-- RMSprop (velocity form): h = sqrt(η), M_k = sqrt(v_k) + ε (centred: sqrt(v_k − ḡ_k²) + ε),
-  F_k = G_k.
-- InertiaSGD: the h of the step taken, μ (0 for a braked step; no rescaling: its velocity
-  is physical), M = Id, F_k = G_k.
-
-AdamW's decay −ηλθ_k bypasses the momentum and the metric: in q it is the force λM_kθ_k
-(steady state), while the booked potential's force is λθ_k. The difference does the unbooked
-work ⟨λ(I − M)θ, Δθ⟩ (see `test_adamw_decay_does_work_its_booked_potential_does_not_explain`).
+with ΔM_k = M_k − M_{k−1}, and E_0 = T_0 + ½ητ‖G_0‖²/(1 − τ) for dampened SGD, whose first
+buffer is g, not (1 − τ)g. For AdamW the decay's work cancels, Φ_{k+1} − Φ_k =
+T_k + ⟨Ḡ_k, Δθ'_k⟩ − decay_k with Ḡ_k = ½(G_k + G_{k+1}), and the rest is Adam's. So on a
+quadratic every heavy-ball map's residual is −½P_k = inertia − shadow at every row, with a
+schedule or InertiaSGD's brake too (it does not accumulate); Adam and RMSprop with momentum
+add their moving metric, O(lr²) a step; on a smooth loss T_k = O(h³).
 """
 
 from __future__ import annotations
@@ -152,22 +151,25 @@ class MislabelledSGD(torch.optim.SGD):
 
 
 @dataclass
-class Dynamics:
-    """What an update rule does, step by step (k = 0 … n − 1), in the notation above."""
+class Rule:
+    """An update rule written as a kick–drift map, step by step (k = 0 … n − 1)."""
 
-    h: Tensor  # (n,)
-    momentum: Tensor  # (n,) μ_k, the factor on q_{k−1} (or u_{k−1})
-    force: Tensor  # (n, d) F_k
-    weight_decay: float = 0.0  # the booked potential's wd
-    metric: Tensor | None = None  # (n, d) M_k; None: identity
-    accumulates: str = "force"  # "force": q_k = μq − hF; "step": u_k = μu − hM⁻¹F
+    h: Tensor  # (n,) h_k
+    momentum: Tensor  # (n,) μ of step k
+    weight_decay: float = 0.0  # coupled: in the potential
+    decoupled: Tensor | None = None  # (n,) ηλ of step k (AdamW)
+    metric: Tensor | None = None  # (n, d) M_k after step k; None: identity
+    velocity: str = "gradient"  # "gradient": u = Δθ/h rescaled by q; "physical": InertiaSGD's
+    metric_kind: str = ""  # "force" (Adam: m accumulates g) or "step" (RMSprop: M⁻¹G)
+    nesterov: bool = False
+    dampening: float = 0.0  # SGD's τ: its first buffer is g, not (1 − τ)g
 
-
-def _rescaled(momentum: float, h: Tensor) -> Tensor:
-    """μ_k = μ h_k/h_{k−1}: a buffer in gradient units carries Δθ/h over a change of h."""
-    mu = torch.full_like(h, momentum)
-    mu[1:] *= h[1:] / h[:-1]
-    return mu
+    @property
+    def ratio(self) -> Tensor:
+        """q_k = h_k/h_{k−1} (1 at k = 0)."""
+        q = torch.ones_like(self.h)
+        q[1:] = self.h[1:] / self.h[:-1]
+        return q
 
 
 def _lrs(run: Run) -> Tensor:
@@ -177,12 +179,8 @@ def _lrs(run: Run) -> Tensor:
 def _sgd(run, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, **_):
     tau = dampening if momentum > 0 else 0.0
     h = (_lrs(run) * (1.0 - tau)).sqrt()
-    force = run.grad + weight_decay * run.theta
-    if nesterov:  # θ_{k+1} − θ_k = μΔθ_{k−1} − η(G_k + μ(G_k − G_{k−1})), from g + μ·buf
-        force = force + momentum * (force - torch.cat([torch.zeros_like(force[:1]), force[:-1]]))
-    elif momentum > 0:
-        force[0] = force[0] / (1.0 - tau)  # the first buffer is G_0, not (1 − τ)G_0
-    return Dynamics(h, _rescaled(momentum, h), force, weight_decay)
+    mu = torch.full_like(h, momentum)
+    return Rule(h, mu, weight_decay, nesterov=nesterov, dampening=tau)
 
 
 def _adam(run, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, decoupled=False, **_):
@@ -190,16 +188,12 @@ def _adam(run, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, *, decoupled=Fals
     t = torch.tensor([float(a["step"]) for a in run.after], dtype=F64)
     lr = _lrs(run)
     h = (lr * (1.0 - b1) / (1.0 - b1**t)).sqrt()
-    mu = _rescaled(b1, h)
     v_hat = torch.stack([a["exp_avg_sq"] for a in run.after]) / (1.0 - b2**t)[:, None]
     metric = v_hat.sqrt() + eps
-    if not decoupled:
-        return Dynamics(h, mu, run.grad + weight_decay * run.theta, weight_decay, metric)
-    pull = (lr * weight_decay / h)[:, None] * metric * run.theta  # c_k M_k θ_k
-    carried = mu[1:, None] * pull[:-1]  # μ_k c_{k−1} M_{k−1} θ_{k−1}
-    force = run.grad + pull / h[:, None]
-    force[1:] -= carried / h[1:, None]
-    return Dynamics(h, mu, force, weight_decay, metric)
+    mu = torch.full_like(h, b1)
+    if decoupled:
+        return Rule(h, mu, decoupled=lr * weight_decay, metric=metric, metric_kind="force")
+    return Rule(h, mu, weight_decay, metric=metric, metric_kind="force")
 
 
 def _rmsprop(run, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, **_):
@@ -207,14 +201,14 @@ def _rmsprop(run, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, **_)
     v = torch.stack([a["square_avg"] for a in run.after])
     if centered:
         v = v - torch.stack([a["grad_avg"] for a in run.after]) ** 2
-    force = run.grad + weight_decay * run.theta
-    return Dynamics(h, _rescaled(momentum, h), force, weight_decay, v.sqrt() + eps, "step")
+    mu = torch.full_like(h, momentum)
+    return Rule(h, mu, weight_decay, metric=v.sqrt() + eps, metric_kind="step")
 
 
 def _inertia_sgd(run, momentum=0.9, weight_decay=0.0, **_):
     h = torch.tensor([a["h"] for a in run.after], dtype=F64)
     mu = torch.tensor([0.0 if a["braked"] else momentum for a in run.after], dtype=F64)
-    return Dynamics(h, mu, run.grad + weight_decay * run.theta, weight_decay)
+    return Rule(h, mu, weight_decay, velocity="physical")
 
 
 @dataclass(frozen=True)
@@ -237,50 +231,280 @@ class Map:
         }[self.kind]
         return make(params, lr=self.lr, **self.options)
 
-    def dynamics(self, run: Run) -> Dynamics:
+    def rule(self, run: Run) -> Rule:
         """The rule the map claims: a mislabelled SGD claims SGD's."""
         if self.kind == "mislabelled":
             return _sgd(run, momentum=self.options["momentum"])
-        rule = {
+        make = {
             "sgd": _sgd,
             "adam": _adam,
             "adamw": lambda run, **o: _adam(run, decoupled=True, **{"weight_decay": 1e-2, **o}),
             "rmsprop": _rmsprop,
             "inertia-sgd": _inertia_sgd,
         }[self.kind]
-        return rule(run, **self.options)
+        return make(run, **self.options)
 
 
-def residual_terms(run: Run, dyn: Dynamics) -> dict[str, Tensor]:
-    """The four terms of ΔR_k (module docstring), k = 0 … n − 2, from the run and the rule."""
-    wd, theta = dyn.weight_decay, run.theta
-    grad = run.grad + wd * theta
-    phi = run.loss + 0.5 * wd * theta.pow(2).sum(1)
-    delta = theta[1:] - theta[:-1]
-    metric = dyn.metric if dyn.metric is not None else torch.ones_like(theta)
-    h, force, mu = dyn.h[:-1], dyn.force[:-1], dyn.momentum[:-1]
-    u = delta / h[:, None]  # u_k = Δθ_k/h_k
-    moving = torch.zeros_like(h)
-    if dyn.accumulates == "force":
-        q = metric[:-1] * u
-        change = 1.0 / metric[1:-1] - 1.0 / metric[:-2]  # M_k⁻¹ − M_{k−1}⁻¹, k ≥ 1
-        moving[1:] = 0.5 * mu[1:] ** 2 * (q[:-1] ** 2 * change).sum(1)
+# ----------------------------------------------------------------------------- the books
+
+
+def carried_steps(run: Run, rule: Rule) -> Tensor:
+    """Δθ'_k = θ_{k+1} − θ_k + ηλθ_k, k = 0 … n − 2: the step the momentum carries."""
+    delta = run.theta[1:] - run.theta[:-1]
+    if rule.decoupled is not None:
+        delta = delta + rule.decoupled[:-1, None] * run.theta[:-1]
+    return delta
+
+
+def power(run: Run, rule: Rule) -> Tensor:
+    """P_k = ⟨−Δθ'_{k−1}, g_k + wd θ_k⟩ (P_0 = 0), from recorded steps and gradients."""
+    force = run.grad + rule.weight_decay * run.theta
+    out = torch.zeros(len(run.loss), dtype=F64)
+    out[1:] = -(carried_steps(run, rule) * force[1:]).sum(1)
+    return out
+
+
+def books(run: Run, rule: Rule) -> dict[str, Tensor]:
+    """Every column of the ledger (no noise estimate: injected 0) from the recorded run and
+    the rule, by issue 15's formulas (module docstring)."""
+    n, theta, grad = len(run.loss), run.theta, run.grad
+    delta = carried_steps(run, rule)
+    metric = rule.metric[:-1] if rule.metric is not None else torch.ones_like(delta)
+    kinetic = torch.zeros(n, dtype=F64)
+    kinetic[1:] = 0.5 * (metric * delta * delta).sum(1) / rule.h[:-1] ** 2
+    potential = run.loss + 0.5 * rule.weight_decay * theta.pow(2).sum(1)
+    p = power(run, rule)
+    inertia = kinetic + potential
+    mu, q = rule.momentum[:-1], rule.ratio[:-1]
+    k_, p_ = kinetic[:-1], p[:-1]
+    if rule.velocity == "physical":
+        friction = (1 - mu**2) * k_ + 0.5 * (1 - mu) * q * p_
+        schedule = 0.5 * (q - 1) * p_
     else:
-        change = metric[1:-1] - metric[:-2]
-        moving[1:] = 0.5 * mu[1:] ** 2 * (u[:-1] ** 2 * change).sum(1)
+        friction = q**2 * ((1 - mu**2) * k_ + 0.5 * (1 - mu) * p_)
+        schedule = (q**2 - 1) * (k_ + 0.5 * p_)
+    if rule.nesterov:  # ½μ(1 + μ)⟨Δθ_{k−1}, G_k − G_{k−1}⟩; the first step −½μ⟨−Δθ_0, G_0⟩
+        force = grad[:-1] + rule.weight_decay * theta[:-1]
+        friction[1:] += 0.5 * mu[1:] * (1 + mu[1:]) * (delta[:-1] * force.diff(dim=0)).sum(1)
+        friction[0] += 0.5 * mu[0] * (delta[0] @ force[0])
+    decay = torch.zeros_like(k_)
+    if rule.decoupled is not None:
+        rate = rule.decoupled[:-1]
+        decay = 0.5 * rate * ((theta[:-1] * grad[:-1]).sum(1) + (theta[:-1] * grad[1:]).sum(1))
+    residual = inertia.diff() + friction + decay - schedule
+
+    def cumulative(x: Tensor) -> Tensor:
+        return torch.cat([torch.zeros(1, dtype=F64), x.cumsum(0)])
+
     return {
-        "curvature": phi[1:] - phi[:-1] - (grad[:-1] * delta).sum(1),
-        "kick": -0.5 * h**2 * (force * force / metric[:-1]).sum(1),
-        "metric": moving,
-        "work": ((grad[:-1] - force) * delta).sum(1),
+        "h": rule.h,
+        "loss": run.loss,
+        "kinetic": kinetic,
+        "potential": potential,
+        "inertia": inertia,
+        "shadow": inertia + 0.5 * p,
+        "dissipated": cumulative(friction),
+        "schedule": cumulative(schedule),
+        "decay": cumulative(decay),
+        "injected": torch.zeros(n, dtype=F64),
+        "residual": cumulative(residual),
     }
 
 
-def predicted_residual(run: Run, m: Map) -> Tensor:
-    return sum(residual_terms(run, m.dynamics(run)).values())
+def trapezoid_remainder(run: Run, rule: Rule) -> Tensor:
+    """T_k = Φ_{k+1} − Φ_k − ½⟨G_k + G_{k+1}, Δθ_k⟩: 0 on a quadratic, O(|Δθ|³) otherwise."""
+    wd, theta = rule.weight_decay, run.theta
+    phi = run.loss + 0.5 * wd * theta.pow(2).sum(1)
+    force = run.grad + wd * theta
+    return phi.diff() - 0.5 * ((force[1:] + force[:-1]) * theta.diff(dim=0)).sum(1)
 
 
-# ----------------------------------------------------------------------------- order checks
+def shadow_leak(run: Run, rule: Rule) -> Tensor:
+    """E_k, the change of the shadow energy the books leave in the residual, predicted by the
+    update rule (module docstring), k = 0 … n − 2."""
+    q, mu = rule.ratio[:-1], rule.momentum[:-1]
+    leak = trapezoid_remainder(run, rule)
+    delta = carried_steps(run, rule)
+    if rule.metric is not None:
+        u = delta / rule.h[:-1, None]  # u_k
+        change = rule.metric[1:-1] - rule.metric[:-2]  # M_k − M_{k−1}, k ≥ 1
+        if rule.metric_kind == "force":
+            moving = -0.5 * mu[1:] * q[1:] * (u[:-1] * change * u[1:]).sum(1)
+        else:
+            moving = 0.5 * (mu[1:] * q[1:]) ** 2 * (u[:-1] * change * u[:-1]).sum(1)
+        leak[1:] += moving
+    if rule.nesterov:  # the look-ahead acts on G_k − G_{k−1}, k ≥ 1
+        force = run.grad + rule.weight_decay * run.theta
+        look = force[1:-1] - force[:-2]
+        leak[1:] += 0.5 * mu[1:] * (look * (delta[:-1] - delta[1:])).sum(1)
+    if rule.dampening:
+        g0 = run.grad[0] + rule.weight_decay * run.theta[0]
+        leak[0] += (
+            0.5 * float(rule.h[0]) ** 2 * rule.dampening / (1 - rule.dampening) ** 2 * (g0 @ g0)
+        )
+    return leak
+
+
+def measured_leak(run: Run, rule: Rule) -> Tensor:
+    """E_k = ΔR_k + ½ΔP_k: the monitor's residual per step, beyond the change of the shadow
+    term P recomputed from recorded steps and gradients."""
+    return run.residual_steps + 0.5 * power(run, rule).diff()
+
+
+# ----------------------------------------------------------------------------- the columns
+
+
+def _step_lr(opt):
+    return torch.optim.lr_scheduler.StepLR(opt, 15, 0.5)
+
+
+def _sgd_map(lr, **options):
+    return Map("sgd", lr, options)
+
+
+MAPS = {
+    "sgd": (_sgd_map(0.05, momentum=0.9), None),
+    "sgd-no-momentum": (_sgd_map(0.1), None),
+    "sgd-dampening": (_sgd_map(0.05, momentum=0.8, dampening=0.3), None),
+    "sgd-weight-decay": (_sgd_map(0.05, momentum=0.9, weight_decay=0.1), None),
+    "sgd-schedule": (_sgd_map(0.08, momentum=0.9), _step_lr),
+    "nesterov": (_sgd_map(0.05, momentum=0.9, nesterov=True), None),
+    "nesterov-weight-decay": (_sgd_map(0.05, momentum=0.9, nesterov=True, weight_decay=0.3), None),
+    "adam": (Map("adam", 0.02), None),
+    "adam-l2": (Map("adam", 0.02, {"weight_decay": 0.1}), None),
+    "adamw": (Map("adamw", 0.02, {"weight_decay": 0.3, "betas": (0.9, 0.95)}), None),
+    "adamw-schedule": (Map("adamw", 0.02, {"weight_decay": 0.3}), _step_lr),
+    "rmsprop": (Map("rmsprop", 0.01), None),
+    "rmsprop-momentum": (Map("rmsprop", 0.01, {"momentum": 0.5, "weight_decay": 0.05}), None),
+    "rmsprop-centered": (Map("rmsprop", 0.01, {"momentum": 0.5, "centered": True}), None),
+    "rmsprop-schedule": (Map("rmsprop", 0.01, {"momentum": 0.5}), _step_lr),
+    "inertia-sgd": (Map("inertia-sgd", 0.05, {"momentum": 0.9, "restart": False}), None),
+    "inertia-sgd-braking": (Map("inertia-sgd", 0.5, {"momentum": 0.9}), None),
+    "inertia-sgd-schedule": (Map("inertia-sgd", 0.08, {"weight_decay": 0.1}), _step_lr),
+}
+COLUMNS = ("h", "loss", "kinetic", "potential", "inertia", "shadow")
+COLUMNS += ("dissipated", "schedule", "decay", "injected", "residual")
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("name", list(MAPS))
+def test_books_equal_values_from_recorded_parameters_and_state(name, loss):
+    """Every column of issue 15's books, recomputed from θ_k, g_k, L(θ_k) and the optimizer's
+    state (Adam's exp_avg_sq and step, RMSprop's square_avg and grad_avg, InertiaSGD's h and
+    brake) with the map written out from the update rule: h, μ, the metric after the step,
+    the coupled decay in the potential, AdamW's decoupled decay as work and its own
+    displacement left out of the velocity."""
+    m, schedule = MAPS[name]
+    run = train(m.optimizer, 40, LOSSES[loss], schedule)
+    rule = m.rule(run)
+    expected = books(run, rule)
+    for column in COLUMNS:
+        scale = max(1.0, float(expected[column].abs().max()))
+        torch.testing.assert_close(
+            run.ledger[column], expected[column], rtol=0, atol=1e-12 * scale, msg=column
+        )
+    assert float(expected["dissipated"][-1]) > 0 and float(expected["kinetic"][1:].min()) > 0
+    if m.kind == "adamw":
+        assert float(expected["decay"].abs()[-1]) > 1e-4  # AdamW's decay is booked as work
+        torch.testing.assert_close(run.ledger["potential"], run.loss, rtol=0, atol=0)
+    if rule.velocity != "physical" and ("schedule" in name or m.kind == "adam"):
+        assert float(expected["schedule"].abs()[-1]) > 1e-4
+    torch.testing.assert_close(  # I − I₀ = −dissipated − decay + injected + schedule + residual
+        run.ledger.closure_error(), torch.zeros(40, dtype=F64), rtol=0, atol=1e-14
+    )
+
+
+# ----------------------------------------------------------------------------- the shadow
+
+HEAVY_BALL = {  # constant h: SGD, and RMSprop without momentum (its moving metric drops out)
+    "sgd": MAPS["sgd"][0],
+    "sgd-no-momentum": MAPS["sgd-no-momentum"][0],
+    "sgd-dampening": MAPS["sgd-dampening"][0],
+    "sgd-weight-decay": MAPS["sgd-weight-decay"][0],
+    "rmsprop": MAPS["rmsprop"][0],
+    "inertia-sgd": MAPS["inertia-sgd"][0],
+}
+CHANGING_H = ("sgd-schedule", "inertia-sgd-braking", "inertia-sgd-schedule")
+
+
+@pytest.mark.parametrize("name", [*HEAVY_BALL, *CHANGING_H])
+def test_on_a_quadratic_the_residual_is_the_shadow_term(name):
+    """For a heavy-ball map on a quadratic the friction booked is the exact dissipation of the
+    shadow energy H̃ = I + ½P: the residual is ½P_0 − ½P_k = inertia − shadow at every row,
+    to round-off, over 300 steps (it does not accumulate), with P_k = ⟨−Δθ_{k−1}, G_k⟩ from
+    the recorded steps and gradients. Dampened SGD from its second step on (torch starts the
+    buffer at g: its first step is not the map's). A schedule and InertiaSGD's brake too:
+    the schedule book holds the rescaled shadow term (module docstring)."""
+    m, schedule = MAPS[name]
+    run = train(m.optimizer, 300, quadratic, schedule)
+    p = power(run, m.rule(run))
+    start = 1 if m.options.get("dampening") else 0
+    residual = run.ledger["residual"][start:] - run.ledger["residual"][start]
+    scale = float(run.ledger["inertia"].abs().max())
+    torch.testing.assert_close(residual, -0.5 * (p[start:] - p[start]), rtol=0, atol=1e-13 * scale)
+    gap = (run.ledger["inertia"] - run.ledger["shadow"])[start:]
+    torch.testing.assert_close(residual, gap - gap[0], rtol=0, atol=1e-13 * scale)
+    assert float(run.residual_steps.abs().max()) > 1e-3 * scale  # a residual to explain
+
+
+@pytest.mark.parametrize("loss", list(LOSSES))
+@pytest.mark.parametrize("name", list(MAPS))
+def test_residual_per_step_is_the_update_rules_prediction(name, loss):
+    """E_k = ΔR_k + ½ΔP_k, the monitor's residual per step beyond the shadow term's change,
+    equals the update rule's prediction (module docstring) to round-off, for every map on
+    both losses: the trapezoid remainder T_k, the moving metric of Adam and RMSprop with
+    momentum, Nesterov's look-ahead beyond the booked ½μ(1 + μ)⟨Δθ, Δg⟩, what a change of h
+    leaves, and dampened SGD's first step. A map off in h or μ misses by the energy of a step
+    (`test_a_wrong_map_fails_the_shadow_identity`)."""
+    m, schedule = MAPS[name]
+    run = train(m.optimizer, 60, LOSSES[loss], schedule)
+    rule = m.rule(run)
+    measured, predicted = measured_leak(run, rule), shadow_leak(run, rule)
+    scale = max(1.0, float(run.ledger["inertia"].abs().max()))
+    assert float((measured - predicted).abs().max()) < 1e-12 * scale, measured - predicted
+    assert float(run.residual_steps.abs().max()) > 1e-4  # there is a residual to predict
+    if rule.metric is not None and float(rule.momentum[0]) > 0:
+        assert float(measured.abs().max()) > 1e-3  # the moving metric's part is not 0
+    if name == "inertia-sgd-braking":
+        assert any(a["braked"] for a in run.after)  # the brake fired: μ = 0 and a new h
+
+
+def test_dampened_sgd_first_step_is_not_the_maps():
+    """torch's SGD starts its buffer at G_0, not (1 − τ)G_0, so the first step moves η‖G_0‖
+    where the map's heavy ball (h² = η(1 − τ)) moves η(1 − τ)‖G_0‖: K_1 is 1/(1 − τ) times the
+    map's, and the first step leaves ½ητ‖G_0‖²/(1 − τ) beyond the trapezoid remainder in the
+    residual; one O(lr) step, harmless to the order, visible in the books."""
+    lr, tau = 0.05, 0.3
+    m = _sgd_map(lr, momentum=0.8, dampening=tau)
+    run = train(m.optimizer, 5, bumpy)
+    rule = m.rule(run)
+    g0 = float(run.grad[0] @ run.grad[0])
+    first = float(measured_leak(run, rule)[0] - trapezoid_remainder(run, rule)[0])
+    assert first == pytest.approx(0.5 * lr * g0 * tau / (1 - tau), rel=1e-12)
+    assert float(run.ledger["kinetic"][1]) == pytest.approx(0.5 * lr * g0 / (1 - tau), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "options", [{"lr_factor": 1.5}, {"momentum_power": 2.0}], ids=["lr", "momentum"]
+)
+def test_a_wrong_map_fails_the_shadow_identity(options):
+    """SGD whose step takes 1.5× its group's lr (or friction μ² for μ) while the map reads lr
+    and μ: on a quadratic its residual is no longer the shadow term; the same subclass with
+    the right lr and momentum is exact."""
+    right = Map("mislabelled", 0.05, {"momentum": 0.9})
+    run = train(right.optimizer, 60)
+    assert float(measured_leak(run, right.rule(run)).abs().max()) < 1e-13
+    wrong = Map("mislabelled", 0.05, {"momentum": 0.9, **options})
+    run = train(wrong.optimizer, 60)
+    miss = measured_leak(run, wrong.rule(run)).abs().max()
+    assert float(miss) > 0.1 * float(run.residual_steps.abs().max())
+
+
+# ----------------------------------------------------------------------------- SGD family order
+
+GAMMA, HORIZON = 1.0, 4.0  # friction γ and physical time t = kh of the SGD-family order runs
+SGD_LRS = [0.002, 0.001, 0.0005, 0.00025]
+SGD_TOLERANCE = 0.15
 
 
 def fitted_slope(lrs, values) -> float:
@@ -288,7 +512,7 @@ def fitted_slope(lrs, values) -> float:
     return float(np.polyfit(np.log(lrs), np.log(values), 1)[0])
 
 
-def residual_order(make_map, lrs, *, time, step_time, measure, loss_fn=quadratic):
+def residual_order(make_map, lrs, *, time, step_time, measure, loss_fn=bumpy):
     """The order p of `measure(run, map)` ∝ lrᵖ: one run per learning rate, each over the
     same physical time `time` (the run at lr takes round(time/step_time(map)) steps).
     Returns (p, the measured values)."""
@@ -300,94 +524,9 @@ def residual_order(make_map, lrs, *, time, step_time, measure, loss_fn=quadratic
     return fitted_slope(lrs, values), values
 
 
-def mean_step_residual(run: Run, m: Map) -> float:
-    """Mean |ΔR_k| over the steps of the run: the residual per step."""
-    return float(run.residual_steps.abs().mean())
-
-
-def mean_beyond_kick(run: Run, m: Map) -> float:
-    """Mean |ΔR_k − kick_k − work_k|: the residual per step beyond its O(lr) terms."""
-    terms = residual_terms(run, m.dynamics(run))
-    return float((run.residual_steps - terms["kick"] - terms["work"]).abs().mean())
-
-
-# ----------------------------------------------------------------------------- exact residual
-
-
-def _step_lr(opt):
-    return torch.optim.lr_scheduler.StepLR(opt, 15, 0.5)
-
-
-EXACT = {
-    "sgd": (Map("sgd", 0.05, {"momentum": 0.9}), None),
-    "sgd-no-momentum": (Map("sgd", 0.1), None),
-    "sgd-dampening": (Map("sgd", 0.05, {"momentum": 0.8, "dampening": 0.3}), None),
-    "sgd-weight-decay": (Map("sgd", 0.05, {"momentum": 0.9, "weight_decay": 0.1}), None),
-    "sgd-schedule": (Map("sgd", 0.08, {"momentum": 0.9}), _step_lr),
-    "nesterov": (Map("sgd", 0.05, {"momentum": 0.9, "nesterov": True}), None),
-    "adam": (Map("adam", 0.02), None),
-    "adam-l2": (Map("adam", 0.02, {"weight_decay": 0.1}), None),
-    "adamw": (Map("adamw", 0.02, {"weight_decay": 0.3, "betas": (0.9, 0.95)}), None),
-    "adamw-schedule": (Map("adamw", 0.02, {"weight_decay": 0.3}), _step_lr),
-    "rmsprop": (Map("rmsprop", 0.01), None),
-    "rmsprop-momentum": (Map("rmsprop", 0.01, {"momentum": 0.5, "weight_decay": 0.05}), None),
-    "rmsprop-centered": (Map("rmsprop", 0.01, {"momentum": 0.5, "centered": True}), None),
-    "inertia-sgd-braking": (Map("inertia-sgd", 0.5, {"momentum": 0.9}), None),
-    "inertia-sgd-schedule": (Map("inertia-sgd", 0.08, {"weight_decay": 0.1}), _step_lr),
-}
-
-
-@pytest.mark.parametrize("loss", list(LOSSES))
-@pytest.mark.parametrize("name", list(EXACT))
-def test_residual_per_step_is_the_update_rules_prediction(name, loss):
-    """ΔR_k = curvature + kick + moving metric + unbooked work (module docstring), to round-off:
-    the monitor's h, μ, rescaling μh_k/h_{k−1} and metric (read after the step) are exactly
-    those of each update rule. A map off in any of them (`test_a_wrong_map_fails_…`) misses
-    by the energy of a step."""
-    m, schedule = EXACT[name]
-    run = train(m.optimizer, 60, LOSSES[loss], schedule)
-    measured, predicted = run.residual_steps, predicted_residual(run, m)
-    scale = max(1.0, float(run.ledger["inertia"].abs().max()))
-    assert float((measured - predicted).abs().max()) < 1e-12 * scale, measured - predicted
-    assert float(measured.abs().max()) > 1e-4  # there is a residual to predict
-    if name == "inertia-sgd-braking":
-        assert any(a["braked"] for a in run.after)  # the brake fired: μ = 0 and a new h
-
-
-def test_dampened_sgd_first_step_is_not_the_maps():
-    """torch's SGD starts its buffer at G_0, not (1 − τ)G_0, so the first step moves η‖G_0‖
-    where the map's heavy ball (h² = η(1 − τ)) moves η(1 − τ)‖G_0‖: the first residual is
-    η‖G_0‖²(2τ − 1)/(2(1 − τ)) + T_0 instead of −½η(1 − τ)‖G_0‖² + T_0, off by
-    η‖G_0‖²τ²/(2(1 − τ)): one O(lr) step, harmless to the order, visible in the books."""
-    lr, tau = 0.05, 0.3
-    m = Map("sgd", lr, {"momentum": 0.8, "dampening": tau})
-    run = train(m.optimizer, 5)
-    g0 = float(run.grad[0] @ run.grad[0])
-    curvature = residual_terms(run, m.dynamics(run))["curvature"][0]
-    first = float(run.residual_steps[0] - curvature)
-    assert first == pytest.approx(lr * g0 * (2 * tau - 1) / (2 * (1 - tau)), rel=1e-12)
-    off = first + 0.5 * lr * (1 - tau) * g0  # against the map's own first step
-    assert off == pytest.approx(lr * g0 * tau**2 / (2 * (1 - tau)), rel=1e-12)
-
-
-@pytest.mark.parametrize(
-    "options", [{"lr_factor": 1.5}, {"momentum_power": 2.0}], ids=["lr", "momentum"]
-)
-def test_a_wrong_map_fails_the_exact_prediction(options):
-    right = Map("mislabelled", 0.05, {"momentum": 0.9})
-    run = train(right.optimizer, 60)
-    assert float((run.residual_steps - predicted_residual(run, right)).abs().max()) < 1e-12
-    wrong = Map("mislabelled", 0.05, {"momentum": 0.9, **options})
-    run = train(wrong.optimizer, 60)
-    miss = (run.residual_steps - predicted_residual(run, wrong)).abs().max()
-    assert float(miss) > 0.1 * float(run.residual_steps.abs().max())
-
-
-# ----------------------------------------------------------------------------- SGD family order
-
-GAMMA, HORIZON = 1.0, 4.0  # friction γ and physical time t = kh of the SGD-family order runs
-SGD_LRS = [0.002, 0.001, 0.0005, 0.00025]
-SGD_TOLERANCE = 0.15
+def mean_leak(run: Run, m: Map) -> float:
+    """Mean |E_k| over the run: the residual per step beyond the shadow term's change."""
+    return float(measured_leak(run, m.rule(run)).abs().mean())
 
 
 def _at_fixed_friction(kind: str, dampening: float = 0.0, **options):
@@ -411,38 +550,31 @@ FIXED_FRICTION = {
     "sgd-weight-decay": _at_fixed_friction("sgd", weight_decay=0.5),
     "nesterov": _at_fixed_friction("sgd", nesterov=True),
     "inertia-sgd": _at_fixed_friction("inertia-sgd", restart=False),
+    "nesterov-weight-decay": _at_fixed_friction("sgd", nesterov=True, weight_decay=0.5),
 }
 
 
-@pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("name", list(FIXED_FRICTION))
-def test_heavy_ball_residual_per_step_shrinks_at_first_order_in_lr(name, loss):
-    """SGD-family maps discretise θ̈ + γθ̇ + ∇Φ = 0 in t = kh only if γ = (1 − μ)/h is held
-    fixed as h → 0 (μ = e^{−γh}); at fixed μ the ODE itself changes with h (γ → ∞: see
-    `test_at_fixed_momentum_the_residual_is_a_fixed_share_of_the_potential_drop`). So the
-    comparison is over the same physical time t = kh ∈ [0, 4], per step. There u = Δθ/h =
-    O(1) and, by the exact terms, ΔR_k = ½h²(u_kᵀ∇²Φu_k − ‖G_k‖²) + O(h³) = O(h²) = O(lr) per
-    step: order 1 in lr (h² = η(1 − τ)). Summed over the T/h steps this is the O(h) energy
-    error of a first-order (symplectic Euler) integrator. Nesterov: its unbooked work
-    −μ⟨G_k − G_{k−1}, Δθ_k⟩ ≈ −h²μu_{k−1}ᵀ∇²Φu_k (Hessian-driven damping) is O(h²) per step
-    as well, so also order 1, but dissipative on a convex loss (it drifts rather than
-    oscillates), and its ODE differs from the heavy ball's at O(h),
-    θ̈ + (γ + hμ∇²Φ)θ̇ + ∇Φ = 0: a larger pre-asymptotic correction.
+def test_heavy_ball_residual_beyond_the_shadow_is_third_order_in_h(name):
+    """On a smooth non-quadratic loss the residual per step beyond the shadow term's change,
+    E_k = ΔR_k + ½ΔP_k, is O(h³) = O(lr^{3/2}) for the SGD family.
 
-    Tolerance: the fit over lr = 0.002 … 0.00025 is 1 − O(h): measured 0.983–0.997 for the
-    heavy ball and InertiaSGD, 0.91–0.93 for Nesterov (its deviation shrinks with h). 0.15
-    covers these and stays below half the distance to the order ½ of a map whose h or μ is
-    wrong (an O(h) error per step, measured 0.495 and 0.503:
-    `test_a_wrong_map_fails_the_order_check`)."""
+    The maps discretise θ̈ + γθ̇ + ∇Φ = 0 in t = kh only if γ = (1 − μ)/h is held fixed as
+    h → 0 (μ = e^{−γh}), so the runs cover the same physical time t = kh ∈ [0, 4]. There
+    u = Δθ/h = O(1) and E_k = T_k, the trapezoid remainder of Φ, −(1/12)Φ'''[Δθ]³ = O(h³);
+    dampened SGD's first step adds O(h²) once, O(h³) in the mean over T/h steps; Nesterov's
+    ½μ⟨Δg_k, Δθ_{k−1} − Δθ_k⟩ = O(h)·O(h)·O(h) as well (Δθ_k − Δθ_{k−1} = O(h²)).
+
+    Tolerance: measured 1.500–1.514 for the heavy ball and InertiaSGD, 1.436 and 1.433 for
+    Nesterov without and with weight decay (pre-asymptotic, its ODE differs at O(h)). 0.15
+    covers these and stays below half the distance to the order 1 of an O(h²)-a-step leak
+    (Nesterov with its look-ahead booked on g instead of g + wd θ measured 0.97) and far from
+    the order ½ of a map whose h or μ is wrong
+    (`test_a_wrong_map_fails_the_order_check`)."""
     order, values = residual_order(
-        FIXED_FRICTION[name],
-        SGD_LRS,
-        time=HORIZON,
-        step_time=_h,
-        measure=mean_step_residual,
-        loss_fn=LOSSES[loss],
+        FIXED_FRICTION[name], SGD_LRS, time=HORIZON, step_time=_h, measure=mean_leak
     )
-    assert order == pytest.approx(1.0, abs=SGD_TOLERANCE), values
+    assert order == pytest.approx(1.5, abs=SGD_TOLERANCE), values
 
 
 @pytest.mark.parametrize(
@@ -450,9 +582,10 @@ def test_heavy_ball_residual_per_step_shrinks_at_first_order_in_lr(name, loss):
 )
 def test_a_wrong_map_fails_the_order_check(options):
     """SGD whose step takes 1.5× its group's lr (or friction μ² for μ): the map's u = Δθ/h and
-    friction (1 − μ²)K no longer describe the motion, and the residual per step is O(h) (the
-    work of the unbooked 0.5·∇Φ, or the unbooked friction ≈ 2γhK), order ½ in lr, not 1.
-    The same subclass with the right lr and momentum passes."""
+    friction no longer describe the motion, and the residual per step beyond the shadow term
+    is O(h) (the unbooked work ½μP_k of the extra 0.5·∇Φ, or the unbooked friction
+    ≈ 2γhK), order ½ in lr (measured 0.499 and 0.489), not 3/2. The same subclass with the
+    right lr and momentum passes."""
 
     def mislabelled(**extra):
         def make(lr: float) -> Map:
@@ -462,28 +595,24 @@ def test_a_wrong_map_fails_the_order_check(options):
         return make
 
     def order(make):
-        return residual_order(make, SGD_LRS, time=HORIZON, step_time=_h, measure=mean_step_residual)
+        return residual_order(make, SGD_LRS, time=HORIZON, step_time=_h, measure=mean_leak)
 
     right, _ = order(mislabelled())
     wrong, values = order(mislabelled(**options))
-    assert right == pytest.approx(1.0, abs=SGD_TOLERANCE)
+    assert right == pytest.approx(1.5, abs=SGD_TOLERANCE)
     assert wrong == pytest.approx(0.5, abs=SGD_TOLERANCE), values
-    assert abs(wrong - 1.0) > 2 * SGD_TOLERANCE
 
 
 # ----------------------------------------------------------------------------- adaptive maps
 
-BETAS, EPS = (0.9, 0.9), 0.1  # fixed as lr → 0 (why these: the test's docstring)
+BETAS, EPS = (0.9, 0.7), 0.1  # fixed as lr → 0 (why these: the test's docstring)
 ADAPTIVE_LRS = [0.01, 0.005, 0.0025, 0.00125]
 ADAPTIVE_TOLERANCE = 0.2
 
 ADAPTIVE = {
     "adam": lambda lr: Map("adam", lr, {"betas": BETAS, "eps": EPS}),
     "adamw": lambda lr: Map("adamw", lr, {"betas": BETAS, "eps": EPS, "weight_decay": 0.5}),
-    "rmsprop": lambda lr: Map("rmsprop", lr, {"alpha": BETAS[1], "eps": EPS}),
-    "rmsprop-momentum": lambda lr: Map(
-        "rmsprop", lr, {"alpha": BETAS[1], "eps": EPS, "momentum": 0.5}
-    ),
+    "rmsprop-momentum": lambda lr: Map("rmsprop", lr, {"alpha": 0.5, "eps": EPS, "momentum": 0.5}),
 }
 
 
@@ -495,42 +624,38 @@ def _flow_time(m: Map) -> float:
     return m.lr * (1.0 - m.options.get("dampening", 0.0) if mu > 0 else 1.0) / (1.0 - mu)
 
 
-@pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("name", list(ADAPTIVE))
-def test_adaptive_residual_beyond_the_kick_shrinks_at_second_order_in_lr(name, loss):
-    """Adam, AdamW and RMSprop at fixed β: the residual per step minus its O(lr) kick (and
-    AdamW's unbooked work) is O(lr²).
+def test_adaptive_residual_beyond_the_shadow_is_second_order_in_lr(name):
+    """Adam, AdamW and RMSprop with momentum at fixed β on the quadratic: the residual per
+    step beyond the shadow term's change is their moving metric (exact above), O(lr²).
 
     As lr → 0 at fixed β the step is overdamped, γ = (1 − β₁)/h → ∞: there is no fixed ODE in
     t = kh. The limit is the preconditioned flow θ̇ = −M⁻¹∇Φ/(1 − μ) in t = kh²/(1 − μ) (= kη
     for Adam), so the runs cover the same flow time t ∈ [0, 1], per step. There Δθ = O(lr),
-    q = MΔθ/h = O(lr^½), and M changes by O(lr) a step once the EMA windows (1/(1 − β₂)
-    steps) are short against the flow's time scale. Per step, from the exact terms:
-    kick −½h²FᵀM⁻¹F = O(lr); AdamW's work ⟨G − F, Δθ⟩ = O(lr) (0 for the others); curvature
-    ½Δθᵀ∇²ΦΔθ = O(lr²); moving metric ½μ²q'ᵀ(M_k⁻¹ − M_{k−1}⁻¹)q' = O(lr)·O(lr) = O(lr²)
-    (RMSprop: ½μ²u'ᵀ(M_k − M_{k−1})u', u = O(lr^½)). So the moving metric is second order,
-    but the kick is not: it is a fixed share of the potential drop (next test). The mean over
-    the run is taken: RMSprop's v, without bias correction, warms up over ~1/(1 − α) steps
-    where M changes by O(1) a step; those steps' metric terms are O(lr) each but fixed in
-    number, O(lr²) in the mean (in the maximum they would show order 1).
+    u = Δθ/h = O(lr^½), and M changes by O(lr) a step once the EMA window (1/(1 − β₂) steps)
+    is short against the flow's time scale: −½μq⟨u_{k−1}, ΔM u_k⟩ (Adam) and
+    ½μ²q²⟨u_{k−1}, ΔM u_{k−1}⟩ (RMSprop) are O(lr)·O(lr) = O(lr²); Adam's bias correction
+    changes h by a factor q − 1 = O(β₁ᵏ), and its ½(q² − 1)P_k = O(β₁ᵏ·lr) over a fixed number
+    of steps is O(lr²) in the mean. The moving metric is what the books of an adaptive map
+    leave: the O(lr) kick −½h²GᵀM⁻¹G that the old books left is in the friction ½(1 − μ)P.
 
-    β₂ = α = 0.9 and ε = 0.1 put lr = 0.01 … 0.00125 in the asymptotic range: the expansion
-    needs the v̂ window short against the flow (with β₂ = 0.99 the fitted order was 1.8 there)
-    and a smooth flow (ε → 0 is sign descent, not differentiable where a gradient component
-    crosses 0). Centred RMSprop is left out (its exact terms are checked above): its
-    v − ḡ² starts at α^k(1 − α^k)g² and decays only geometrically to its O(lr²) limit, a
-    transient of O(log(1/lr)) steps; its fitted order was 1.8 and falling at these lr.
+    β₂ = 0.7 (RMSprop α = 0.5) and ε = 0.1 put lr = 0.01 … 0.00125 in the asymptotic range:
+    the expansion needs the EMA window short against the flow (with β₂ = α = 0.9 the fitted
+    orders were 1.85 and 1.66 here, 1.94 and 1.86 at lr/4) and a smooth flow (ε → 0 is sign
+    descent). Centred RMSprop (exact above) is left out: its v − ḡ² decays only
+    geometrically to its O(lr²) limit (fitted 1.47). Without momentum RMSprop's metric term
+    vanishes (μ = 0: exact on the quadratic, `test_on_a_quadratic_the_residual_is_…`).
 
-    Tolerance: measured 1.88–2.05. 0.2 covers their O(lr) pre-asymptotic correction and stays
-    below half the distance to the order 1 left by a map whose metric or μ is off at every
-    step (kick + work would then miss an O(lr) part of the residual)."""
+    Tolerance: measured 2.02–2.04 (Adam, AdamW) and 1.88 (RMSprop). 0.2 covers their O(lr)
+    pre-asymptotic correction and stays below half the distance to the order 1 that an
+    unbooked kick or a metric off by O(1) would leave."""
     order, values = residual_order(
         ADAPTIVE[name],
         ADAPTIVE_LRS,
         time=1.0,
         step_time=_flow_time,
-        measure=mean_beyond_kick,
-        loss_fn=LOSSES[loss],
+        measure=mean_leak,
+        loss_fn=quadratic,
     )
     assert order == pytest.approx(2.0, abs=ADAPTIVE_TOLERANCE), values
 
@@ -539,51 +664,37 @@ def test_adaptive_residual_beyond_the_kick_shrinks_at_second_order_in_lr(name, l
 
 FIXED_MOMENTUM = {
     "sgd": (lambda lr: Map("sgd", lr), 0.01),
-    "sgd-momentum-0.5": (lambda lr: Map("sgd", lr, {"momentum": 0.5}), 0.01),
     "sgd-momentum-0.9": (lambda lr: Map("sgd", lr, {"momentum": 0.9}), 0.001),
-    "adam": (lambda lr: Map("adam", lr, {"betas": (0.5, BETAS[1]), "eps": EPS}), 0.01),
-    "rmsprop": (ADAPTIVE["rmsprop"], 0.01),
-    "rmsprop-momentum": (ADAPTIVE["rmsprop-momentum"], 0.01),
+    "adam": (lambda lr: Map("adam", lr, {"betas": (0.5, 0.9), "eps": EPS}), 0.01),
+    "rmsprop": (lambda lr: Map("rmsprop", lr, {"alpha": 0.9, "eps": EPS}), 0.01),
 }
 
 
-def _momentum(m: Map) -> float:
-    return m.options["betas"][0] if m.kind == "adam" else m.options.get("momentum", 0.0)
-
-
-@pytest.mark.parametrize("loss", list(LOSSES))
 @pytest.mark.parametrize("name", list(FIXED_MOMENTUM))
-def test_at_fixed_momentum_the_residual_is_a_fixed_share_of_the_potential_drop(name, loss):
-    """At fixed μ (β₁) the residual does not shrink as lr → 0: R(T) → (1 − μ)/2·(Φ(T) − Φ(0)).
+def test_at_fixed_momentum_the_residual_vanishes_with_lr(name):
+    """At fixed μ (β₁) as lr → 0 (the overdamped limit, over a fixed flow time
+    t = kh²/(1 − μ) on the bumpy loss) the residual is a vanishing share of the potential
+    drop: measured ≤ 0.5%, and about halving with lr.
 
-    Overdamped (lr·λ_max/M ≪ (1 − μ)²), the momentum follows the force, q ≈ −hF/(1 − μ), so
-    Δθ ≈ −h²M⁻¹F/(1 − μ) and, with F = G, the kick −½h²FᵀM⁻¹F is (1 − μ)/2 of ΔΦ ≈
-    ⟨G, Δθ⟩; curvature and moving metric are O(lr²). Over a fixed flow time t = kh²/(1 − μ)
-    the sum is (1 − μ)/2 of the potential drop: order 0 in lr. Equivalently, the booked
-    friction (1 − μ²)K is (1 + μ)/2 of the continuous law's 2γhK = 2(1 − μ)K a step
-    (docs/theory.md (D)): the ledger explains the energy only as μ → 1 at fixed γ (the
-    first-order test above). SGD and RMSprop without momentum leave half the loss drop in
-    the residual, full-batch, with exact maps. (Adam with β₁ = 0.5: with β₁ = 0.9 the
-    overdamped range needs lr ≪ 0.01·ε/λ_max.)
+    Overdamped, the momentum follows the force, u ≈ −hM⁻¹G/(1 − μ), and each step's kick
+    ½h²GᵀM⁻¹G is (1 − μ)/2 of the potential drop ⟨G, Δθ⟩: the old friction (1 − μ²)K alone
+    left that share, (1 − μ)/2 = 5–50%, in the residual at every lr. The friction
+    ½(1 − μ)P_k books it; what stays is −½P_n at the end, O(lr), the trapezoid remainders,
+    O(lr³) a step, and the moving metric, O(lr²) a step, O(lr) over the run.
 
-    Tolerances: the share converges at O(lr); measured within 0.7% of (1 − μ)/2 at the
-    smallest lr (2% allowed), closer than at the largest. The fitted order of |R(T)| is the
-    slope of a converging nonzero value, measured |p| ≤ 0.025; 0.1 allowed, far from the
-    order 1 of a residual that would vanish like the kick per step."""
+    Tolerances: |share| ≤ 1% at every lr (measured ≤ 0.17%, against 5–50% for a residual
+    holding the kick) and the share at lr/4 at most 0.4 of the share at lr (measured
+    0.22–0.32, 0.09 for Adam, whose share changes sign as its metric term and −½P_n cancel:
+    first order; a residual holding a fixed share would stay at 1)."""
     make, lr0 = FIXED_MOMENTUM[name]
-    lrs = [lr0 / 2**i for i in range(4)]
-    totals, shares = [], []
-    for lr in lrs:
+    shares = []
+    for lr in (lr0, lr0 / 2, lr0 / 4):
         m = make(lr)
-        run = train(m.optimizer, round(1.0 / _flow_time(m)) + 1, LOSSES[loss])
+        run = train(m.optimizer, round(1.0 / _flow_time(m)) + 1, bumpy)
         potential = run.ledger["potential"]
-        totals.append(float(run.ledger["residual"][-1]))
-        shares.append(totals[-1] / float(potential[-1] - potential[0]))
-    share = (1.0 - _momentum(make(lr0))) / 2.0
-    misses = [abs(s - share) for s in shares]
-    assert misses[-1] < 0.02 * share, shares
-    assert misses[-1] < misses[0], shares  # converging to it
-    assert abs(fitted_slope(lrs, [abs(t) for t in totals])) < 0.1, totals
+        shares.append(float(run.ledger["residual"][-1] / (potential[-1] - potential[0])))
+    assert max(abs(s) for s in shares) < 0.01, shares
+    assert abs(shares[-1]) < 0.4 * abs(shares[0]), shares
 
 
 # ----------------------------------------------------------------------------- AdamW's decay
@@ -592,36 +703,28 @@ TARGET = torch.tensor([1.0, -1.0, 0.5], dtype=F64)
 
 
 def shifted(theta: Tensor) -> Tensor:
-    """A quadratic whose minimum is away from 0, where the decay's potentials disagree."""
+    """A quadratic whose minimum is away from 0, where the decay does work."""
     return 0.5 * (theta - TARGET) @ A @ (theta - TARGET)
 
 
-def test_adamw_decay_does_work_its_booked_potential_does_not_explain():
-    """AdamW's decay θ ← (1 − ηλ)θ bypasses the momentum and the metric. In the monitor's
-    momentum q = MΔθ/h it is the force λMθ (steady state), while the booked potential
-    Φ = L + (λ/2)‖θ‖² says λθ: the unbooked work ⟨G − F, Δθ⟩ ≈ λ⟨(I − M)θ, Δθ⟩ is O(lr) a
-    step, the same order as Δθ, so over a fixed flow time t = kη it does not shrink: it
-    converges at O(lr) to a nonzero value (fitted order 0.11, 0.2 allowed; its share of the
-    potential drop 0.115, 0.096, 0.092, 0.090 at lr = 0.01 … 0.00125). It vanishes only
-    where M = I. AdamW comes to rest where ∇L + λMθ = 0, i.e. at the minimum of
-    L + (λ/2)θᵀMθ (M frozen), not of the booked Φ, whose gradient stays λ(I − M)θ ≠ 0 there:
-    a potential in the metric's units, (λ/2)θᵀMθ, would be consistent with the step."""
-    make = ADAPTIVE["adamw"]
-    lrs = ADAPTIVE_LRS
-    work, shares = [], []
-    for lr in lrs:
-        m = make(lr)
-        run = train(m.optimizer, round(1.0 / lr) + 1, shifted)
-        decay = m.options["weight_decay"]
-        potential = run.ledger["potential"]  # the booking this is about: L + (λ/2)‖θ‖²
-        booked = run.loss + 0.5 * decay * run.theta.pow(2).sum(1)
-        torch.testing.assert_close(potential, booked, rtol=1e-12, atol=0)
-        work.append(float(residual_terms(run, m.dynamics(run))["work"].sum()))
-        shares.append(work[-1] / float(potential[-1] - potential[0]))
-    assert abs(fitted_slope(lrs, [abs(w) for w in work])) < 0.2, work
-    assert min(shares) > 0.05, shares
-    m = make(0.01)
+def test_adamw_at_rest_its_friction_spends_what_the_decay_feeds():
+    """AdamW comes to rest where ∇L + λMθ = 0 (M frozen), away from the minimum of L: each
+    step the decay displaces θ by −ηλθ and the momentum carries it back, Δθ' = ηλθ. There
+    u = ηλθ/h, K = ½η²λ²θᵀMθ/h² = P/(2(1 − μ)) with P = ⟨−Δθ', g⟩ = ηλ²θᵀMθ, so the friction
+    (1 − μ²)K + ½(1 − μ)P = P per step, the decay's work ηλ⟨θ, g⟩ = −P per step: the ledger
+    at rest is a steady flow of energy from the decay to the friction, with nothing left in
+    the residual. Checked against ηλ²θᵀMθ from the recorded θ and Adam's state, to 1e-9 (the
+    run is at rest to |∇L + λMθ| < 1e-9). The potential is the loss alone: the decoupled
+    decay is not the gradient of (λ/2)‖θ‖² in Adam's metric."""
+    lr, decay = 0.01, 0.5
+    m = ADAPTIVE["adamw"](lr)
     run = train(m.optimizer, 1500, shifted)
-    theta, grad, metric = run.theta[-1], run.grad[-1], m.dynamics(run).metric[-1]
+    theta, grad, metric = run.theta[-1], run.grad[-1], m.rule(run).metric[-1]
     assert float((grad + decay * metric * theta).norm()) < 1e-9  # AdamW's rest point
-    assert float((grad + decay * theta).norm()) > 0.3  # not the booked potential's
+    assert float((grad + decay * theta).norm()) > 0.3  # not the rest point of L + (λ/2)‖θ‖²
+    fed = lr * decay**2 * float(theta @ (metric * theta))
+    led = run.ledger
+    torch.testing.assert_close(led["potential"], run.loss, rtol=0, atol=0)
+    assert float(led["dissipated"].diff()[-1]) == pytest.approx(fed, rel=1e-9)
+    assert float(-led["decay"].diff()[-1]) == pytest.approx(fed, rel=1e-9)
+    assert abs(float(led["residual"].diff()[-1])) < 1e-9 * fed

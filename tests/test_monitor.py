@@ -1,5 +1,12 @@
 """InertiaMonitor against values computed independently from recorded parameters
-(docs/theory.md §4; each map's residual against its update rule: tests/test_maps.py)."""
+(docs/theory.md §4; the books of issue 15, and each map's residual against its update rule:
+tests/test_maps.py).
+
+The books, per group, for step k (θ_k → θ_{k+1}, booked at row k + 1): K_{k+1} =
+½‖Δθ'_k‖²_M/h_k², P_k = ⟨−Δθ'_{k−1}, g_k + wd θ_k⟩, q_k = h_k/h_{k−1};
+dissipated += q²[(1 − μ²)K_k + ½(1 − μ)P_k], schedule += (q² − 1)(K_k + ½P_k) (InertiaSGD:
+(1 − μ²)K_k + ½(1 − μ)qP_k and schedule ½(q − 1)P_k), decay += ½ηλ(⟨θ_k, g_k⟩ + ⟨θ_k, g_{k+1}⟩)
+(AdamW), shadow = inertia + ½P."""
 
 from __future__ import annotations
 
@@ -46,36 +53,50 @@ def train(make_optimizer, steps=60, *, schedule=None, loss_fn=quadratic_loss, **
     return monitor, thetas, grads, losses
 
 
+def powers(thetas, grads, wd=0.0, decoupled=0.0) -> list[float]:
+    """P_k = ⟨−Δθ'_{k−1}, g_k + wd θ_k⟩ (P_0 = 0), Δθ'_k = θ_{k+1} − θ_k + ηλθ_k."""
+    return [0.0] + [
+        -float(
+            (thetas[k] - thetas[k - 1] + decoupled * thetas[k - 1]) @ (grads[k] + wd * thetas[k])
+        )
+        for k in range(1, len(thetas))
+    ]
+
+
+def cumulative(values) -> torch.Tensor:
+    return torch.tensor([0.0, *values], dtype=F64).cumsum(0)
+
+
 @pytest.mark.parametrize(
     ("momentum", "dampening", "wd"), [(0.9, 0.0, 0.0), (0.8, 0.3, 0.05), (0.0, 0.0, 0.1)]
 )
 def test_sgd_columns_equal_values_from_recorded_parameters(momentum, dampening, wd):
-    lr = 0.05
+    lr, n = 0.05, 60
     monitor, thetas, grads, losses = train(
         lambda p: torch.optim.SGD(p, lr=lr, momentum=momentum, dampening=dampening, weight_decay=wd)
     )
     led = monitor.ledger
     h2 = lr * (1 - dampening) if momentum > 0 else lr
     kinetic = [0.0] + [
-        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / h2 for k in range(1, 60)
+        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / h2 for k in range(1, n)
     ]
-    potential = [losses[k] + 0.5 * wd * float(thetas[k].pow(2).sum()) for k in range(60)]
-    friction = torch.tensor([(1 - momentum**2) * k for k in kinetic[:-1]], dtype=F64)
-    dissipated = [0.0, *friction.cumsum(0).tolist()]
-    shadow = [kinetic[0] + potential[0]] + [
-        kinetic[k]
-        + potential[k]
-        - 0.5 * float((thetas[k] - thetas[k - 1]) @ (grads[k] + wd * thetas[k]))
-        for k in range(1, 60)
+    potential = [losses[k] + 0.5 * wd * float(thetas[k].pow(2).sum()) for k in range(n)]
+    power = powers(thetas, grads, wd)
+    friction = [
+        (1 - momentum**2) * kinetic[k] + 0.5 * (1 - momentum) * power[k] for k in range(n - 1)
     ]
+    shadow = [kinetic[k] + potential[k] + 0.5 * power[k] for k in range(n)]
     for name, expected in [
+        ("loss", losses),
         ("kinetic", kinetic),
         ("potential", potential),
-        ("dissipated", dissipated),
+        ("dissipated", cumulative(friction)),
         ("shadow", shadow),
+        ("schedule", [0.0] * n),
+        ("decay", [0.0] * n),
     ]:
         torch.testing.assert_close(
-            led[name], torch.tensor(expected, dtype=F64), rtol=1e-10, atol=1e-13
+            led[name], torch.as_tensor(expected, dtype=F64), rtol=1e-10, atol=1e-13
         )
     torch.testing.assert_close(led["step"], torch.arange(60, dtype=F64))
     assert float(led["h"][0]) == pytest.approx(math.sqrt(h2))
@@ -91,27 +112,67 @@ def test_leapfrog_shadow_energy_is_constant_to_round_off():
     assert float(led["dissipated"][-1]) == 0.0
 
 
-def test_learning_rate_schedule_rescales_the_friction():
-    lr0, gamma_lr, mu = 0.05, 0.5, 0.9
-    monitor, thetas, _, _ = train(
+def test_learning_rate_schedule_is_booked_as_schedule_energy():
+    """A velocity kept as Δθ/η is rescaled by q = h_k/h_{k−1} when the learning rate changes:
+    and so is the shadow term ½P_k: the energy (q² − 1)(K_k + ½P_k) that adds or removes is
+    booked as `schedule`, and the friction acts
+    on the rescaled velocity, q²[(1 − μ²)K_k + ½(1 − μ)P_k] (docs/theory.md §4)."""
+    lr0, gamma_lr, mu, n = 0.05, 0.5, 0.9, 40
+    monitor, thetas, grads, _ = train(
         lambda p: torch.optim.SGD(p, lr=lr0, momentum=mu),
-        steps=40,
+        steps=n,
         schedule=lambda o: torch.optim.lr_scheduler.StepLR(o, 10, gamma_lr),
     )
-    lrs = [lr0 * gamma_lr ** (k // 10) for k in range(40)]
+    lrs = [lr0 * gamma_lr ** (k // 10) for k in range(n)]
     kinetic = [0.0] + [
-        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / lrs[k - 1] for k in range(1, 40)
+        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / lrs[k - 1] for k in range(1, n)
     ]
-    steps = [
-        (1 - (mu * math.sqrt(lrs[k - 1] / lrs[k - 2] if k >= 2 else 1.0)) ** 2) * kinetic[k - 1]
-        for k in range(1, 40)
+    power = powers(thetas, grads)
+    q2 = [1.0] + [lrs[k] / lrs[k - 1] for k in range(1, n)]
+    friction = [
+        q2[k] * ((1 - mu**2) * kinetic[k] + 0.5 * (1 - mu) * power[k]) for k in range(n - 1)
     ]
-    expected = torch.tensor([0.0, *steps], dtype=F64).cumsum(0)
+    schedule = [(q2[k] - 1) * (kinetic[k] + 0.5 * power[k]) for k in range(n - 1)]
+    led = monitor.ledger
     torch.testing.assert_close(
-        monitor.ledger["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-10, atol=1e-14
+        led["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-10, atol=1e-14
     )
-    torch.testing.assert_close(monitor.ledger["dissipated"], expected, rtol=1e-10, atol=1e-14)
-    torch.testing.assert_close(monitor.ledger["lr"], torch.tensor(lrs, dtype=F64))
+    torch.testing.assert_close(led["dissipated"], cumulative(friction), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(led["schedule"], cumulative(schedule), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(led["lr"], torch.tensor(lrs, dtype=F64))
+    assert float(led["schedule"][-1]) < 0  # a falling learning rate takes energy out
+
+
+def test_warmup_from_zero_books_the_added_energy_as_schedule():
+    """A linear warmup from lr = 0: the learning rate's rise adds energy, booked as `schedule`
+    (positive), not as negative friction; row 0, where h = 0, has γ = NaN and warns nothing,
+    and the step after it (q = h_1/h_0 with h_0 = 0) is booked with q = 1."""
+    mu, n = 0.9, 30
+
+    def warmup(opt):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, k / 10))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        monitor, thetas, grads, _ = train(
+            lambda p: torch.optim.SGD(p, lr=0.05, momentum=mu), steps=n, schedule=warmup
+        )
+    led = monitor.ledger
+    lrs = [0.05 * min(1.0, k / 10) for k in range(n)]
+    assert math.isnan(float(led["gamma"][0])) and float(led["h"][0]) == 0.0
+    kinetic = [0.0, 0.0] + [
+        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / lrs[k - 1] for k in range(2, n)
+    ]
+    power = powers(thetas, grads)
+    q2 = [1.0, 1.0] + [lrs[k] / lrs[k - 1] for k in range(2, n)]
+    friction = [
+        q2[k] * ((1 - mu**2) * kinetic[k] + 0.5 * (1 - mu) * power[k]) for k in range(n - 1)
+    ]
+    schedule = [(q2[k] - 1) * (kinetic[k] + 0.5 * power[k]) for k in range(n - 1)]
+    torch.testing.assert_close(led["dissipated"], cumulative(friction), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(led["schedule"], cumulative(schedule), rtol=1e-10, atol=1e-14)
+    assert float(led["schedule"][-1]) > 0.01  # the warmup added energy
+    assert bool((led["schedule"].diff() >= 0).all())
 
 
 def test_parameter_groups_with_different_learning_rates():
@@ -133,18 +194,17 @@ def test_parameter_groups_with_different_learning_rates():
         + 0.5 * float((history[k][1] - history[k - 1][1]).pow(2).sum()) / 0.01
     )
     assert float(monitor.ledger["kinetic"][k]) == pytest.approx(expected, rel=1e-12)
-    # Each group is its own heavy ball (tests/test_maps.py): on this separable quadratic the
-    # residual of step k is Σ_groups ½‖Δθ‖²_∇²L − ½h²‖∇L‖², with the group's own h² = lr.
-    residual = [
-        float((history[k + 1][0] - history[k][0]).pow(2).sum())  # ∇²L = 2 on a
-        + 3 * float((history[k + 1][1] - history[k][1]).pow(2).sum())  # 6 on b
-        - 0.5 * 0.1 * float((2 * history[k][0]).pow(2).sum())
-        - 0.5 * 0.01 * float((6 * history[k][1]).pow(2).sum())
-        for k in range(19)
+    # Each group is its own heavy ball (tests/test_maps.py): on this quadratic, at constant h,
+    # the residual is −½ΣP_k, P = ⟨−Δθ, ∇L⟩ per group with ∇L = 2a on a, 6b on b
+    power = [0.0] + [
+        -float((history[k][0] - history[k - 1][0]) @ (2 * history[k][0]))
+        - float((history[k][1] - history[k - 1][1]) @ (6 * history[k][1]))
+        for k in range(1, 20)
     ]
     torch.testing.assert_close(
-        monitor.ledger["residual"].diff(), torch.tensor(residual, dtype=F64), rtol=0, atol=1e-14
+        monitor.ledger["residual"], -0.5 * torch.tensor(power, dtype=F64), rtol=0, atol=1e-14
     )
+    assert max(abs(p) for p in power) > 0.1
 
 
 def test_adam_kinetic_energy_is_in_its_metric():
@@ -152,25 +212,30 @@ def test_adam_kinetic_energy_is_in_its_metric():
     theta = torch.nn.Parameter(THETA0.clone())
     opt = torch.optim.Adam([theta], lr=lr, betas=(b1, b2), eps=eps)
     monitor = InertiaMonitor(opt)
-    before = []
+    before, grads = [], []
     for _ in range(30):
         opt.zero_grad()
         loss = quadratic_loss(theta)
         loss.backward()
         before.append(theta.detach().clone())
+        grads.append(theta.grad.detach().clone())
         monitor.observe(loss)
         opt.step()
-        if len(before) == 10:  # check row 10 once step 10 ends: metric from the state after step 9
+        if len(before) == 10:  # check row 10 once step 9 ends: metric from the state after it
             v_hat = opt.state[theta]["exp_avg_sq"] / (1 - b2**10)
             delta = theta.detach() - before[-1]
             h2 = lr * (1 - b1) / (1 - b1**10)
             expected_k10 = 0.5 * float(((v_hat.sqrt() + eps) * delta * delta).sum()) / h2
     led = monitor.ledger
     assert float(led["kinetic"][10]) == pytest.approx(expected_k10, rel=1e-10)
-    # row 11 books step 10's friction on K_10: μ = β₁ rescaled by h_10/h_9 (bias corrections)
-    mu = b1 * math.sqrt((1 - b1**10) / (1 - b1**11))
+    # row 11 books step 10 (the 11th): μ = β₁, q² = h_10²/h_9² (the bias corrections)
+    q2 = (1 - b1**10) / (1 - b1**11)
+    p10 = -float((before[10] - before[9]) @ grads[10])
     friction = float(led["dissipated"][11] - led["dissipated"][10])
-    assert friction == pytest.approx((1 - mu**2) * expected_k10, rel=1e-10)
+    expected = q2 * ((1 - b1**2) * expected_k10 + 0.5 * (1 - b1) * p10)
+    assert friction == pytest.approx(expected, rel=1e-10)
+    schedule = float(led["schedule"][11] - led["schedule"][10])
+    assert schedule == pytest.approx((q2 - 1) * (expected_k10 + 0.5 * p10), rel=1e-10)
 
 
 def _rmsprop_metric(centered: bool, eps: float = 1e-8):
@@ -188,42 +253,53 @@ def _adam_metric(beta2: float = 0.999, eps: float = 1e-8):
     return metric
 
 
-# name: (optimizer, h of step k, μ, booked wd, metric after step k (None: identity))
+# name: (optimizer, h of step k, μ, coupled wd, decoupled ηλ, metric after step k (None:
+# identity), Nesterov)
 OTHER_MAPS = {
     "rmsprop-momentum": (
         lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, weight_decay=0.05),
         lambda k: math.sqrt(0.01),
         0.5,
         0.05,
+        0.0,
         _rmsprop_metric(centered=False),
+        False,
     ),
     "rmsprop-centered": (
         lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
         lambda k: math.sqrt(0.01),
         0.5,
         0.0,
+        0.0,
         _rmsprop_metric(centered=True),
+        False,
     ),
     "adamw": (
         lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.1),
         lambda k: math.sqrt(0.01 * (1 - 0.9) / (1 - 0.9 ** (k + 1))),
         0.9,
-        0.1,  # decoupled, booked as the potential (wd/2)‖θ‖²
+        0.0,
+        0.01 * 0.1,  # decoupled: θ ← (1 − ηλ)θ, booked as the decay's work
         _adam_metric(),
+        False,
     ),
     "nesterov": (
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, nesterov=True),
         lambda k: math.sqrt(0.05),
         0.9,
         0.0,
+        0.0,
         None,
+        True,
     ),
     "adagrad-generic": (  # no map: h = sqrt(lr), μ = 1 (no friction), identity metric
         lambda p: torch.optim.Adagrad(p, lr=0.1),
         lambda k: math.sqrt(0.1),
         1.0,
         0.0,
+        0.0,
         None,
+        False,
     ),
 }
 
@@ -232,15 +308,18 @@ OTHER_MAPS = {
 def test_other_maps_columns_equal_values_from_recorded_parameters_and_state(name):
     """Each column from recorded θ_k, ∇L(θ_k), L(θ_k) and the optimizer's state after each step
     (Adam's exp_avg_sq, RMSprop's square_avg and grad_avg), computed here with the map's
-    documented h, μ, metric and weight decay: the kinetic energy in the metric of the step,
-    read after it; friction μ_eff = μ h_{k−1}/h_{k−2}; potential and shadow with the booked
-    decay. The residual of each map against its update rule is in tests/test_maps.py."""
-    make, h, mu, wd, metric = OTHER_MAPS[name]
+    documented h, μ, metric and weight decay: the kinetic energy of the step the momentum
+    carries (AdamW: its decay's displacement −ηλθ_k left out) in the metric of the step, read
+    after it; the friction and schedule energy with q = h_k/h_{k−1}; Nesterov's look-ahead
+    ½μ(1 + μ)⟨Δθ_{k−1}, g_k − g_{k−1}⟩ (−½μ⟨−Δθ_0, g_0⟩ at the first step); AdamW's decay
+    work by the trapezoid rule; the potential with the coupled decay only."""
+    make, h, mu, wd, rate, metric, nesterov = OTHER_MAPS[name]
+    n = 40
     theta = torch.nn.Parameter(THETA0.clone())
     opt = make([theta])
     monitor = InertiaMonitor(opt)
     thetas, grads, losses, metrics = [], [], [], []
-    for k in range(40):
+    for k in range(n):
         opt.zero_grad()
         loss = quadratic_loss(theta)
         loss.backward()
@@ -252,32 +331,42 @@ def test_other_maps_columns_equal_values_from_recorded_parameters_and_state(name
         state = {key: v.clone() for key, v in opt.state[theta].items() if torch.is_tensor(v)}
         metrics.append(metric(state, k) if metric else torch.ones_like(theta))
     led = monitor.ledger
+    steps = [thetas[k + 1] - thetas[k] + rate * thetas[k] for k in range(n - 1)]  # Δθ'_k
     kinetic = [0.0] + [
-        0.5 * float((metrics[k - 1] * (thetas[k] - thetas[k - 1]) ** 2).sum()) / h(k - 1) ** 2
-        for k in range(1, 40)
+        0.5 * float((metrics[k - 1] * steps[k - 1] ** 2).sum()) / h(k - 1) ** 2 for k in range(1, n)
     ]
-    potential = [losses[k] + 0.5 * wd * float(thetas[k] @ thetas[k]) for k in range(40)]
-    friction = [0.0, 0.0] + [
-        (1 - (mu * h(k - 1) / h(k - 2)) ** 2) * kinetic[k - 1] for k in range(2, 40)
+    potential = [losses[k] + 0.5 * wd * float(thetas[k] @ thetas[k]) for k in range(n)]
+    power = powers(thetas, grads, wd, rate)
+    q2 = [1.0] + [(h(k) / h(k - 1)) ** 2 for k in range(1, n)]
+    friction = [
+        q2[k] * ((1 - mu**2) * kinetic[k] + 0.5 * (1 - mu) * power[k]) for k in range(n - 1)
     ]
-    shadow = [kinetic[0] + potential[0]] + [
-        kinetic[k]
-        + potential[k]
-        - 0.5 * float((thetas[k] - thetas[k - 1]) @ (grads[k] + wd * thetas[k]))
-        for k in range(1, 40)
+    if nesterov:
+        friction[0] += 0.5 * mu * float(steps[0] @ grads[0])
+        for k in range(1, n - 1):
+            friction[k] += 0.5 * mu * (1 + mu) * float(steps[k - 1] @ (grads[k] - grads[k - 1]))
+    decay = [
+        0.5 * rate * float(thetas[k] @ grads[k] + thetas[k] @ grads[k + 1]) for k in range(n - 1)
     ]
     for column, expected in [
         ("kinetic", kinetic),
+        ("loss", losses),
         ("potential", potential),
-        ("dissipated", torch.tensor(friction, dtype=F64).cumsum(0)),
-        ("shadow", shadow),
-        ("h", [h(k) for k in range(40)]),
-        ("gamma", [(1 - mu) / h(k) for k in range(40)]),
+        ("dissipated", cumulative(friction)),
+        (
+            "schedule",
+            cumulative([(q2[k] - 1) * (kinetic[k] + 0.5 * power[k]) for k in range(n - 1)]),
+        ),
+        ("decay", cumulative(decay)),
+        ("shadow", [kinetic[k] + potential[k] + 0.5 * power[k] for k in range(n)]),
+        ("h", [h(k) for k in range(n)]),
+        ("gamma", [(1 - mu) / h(k) for k in range(n)]),
     ]:
         torch.testing.assert_close(
             led[column], torch.as_tensor(expected, dtype=F64), rtol=1e-10, atol=1e-13
         )
     assert float(led["kinetic"][1:].min()) > 0 and (float(led["dissipated"][-1]) > 0) == (mu < 1)
+    assert (float(led["decay"][-1]) != 0) == (rate > 0)
 
 
 def test_float32_model_is_booked_to_float32_round_off_in_float64():
@@ -382,9 +471,11 @@ def test_step_skipped_by_grad_scaler_is_recorded_as_skipped():
 @pytest.mark.parametrize("optimizer", ["sgd", "inertia"])
 def test_a_skipped_step_books_no_friction_and_keeps_its_velocity(optimizer):
     """Iteration 3's step is skipped (observe twice with no step between, as GradScaler does
-    on overflow): its row, at θ_3, books the friction of step 2 that led there; the next row,
-    at the same θ_3 with no step between, books none and has the same kinetic energy (for
-    InertiaSGD, ½‖p‖² of the velocity it holds, then its report of the same)."""
+    on overflow): its row, at θ_3, books the friction of step 2 that led there,
+    (1 − μ²)K_2 + ½(1 − μ)P_2 from the recorded θ and gradients; the next row, at the same θ_3
+    with no step between, books none (no friction, no schedule, no residual: its inertia is
+    the same) and has the same kinetic energy (for InertiaSGD, ½‖p‖² of the velocity it holds,
+    then its report of the same)."""
     theta = torch.nn.Parameter(THETA0.clone())
     opt = (
         torch.optim.SGD([theta], lr=0.05, momentum=0.9)
@@ -392,10 +483,14 @@ def test_a_skipped_step_books_no_friction_and_keeps_its_velocity(optimizer):
         else InertiaSGD([theta], lr=0.05, momentum=0.9)
     )
     monitor = InertiaMonitor(opt)
+    thetas, grads = [], []
     for i in range(5):
         opt.zero_grad()
         loss = quadratic_loss(theta)
         loss.backward()
+        if i != 4:  # θ_0 … θ_3 (iteration 4 retries from θ_3)
+            thetas.append(theta.detach().clone())
+            grads.append(theta.grad.detach().clone())
         monitor.observe(loss)
         if i != 3:
             opt.step()
@@ -403,8 +498,13 @@ def test_a_skipped_step_books_no_friction_and_keeps_its_velocity(optimizer):
     assert led["flag"].tolist() == [0, 0, 0, 2, 0]
     assert led["step"].tolist() == [0, 1, 2, 3, 3]
     kinetic, dissipated = led["kinetic"].tolist(), led["dissipated"].tolist()
-    assert dissipated[3] - dissipated[2] == pytest.approx((1 - 0.9**2) * kinetic[2], rel=1e-12)
-    assert dissipated[4] == dissipated[3]
+    k2 = 0.5 * float((thetas[2] - thetas[1]).pow(2).sum()) / 0.05
+    p2 = powers(thetas, grads)[2]
+    assert kinetic[2] == pytest.approx(k2, rel=1e-12)
+    expected = (1 - 0.9**2) * k2 + 0.5 * (1 - 0.9) * p2
+    assert dissipated[3] - dissipated[2] == pytest.approx(expected, rel=1e-12)
+    for book in ("dissipated", "schedule", "residual", "decay"):
+        assert float(led[book][4]) == float(led[book][3]), book
     assert kinetic[4] == pytest.approx(kinetic[3], rel=1e-15) and kinetic[3] > 0
 
 
@@ -478,20 +578,24 @@ def test_memory_is_bounded_when_rows_stream_to_disk(tmp_path):
 
 
 def test_every_k_steps_books_rows_at_multiples():
-    monitor, thetas, *_ = train(
+    monitor, thetas, grads, _ = train(
         lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=60, every=5
     )
     led = monitor.ledger
     assert led["step"].tolist() == list(range(0, 60, 5))
-    # each row measures the velocity over the step just before it
-    kinetic = [0.0] + [
-        0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / 0.05 for k in range(5, 60, 5)
-    ]
+    # each row measures the velocity over the step just before it, and its power
+    rows = range(5, 60, 5)
+    kinetic = [0.0] + [0.5 * float((thetas[k] - thetas[k - 1]).pow(2).sum()) / 0.05 for k in rows]
+    power = [0.0] + [-float((thetas[k] - thetas[k - 1]) @ grads[k]) for k in rows]
     torch.testing.assert_close(led["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-12, atol=0)
-    # between rows 5 steps apart, friction by the trapezoid rule: 5(1 − μ²)·½(K_before + K_now)
-    trapezoid = [5 * (1 - 0.9**2) * 0.5 * (a + b) for a, b in itertools.pairwise(kinetic)]
-    expected = torch.tensor([0.0, *trapezoid], dtype=F64).cumsum(0)
-    torch.testing.assert_close(led["dissipated"], expected, rtol=1e-12, atol=1e-15)
+    shadow = [float(led["inertia"][j]) + 0.5 * power[j] for j in range(len(power))]
+    torch.testing.assert_close(led["shadow"], torch.tensor(shadow, dtype=F64), rtol=1e-12, atol=0)
+    # between rows 5 steps apart, the friction per step (1 − μ²)K + ½(1 − μ)P of the two rows
+    # by the trapezoid rule; no schedule
+    per_step = [(1 - 0.9**2) * k + 0.5 * (1 - 0.9) * p for k, p in zip(kinetic, power, strict=True)]
+    trapezoid = [5 * 0.5 * (a + b) for a, b in itertools.pairwise(per_step)]
+    torch.testing.assert_close(led["dissipated"], cumulative(trapezoid), rtol=1e-12, atol=1e-15)
+    assert float(led["schedule"].abs().max()) == 0.0
     full, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=60)
     # the trapezoid estimate of friction tracks the exact per-step booking within 10%
     assert float(led["dissipated"][-1]) == pytest.approx(

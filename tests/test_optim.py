@@ -216,13 +216,14 @@ def test_parameters_without_gradients_are_skipped_and_keep_their_velocity():
 
 
 def test_monitor_reads_its_ledger_through_brakes_and_a_schedule():
-    """Kinetic ½‖p_k‖² from the optimizer's own velocity; friction (1 − μ²)K per step, all of K
-    at a restart, with no rescaling when the scheduler changes h (the velocity is physical)."""
+    """Kinetic ½‖p_k‖² from the optimizer's own velocity; friction (1 − μ²)K_k + ½(1 − μ)q_kP_k
+    per step (docs/theory.md §4), all of K at a restart (μ = 0), with P_k = ⟨θ_{k−1} − θ_k, g_k⟩
+    and q_k = h_k/h_{k−1}: the velocity is physical, so a changed h rescales only the power."""
     mu, theta = 0.9, torch.nn.Parameter(torch.ones(20, dtype=F64))
     opt = InertiaSGD([theta], lr=1.5 * threshold(mu), momentum=mu)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
     monitor = InertiaMonitor(opt)
-    kinetic, friction = [], []
+    kinetic, friction, previous, h_before = [], [], None, None
     for _ in range(150):
         opt.zero_grad()
         loss = quadratic(theta)
@@ -230,9 +231,14 @@ def test_monitor_reads_its_ledger_through_brakes_and_a_schedule():
         monitor.observe(loss)
         velocity = opt.state[theta].get("velocity", torch.zeros_like(theta))
         kinetic.append(0.5 * float(velocity @ velocity))
+        now = theta.detach().clone()
+        power = 0.0 if previous is None else float((previous - now) @ theta.grad)
         opt.step()
-        kept = 0.0 if opt.param_groups[0]["braked"] else mu
-        friction.append((1 - kept**2) * kinetic[-1])
+        group = opt.param_groups[0]
+        kept = 0.0 if group["braked"] else mu
+        q = 1.0 if h_before is None else group["h"] / h_before
+        friction.append((1 - kept**2) * kinetic[-1] + 0.5 * (1 - kept) * q * power)
+        previous, h_before = now, group["h"]
         sched.step()
     led = monitor.ledger
     assert opt.param_groups[0]["brakes"] > 0

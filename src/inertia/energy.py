@@ -155,10 +155,17 @@ class Ledger(Mapping[str, Tensor]):
         return 1 if inertia.dim() == 1 else inertia.shape[1]
 
     def closure_error(self) -> Tensor:
-        """(I − I₀) − (−D + N + R) per record (and path): round-off if the books are right."""
+        """(I − I₀) − (−D + N + R) per record (and path), with a monitored run's decay work and
+        schedule energy where the ledger has them, − decay + schedule: round-off if the books
+        are right."""
         c = self._columns
         change = c["inertia"] - c["inertia"][0]
-        return change - (c["injected"] + c["residual"] - c["dissipated"])
+        books = c["injected"] + c["residual"] - c["dissipated"]
+        if "decay" in c:
+            books = books - c["decay"]
+        if "schedule" in c:
+            books = books + c["schedule"]
+        return change - books
 
     def rows(self) -> Iterator[dict[str, float]]:
         """One dict per record (per path for a simulation), time and path first."""

@@ -33,6 +33,8 @@ COLORS: dict[str, str] = {
     "dissipated": "#2ca02c",
     "injected": "#d62728",
     "residual": "#9467bd",
+    "decay": "#8c564b",
+    "schedule": "#17becf",
 }
 BINS = 600  # groups of rows drawn per curve: about one per pixel column of a panel
 

@@ -1,8 +1,8 @@
 """The report of a ledger (`inertia report`): inertia − inertia₀ = −dissipated + injected +
-residual (docs/theory.md §3), with the heavy ball's noise floor (§4) where the run has a noise
-estimate and its map has friction, as figures (`inertia.figures`) on a self-contained page
-(`inertia.page`). A run that blew up is drawn up to its divergence, on the scales of its rows
-before the blow-up.
+residual (docs/theory.md §3; a monitored run's also − decay + schedule, §4), with the heavy
+ball's noise floor (§4) where the run has a noise estimate and its map has friction, as figures
+(`inertia.figures`) on a self-contained page (`inertia.page`). A run that blew up is drawn up
+to its divergence, on the scales of its rows before the blow-up.
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.colors import to_hex
 
-from .energy import BOOKS, Ledger
+from .energy import Ledger
 from .figures import BINS, COLORS, ESCAPE, Array, binned, curve, figure, span_of, stack_ledger
+from .monitor.books import BOOKS as MONITOR_BOOKS
 from .page import embed_png, number, write_page
 from .theory import heavy_ball_noise_floor
 
@@ -168,21 +169,30 @@ class _Run:
         ax.set_xlabel(self.time)
 
     def stack(self, stack: Axes, books: Axes) -> None:
-        """K, L and D stacked (binned means) under I₀ + N + R; injected and residual."""
+        """K, L and D (with a monitored run's decay work W) stacked (binned means) under
+        I₀ + N + R (+ S, the schedule's energy); the books other than D."""
         c, stop, calm, t = self.c, self.span.stop, self.span.calm, self.t[: self.span.stop]
-        top = (c["inertia"][0] + c["injected"] + c["residual"])[:stop]
-        k, p, d = (_finite(c[n][:stop]) for n in ("kinetic", "potential", "dissipated"))
+        top = self.plus(c["inertia"][0] + c["injected"] + c["residual"], "schedule")[:stop]
+        k, p = (_finite(c[n][:stop]) for n in ("kinetic", "potential"))
+        d = _finite(self.plus(c["dissipated"], "decay")[:stop])
         limits = _view([k + p + d, top, p, np.zeros(1)], calm, False)
         parts = (binned(t, _near(x, limits, False))[1] for x in (k, p, d))
         stack_ledger(stack, binned(t, k)[0], *parts)
-        label = "I₀ + injected + residual"
+        label = "I₀ + N + S + R" if "schedule" in c else "I₀ + injected + residual"
         curve(stack, t, _near(_finite(top), limits, False), "black", label, band=False)
         if limits is not None:
             stack.set_ylim(*limits)
-        stack.set_title("K + L + D = I₀ + N + R")
+        stack.set_title(
+            "K + L + D + W = I₀ + N + S + R" if "decay" in c else "K + L + D = I₀ + N + R"
+        )
         self.mark(stack)
-        curves = [(n, c[n], COLORS[n]) for n in ("injected", "residual")]
-        self.panel(books, curves, "injected and residual (cumulative)", log=False)
+        names = [n for n in ("injected", "residual", "decay", "schedule") if n in c]
+        curves = [(n, c[n], COLORS[n]) for n in names]
+        self.panel(books, curves, f"{', '.join(names)} (cumulative)", log=False)
+
+    def plus(self, x: Array, book: str) -> Array:
+        """x + a monitored run's `decay` or `schedule` book (x itself where there is none)."""
+        return x + self.c[book] if book in self.c else x
 
     def phase(self, ax: Axes) -> None:
         """Kinetic against potential energy, coloured by time (at most 4000 rows, evenly)."""
@@ -206,16 +216,14 @@ class _Run:
 
 
 def _floor(c: dict[str, Array]) -> tuple[Array, Array] | None:
-    """The heavy ball's E[K] and E[L − L*] (docs/theory.md §4) on the rows where the law
-    applies: a noise estimate and friction (γ > 0, 0 ≤ μ = 1 − γh < 1), and where the ledger
-    has a `metric` column, the identity metric (0; Adam's and RMSprop's diagonal M, whose heat
-    is h²tr(M⁻¹C)/(2B), are not); None on none (a generic optimizer has γ = 0, μ = 1)."""
+    """The heavy ball's E[K] and E[L − L*] in the map's metric (docs/theory.md §4) on the rows
+    where the law applies: a noise estimate and friction (γ > 0, 0 ≤ μ = 1 − γh < 1); None on
+    none (a generic optimizer has γ = 0, μ = 1)."""
     if not all(name in c for name in ("noise_trace", "gamma", "h")):
         return None
     h, noise, gamma = c["h"], c["noise_trace"], c["gamma"]
     mu = 1.0 - gamma * h
     applies = np.isfinite(noise) & np.isfinite(h) & (gamma > 0) & (mu >= 0) & (mu < 1)
-    applies &= c["metric"] == 0 if "metric" in c else True
     if not applies.any():
         return None
     kinetic, loss = heavy_ball_noise_floor(h, noise, np.where(applies, mu, 0.0))
@@ -275,11 +283,12 @@ def ledger_report(path: str | Path | Ledger, out: Path) -> Path:
         "rows": float(len(t)),
         "inertia first": float(inertia[0]),
         "inertia last": float(inertia[-1]),
-        **{book: float(c[book][-1]) for book in BOOKS},
-        "closure |I − I₀ + D − N − R| / max |I|": _nanmax(closure)
+        **{book: float(c[book][-1]) for book in MONITOR_BOOKS if book in c},
+        "closure |I − I₀ − (books)| / max |I|": _nanmax(closure)
         / max(_nanmax(np.abs(inertia)), 1e-300),
     }
     measured = "noise_trace" in c and bool(np.isfinite(c["noise_trace"]).any())
+    trace = "tr(M⁻¹C)" if "metric" in c and bool((c["metric"] > 0).any()) else "tr(C)"
     floor = _floor(c)
     if "lr" in c:
         with draw(
@@ -287,24 +296,23 @@ def ledger_report(path: str | Path | Ledger, out: Path) -> Path:
         ) as axes:
             curves = [("kinetic K", c["kinetic"], COLORS["kinetic"])]
             if floor is not None:
-                curves.append(("predicted floor h²tr(C)/(2B(1 − μ²))", floor[0], "black"))
+                curves.append((f"predicted floor h²{trace}/(2B(1 − μ²))", floor[0], "black"))
             name = "kinetic energy" + ("" if floor is None else " and its noise floor")
             run.panel(axes[0] if measured else axes, curves, name)
             if measured:
                 run.panel(
                     axes[1],
-                    [("tr(C)/B", c["noise_trace"], COLORS["injected"])],
-                    "gradient noise tr(C)/B",
+                    [(f"{trace}/B", c["noise_trace"], COLORS["injected"])],
+                    f"gradient noise {trace}/B",
                 )
     if floor is not None:
         findings["kinetic, later half (measured)"] = _later_half(c["kinetic"])
         findings["kinetic, later half (predicted)"] = _later_half(floor[0])
-        findings["excess loss floor h²tr(C)/(4B(1 − μ)), later half"] = _later_half(floor[1])
+        findings[f"excess loss floor h²{trace}/(4B(1 − μ)), later half"] = _later_half(floor[1])
     elif measured:
         notes.append(
-            "No noise floor: its law h²tr(C)/(2B(1 − μ²)) is that of a heavy ball with friction "
-            "in the identity metric, which this run's map is not (a generic optimizer: γ = 0, "
-            "μ = 1; Adam, RMSprop: a diagonal metric)."
+            "No noise floor: its law is that of a heavy ball with friction, which this run's map "
+            "is not (a generic optimizer: γ = 0, μ = 1)."
         )
     if "margin" in c and bool(np.isfinite(c["margin"]).any()):
         alarm = c["alarm"] > 0 if "alarm" in c else np.zeros(len(t), dtype=bool)
@@ -362,7 +370,8 @@ def ledger_report(path: str | Path | Ledger, out: Path) -> Path:
         f"Energy ledger: {title}",
         [
             f"<h1>Energy ledger of {html.escape(title)}</h1>",
-            "<p>inertia − inertia₀ = −dissipated + injected + residual (docs/theory.md §3–4).</p>",
+            "<p>inertia − inertia₀ = −dissipated + injected + residual, and for a monitored run"
+            " − decay + schedule (docs/theory.md §3–4).</p>",
             *(f"<p>{html.escape(note)}</p>" for note in notes),
             f"<table><tr><th>quantity</th><th>value</th></tr>{rows}</table>",
             *(embed_png(p) for p in figures),

@@ -7,11 +7,14 @@ from .floor import noise_floor
 from .layout import GroupLayout
 from .maps import GroupMap, group_maps
 from .noise import Fluctuation, MicroBatch, NoiseEstimate, NoiseEstimator, PerSample
-from .row import MONITOR_COLUMNS, Row
+from .row import MONITOR_COLUMNS, NONFINITE, OK, SKIPPED, Row
 from .sinks import CSVSink, JSONLSink, MLflowSink, Sink, TensorBoardSink, WandbSink
 
 __all__ = [
     "MONITOR_COLUMNS",
+    "NONFINITE",
+    "OK",
+    "SKIPPED",
     "CSVSink",
     "Fluctuation",
     "GroupLayout",

@@ -1,6 +1,7 @@
-"""The monitor's checkpoint layout: version 3 is composed of its parts' own state dicts and the
-step of the last row; earlier layouts are upgraded on load (2: the parts, without the last
-row's step; 1, no "version": the single class the monitor was before it had parts)."""
+"""The monitor's checkpoint layout: version 4 is composed of its parts' own state dicts, the
+step of the last row and the noise scale's averages; earlier layouts are upgraded on load (3:
+without the noise scale, which starts afresh; 2: nor the last row's step; 1, no "version": the
+single class the monitor was before it had parts)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import torch
 from .alarm import StabilityAlarm
 from .books import Books
 from .maps import MapHistory
+from .noise_scale import NoiseScale
 
-VERSION = 3
-KEYS = ("step", "every", "last_row", "maps", "books", "probe", "alarm")
+VERSION = 4
+KEYS = ("step", "every", "last_row", "maps", "books", "probe", "alarm", "noise_scale")
 
 
 def last_row(step: int, every: int) -> int:
@@ -22,8 +24,9 @@ def last_row(step: int, every: int) -> int:
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
-    """`state` in the current layout: a version-2 state as it is, the single-class layout of
-    earlier releases rewritten key by key; ValueError for anything else."""
+    """`state` in the current layout: a state of this version as it is, versions 2 and 3
+    completed, the single-class layout of earlier releases rewritten key by key; ValueError for
+    anything else."""
     if not isinstance(state, dict):
         raise ValueError(f"state must be a dict from InertiaMonitor.state_dict; got {state!r}")
     version = state.get("version", 1)
@@ -32,8 +35,11 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         if missing:
             raise ValueError(f"state: not a monitor checkpoint (missing {missing})")
         return state
+    if version == 3:
+        return {**state, "version": VERSION, "noise_scale": None}
     if version == 2:  # before rows were booked by the steps between them: the last row's step
-        return {**state, "version": VERSION, "last_row": last_row(state["step"], state["every"])}
+        last = last_row(state["step"], state["every"])
+        return {**state, "version": VERSION, "last_row": last, "noise_scale": None}
     if version != 1:
         raise ValueError(f"state: layout version {version!r} is not one this release reads")
     try:
@@ -72,13 +78,18 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
                 "evidence": evidence,
                 "tracked": state["top_curvature"],
             },
+            "noise_scale": None,
         }
     except (KeyError, TypeError, ValueError) as err:
         raise ValueError(f"state: not a monitor checkpoint ({type(err).__name__}: {err})") from None
 
 
 def restore(
-    state: dict[str, Any], books: Books, maps: MapHistory, alarm: StabilityAlarm | None
+    state: dict[str, Any],
+    books: Books,
+    maps: MapHistory,
+    alarm: StabilityAlarm | None,
+    scale: NoiseScale,
 ) -> tuple[int, int, int]:
     """Load an upgraded `state` into fresh parts, and return its (step, every, last row): a
     ValueError, and nothing of the monitor changed, if any of it cannot be read."""
@@ -90,6 +101,8 @@ def restore(
         maps.load_state_dict(state["maps"])
         if alarm is not None and state["alarm"] is not None:  # none saved: a fresh alarm
             alarm.load_state_dict(state["alarm"])
+        if state["noise_scale"] is not None:  # none saved: the averages start afresh
+            scale.load_state_dict(state["noise_scale"])
     except (KeyError, TypeError, ValueError, IndexError, AttributeError, RuntimeError) as err:
         raise ValueError(f"state: not a checkpoint of this monitor ({err})") from None
     return step, every, last

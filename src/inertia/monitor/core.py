@@ -32,15 +32,17 @@ from ..energy import Ledger
 from ..reporting import ReportsEnergy
 from . import checkpoint
 from .alarm import AlarmReading, StabilityAlarm, alarm_mode
-from .books import Books
+from .books import BOOKS, Books
 from .floor import noise_floor
 from .hooks import StepArgs, wrap_closure
 from .layout import F64, GroupLayout, Segments
-from .maps import METRIC_KINDS, NO_MAP, GroupMap, MapHistory, map_reader
-from .noise import KINDS, NoiseEstimate, estimator
+from .maps import GroupMap, MapHistory, map_reader
+from .noise import KINDS, NoiseEstimate, estimator, weighing
+from .noise_scale import NoiseScale
 from .probe import make_probe
 from .ranks import Ranks
-from .row import NONFINITE, OK, SKIPPED, LossMean, Pack, Row, layer_columns, ledger_of, row_values
+from .row import NONFINITE, OK, SKIPPED, LossMean, Pack, Row, ledger_of, make_row, row_values
+from .scaler import ScalerWatch
 from .sinks import CSVSink, FileSink, Sink
 
 NO_ALARM = AlarmReading(math.nan, raised=False, fired=False)
@@ -95,6 +97,7 @@ class InertiaMonitor:
         by: str | None = None,
         model: torch.nn.Module | None = None,
         params: Iterable[Tensor] | None = None,
+        scaler: Any = None,
     ):
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise _checks.fail("optimizer", "a torch.optim.Optimizer", optimizer)
@@ -117,6 +120,7 @@ class InertiaMonitor:
             self.sinks.append(CSVSink(Path(log_dir) / "ledger.csv"))
         if history is None and any(isinstance(s, FileSink) for s in self.sinks):
             history = 10_000
+        self._scaler = None if scaler is None else ScalerWatch(scaler, optimizer)
         self.optimizer, self.on_nan, self.on_alarm = optimizer, on_nan, on_alarm
         self.noise, self.alarm = noise, bool(alarm)
         self._groups, self._layers = len(layouts), [] if segments is None else segments.names
@@ -129,6 +133,7 @@ class InertiaMonitor:
         self._noise = estimator(noise, layouts, segments)
         self._alarm = None if mode is None else StabilityAlarm(layouts, mode, self.alarm_patience)
         self._books = Books(self._groups, device)
+        self._noise_scale = NoiseScale()
         self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
         self._maps = MapHistory()
         self._read_maps = map_reader(optimizer)
@@ -143,24 +148,33 @@ class InertiaMonitor:
         ]
 
     def observe(
-        self, loss: Tensor | float, *, accumulate: bool = False, per_sample: Tensor | None = None
+        self,
+        loss: Tensor | float,
+        *,
+        accumulate: bool = False,
+        per_sample: Tensor | None = None,
+        batch_size: int | None = None,
     ) -> None:
         """Record the loss at the current parameters (the mean over micro-batches when
         `accumulate` is true). An earlier loss that no optimizer step consumed marks that
-        iteration as skipped (as GradScaler does on overflow). With noise="per_sample", pass
-        the unreduced losses as `per_sample`, before `backward`; with noise="microbatch",
-        call this after each micro-batch's `backward`."""
-        if not accumulate and self._loss.count:
+        iteration as skipped (as GradScaler does on overflow; with `scaler=`, under
+        accumulation too). With noise="per_sample", pass the unreduced losses as `per_sample`,
+        before `backward`; with noise="microbatch", call this after each micro-batch's
+        `backward`, with its `batch_size` for the noise scale."""
+        ended = self._scaler is not None and self._scaler.iteration_ended()
+        if self._loss.count and (ended or not accumulate):
             self._book_row(self._read_maps(), SKIPPED)
         if (self._noise or self._alarm) and self.step % self.every == 0:  # a booked step's
             steps = self._probe.steps() if self._probe.measured else None
             if self._noise is not None:
-                self._noise.observe(per_sample, steps)
+                unscale = None if self._scaler is None else self._scaler.unscale()
+                metrics = weighing(self.optimizer, self._read_maps())
+                self._noise.observe(per_sample, steps, metrics, batch=batch_size, unscale=unscale)
             if self._alarm is not None:
                 self._alarm.observe(per_sample, steps)
         self._loss.add(loss)
 
-    def noise_floor(self, last: int | None = None) -> dict[str, float | int]:
+    def noise_floor(self, last: int | None = None) -> dict[str, float | int | str]:
         """The stationary excess loss and kinetic energy the noise estimates predict, beside the
         measured means, over the `last` rows kept (`inertia.monitor.noise_floor`)."""
         if self.noise is None:
@@ -198,6 +212,7 @@ class InertiaMonitor:
             "books": self._books.state_dict(),
             "probe": self._probe.state_dict(),
             "alarm": None if self._alarm is None else self._alarm.state_dict(),
+            "noise_scale": self._noise_scale.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -208,9 +223,10 @@ class InertiaMonitor:
         self._probe.check(state["probe"])
         books, maps = Books(self._groups, self._device), MapHistory()
         alarm = None if self._alarm is None else self._alarm.fresh()
-        self.step, self.every, self._last_row = checkpoint.restore(state, books, maps, alarm)
+        scale = NoiseScale()
+        self.step, self.every, self._last_row = checkpoint.restore(state, books, maps, alarm, scale)
         self._probe.load_state_dict(state["probe"])  # checked above: it cannot fail
-        self._books, self._maps, self._alarm = books, maps, alarm
+        self._books, self._maps, self._alarm, self._noise_scale = books, maps, alarm, scale
         self._rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
             sink.truncate(self.step)
@@ -271,33 +287,29 @@ class InertiaMonitor:
         buffers for the step's velocity."""
         measured = self._probe.measure(now, snapshot=snapshot, after_step=flag != SKIPPED)
         nan = self._nan
-        estimate = self._noise.take() if self._noise else NoiseEstimate(nan, nan)
+        noise = self._noise
+        estimate = (
+            noise.take(weighing(self.optimizer, now)) if noise else NoiseEstimate(nan, nan, nan)
+        )
         g = self._groups
         spread, curvature = self._alarm.take(g, nan[0].device) if self._alarm else (nan, nan)
-        named = row_values(measured, estimate, spread, curvature, self._layers)
-        pack = Pack(self._loss.take(), named)
+        pack = Pack(
+            self._loss.take(), row_values(measured, estimate, spread, curvature, self._layers)
+        )
         if self._ranks.world > 1:
             pack.tensor = self._ranks.reduce(pack.tensor, pack.layout)
-        potential = pack["loss"][0] + pack["decay"][0]
+        potential = pack["loss"][0] + pack["penalty"][0]
         inertia = pack["kinetic"].sum() + potential
         last_noise = self._books.last_noise  # the alarm's secant reads the last row's noise
-        self._books.book(
-            inertia,
-            pack["kinetic"],
-            pack["noise"],
-            self._maps,
-            finite=potential.isfinite(),
-            steps=self.step - self._last_row,
-        )
-        self._last_row = self.step
+        steps, self._last_row = self.step - self._last_row, self.step
+        self._books.book(pack, inertia, self._maps, finite=potential.isfinite(), steps=steps)
         values, host = pack.fetch(inertia, potential, self._books.totals, last_noise)
-        inertia_, potential_, dissipated, injected, residual, *noise_before = host
         reading = NO_ALARM
         if self._alarm is not None:
             last = self._maps.last if self._probe.has_delta else None
-            reading = self._alarm.update(now, last, values, noise_before)
+            reading = self._alarm.update(now, last, values, host[2 + len(BOOKS) :])
         loss = values["loss"][0]
-        if not math.isfinite(potential_):
+        if not math.isfinite(host[1]):
             flag = NONFINITE
             if self.on_nan == "raise":
                 raise FloatingPointError(f"loss is {loss} at step {self.step}")
@@ -309,26 +321,9 @@ class InertiaMonitor:
                     stacklevel=3,
                 )
         self._in_nonfinite_run = flag == NONFINITE
-        first, noise = now[0] if now else NO_MAP, values["noise"]
-        row = Row(
-            self.step,
-            first.lr,
-            first.h,
-            first.gamma,
-            int(first.kind in METRIC_KINDS),
-            sum(values["kinetic"]),
-            potential_,
-            inertia_,
-            dissipated,
-            injected,
-            residual,
-            inertia_ + values["shadow"][0],
-            sum(noise) if all(math.isfinite(x) for x in noise) else math.nan,
-            reading.margin,
-            int(reading.raised),
-            flag,
-            layer_columns(values, self._layers),
-        )
+        batch = estimate.batch and estimate.batch * self._ranks.world
+        scale = self._noise_scale
+        row = make_row(self.step, now, values, host, reading, flag, self._layers, scale, batch)
         self._rows.append(row)
         self._publish(row, reading)
 

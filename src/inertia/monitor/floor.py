@@ -16,12 +16,22 @@ def _mean_se(x: Tensor) -> tuple[float, float]:
     return float(x.mean()), float(x.std() / math.sqrt(len(x))) if len(x) > 1 else math.nan
 
 
-def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | int]:
+LAWS = {
+    False: "heavy ball: E[K] = h²tr(C)/(2B(1 − μ²)), E[L − L*] ≈ h²tr(C)/(4B(1 − μ))",
+    True: "heavy ball in the metric M = diag(sqrt(v̂) + ε): E[K] = h²tr(M⁻¹C)/(2B(1 − μ²)), "
+    "E[L − L*] ≈ h²tr(M⁻¹C)/(4B(1 − μ))",
+}
+
+
+def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | int | str]:
     """Predicted stationary excess loss and kinetic energy from a monitor ledger's noise
     estimates (`inertia.theory.heavy_ball_noise_floor`, μ = 1 − γh of each row), beside the
     measured means, over its `last` rows (default: the later half) whose flag is OK and whose
-    noise estimate is finite. Standard errors treat rows as independent (an underestimate for
-    correlated rows)."""
+    noise estimate is finite. The law is that of the heavy ball in the map's metric M (the
+    ledger's `metric` column): E[K] = h²·tr(M⁻¹C)/(2B(1 − μ²)), E[L − L*] ≈ h²·tr(M⁻¹C)/(4B(1 − μ)),
+    with M the identity for SGD and diag(sqrt(v̂) + ε) for Adam and RMSprop, taken as fixed over
+    the window (`law` names it). Standard errors treat rows as independent (an underestimate
+    for correlated rows)."""
     rows = len(ledger["step"])
     if rows < 4:
         raise ValueError(f"noise_floor needs at least 4 rows; got {rows}")
@@ -34,7 +44,9 @@ def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | in
     kinetic_mean, kinetic_se = _mean_se(kinetic[ok])
     potential, potential_se = _mean_se(ledger["potential"][window][ok])
     measured_k, measured_k_se = _mean_se(ledger["kinetic"][window][ok])
+    metric = "metric" in ledger and bool((ledger["metric"][window] > 0).any())
     return {
+        "law": LAWS[metric],
         "rows": int(ok.sum()),
         "noise_trace": float(trace[ok].mean()),
         "excess_loss": excess_mean,

@@ -37,7 +37,9 @@ State = dict[Any, Any]  # torch.optim.Optimizer.state
 
 @dataclass(frozen=True)
 class GroupMap:
-    """How one parameter group moves: u = Δθ/h, friction μ, metric M, weight decay wd."""
+    """How one parameter group moves: u = Δθ/h, friction μ, metric M, weight decay wd (coupled:
+    part of the potential), and `decoupled`, the share ηλ by which a decoupled decay (AdamW's)
+    shrinks θ each step, θ ← (1 − ηλ)θ, outside the metric: booked as work (docs/theory.md §4)."""
 
     kind: str
     lr: float
@@ -46,11 +48,13 @@ class GroupMap:
     weight_decay: float = 0.0
     physical_velocity: bool = False  # the optimizer carries u itself, not Δθ/η (SGD's buffer)
     steps: int = 0  # Adam: the step's number t, 1 for the first (its bias corrections)
+    decoupled: float = 0.0
 
     @property
     def gamma(self) -> float:
-        """Continuous friction γ = (1 − μ)/h of the heavy-ball ODE (docs/theory.md §4)."""
-        return (1.0 - self.momentum) / self.h if self.h > 0 else math.inf
+        """Continuous friction γ = (1 − μ)/h of the heavy-ball ODE (docs/theory.md §4); NaN
+        for a step of length 0 (a learning rate of 0: no time passes)."""
+        return (1.0 - self.momentum) / self.h if self.h > 0 else math.nan
 
     @classmethod
     def of_report(cls, report: EnergyReport) -> GroupMap:
@@ -60,12 +64,13 @@ class GroupMap:
 
 NO_MAP = GroupMap("none", math.nan, math.nan, 0.0)  # the row of an optimizer with no groups
 METRIC_KINDS = ("adam", "rmsprop")  # the maps whose kinetic energy is in a diagonal metric
+NESTEROV = "sgd-nesterov"  # its look-ahead adds Hessian-driven damping μ(g_k − g_{k−1})
 
 
 def _sgd(group: Group, state: State) -> GroupMap:
     lr, mu = float(group["lr"]), float(group.get("momentum", 0.0))
     damp = float(group.get("dampening", 0.0)) if mu > 0 else 0.0
-    kind = "sgd-nesterov" if group.get("nesterov") else "sgd"
+    kind = NESTEROV if group.get("nesterov") else "sgd"
     return GroupMap(
         kind, lr, math.sqrt(lr * (1.0 - damp)), mu, float(group.get("weight_decay", 0.0))
     )
@@ -76,6 +81,8 @@ def _adam(group: Group, state: State) -> GroupMap:
     steps = _step_count(state, group["params"]) + 1  # the step about to be taken
     h = math.sqrt(lr * (1.0 - beta1) / (1.0 - beta1**steps))
     wd = float(group.get("weight_decay", 0.0))
+    if group.get("decoupled_weight_decay", False):  # AdamW: θ ← (1 − ηλ)θ, outside the metric
+        return GroupMap("adam", lr, h, float(beta1), steps=steps, decoupled=lr * wd)
     return GroupMap("adam", lr, h, float(beta1), wd, steps=steps)
 
 
@@ -133,18 +140,23 @@ def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
     return map_reader(optimizer)()
 
 
-def metric(optimizer: torch.optim.Optimizer, group: Group, step: GroupMap) -> list[Metric] | None:
+def metric(
+    optimizer: torch.optim.Optimizer, group: Group, step: GroupMap, *, before: bool = False
+) -> list[Metric] | None:
     """The diagonal metric M of each parameter of `group` after the `step` it took (Adam's
-    bias correction from the step's number); None: the identity."""
+    bias correction from the step's number), or with `before`, the metric of the state the
+    step starts from (the one its gradient's noise is weighed in); None: the identity, or no
+    state yet."""
     if step.kind not in METRIC_KINDS:
         return None
     out = []
     for p in group["params"]:
         st = optimizer.state.get(p, {})
         if step.kind == "adam":
-            if "exp_avg_sq" not in st:
+            steps = step.steps - 1 if before else step.steps
+            if "exp_avg_sq" not in st or steps < 1:
                 return None
-            correction = 1.0 - group["betas"][1] ** step.steps
+            correction = 1.0 - group["betas"][1] ** steps
             out.append(Metric(st["exp_avg_sq"], correction, group["eps"]))
         else:
             if "square_avg" not in st:

@@ -1,6 +1,7 @@
-"""Gradient-noise estimates: tr(C)/B, the variance of one step's minibatch gradient, per
-parameter group (docs/theory.md §4: g_B = ∇L + ξ, Cov ξ = C/B), as float64 tensors on the
-parameters' device.
+"""Gradient-noise estimates: tr(M⁻¹C)/B, the variance of one step's minibatch gradient in the
+map's metric M (the identity for SGD, diag(sqrt(v̂) + ε) for Adam; docs/theory.md §4:
+g_B = ∇L + ξ, Cov ξ = C/B, and the kick −hM⁻¹ξ heats K = ½uᵀMu by ½h²·tr(M⁻¹C)/B), per
+parameter group, as float64 tensors on the parameters' device.
 
 - "per_sample": exact from per-sample gradients (vectorised autograd over the unreduced losses,
   which `observe(loss, per_sample=losses)` receives before `backward`); for small and medium
@@ -8,13 +9,15 @@ parameters' device.
 - "microbatch": the spread of the gradients of the m micro-batches of one step
   (`observe(loss, accumulate=True)` after each micro-batch's `backward`): the accumulated
   gradient is a sum of m independent increments d_j, so its variance is m·Var(d).
-- "fluctuation": no extra work, ‖g_B‖² of the step: tr(C)/B + ‖∇L‖², so an upper bound that is
-  tight at stationarity, where ∇L ≈ 0.
+- "fluctuation": no extra work, ‖g_B‖²_{M⁻¹} of the step: tr(M⁻¹C)/B + ‖∇L‖²_{M⁻¹}, so an upper
+  bound that is tight at stationarity, where ∇L ≈ 0.
 
-"microbatch" also gives the noise along the last step, Δθᵀ(C/B)Δθ (the secant margin's
-standard error, `inertia.monitor.alarm`); the others cannot (NaN). Over the m micro-batches of
-one step (independent batches) "per_sample" gives the estimate of their mean: ÷ m². With
-per-layer books (`segments`) each estimator also gives tr(C)/B per segment.
+Each estimate also gives ‖g_B‖²_{M⁻¹}, the step's gradient, for the gradient noise scale
+B·tr(M⁻¹C)/B ÷ (‖g_B‖² − tr(M⁻¹C)/B) (McCandlish et al. 2018, with an unbiased ‖G‖²).
+"microbatch" also gives the noise along the last step, Δθᵀ(C/B)Δθ (Euclidean: the secant
+margin's standard error, `inertia.monitor.alarm`); the others cannot (NaN). Over the m
+micro-batches of one step (independent batches) "per_sample" gives the estimate of their mean:
+÷ m². With per-layer books (`segments`) each estimator also gives its trace per segment.
 """
 
 from __future__ import annotations
@@ -26,19 +29,47 @@ from torch import Tensor
 
 from . import reduce
 from .layout import F64, GroupLayout, Segments
+from .maps import METRIC_KINDS, GroupMap, metric
 
 KINDS = ("per_sample", "microbatch", "fluctuation")
 Values = list[Tensor]  # one 0-d float64 tensor per parameter group
 
 
 @dataclass(frozen=True)
+class Weighing:
+    """How a group's gradient noise is weighed: by M⁻¹ of each parameter tensor (`metrics`;
+    None: the identity). `known` is False where the map has a metric the optimizer has no
+    state for yet (Adam's first step): that group's estimate is NaN."""
+
+    metrics: list[reduce.Metric] | None = None
+    known: bool = True
+
+
+EUCLIDEAN = Weighing()
+
+
+@dataclass(frozen=True)
 class NoiseEstimate:
-    """Per group: `trace` = tr(C)/B and `along` = Δθᵀ(C/B)Δθ (NaN where not estimated);
-    `segments`: tr(C)/B per segment of the per-layer books, or None."""
+    """Per group: `trace` = tr(M⁻¹C)/B, `along` = Δθᵀ(C/B)Δθ and `gradient` = ‖g_B‖²_{M⁻¹} of
+    the step's gradient (NaN where not estimated); `batch`, the samples behind the step where
+    known; `segments`: the trace per segment of the per-layer books, or None."""
 
     trace: Values
     along: Values
+    gradient: Values
+    batch: int | None = None
     segments: Tensor | None = None
+
+
+def _square(x: Tensor, metric: reduce.Metric | None) -> list[Tensor]:
+    """Partial sums of ‖x‖² weighed by M⁻¹ (plain where None)."""
+    if metric is None:
+        return reduce.square_parts(x)
+    return reduce.weighted_square_parts(x, metric, inverse=True)
+
+
+def _metric(weighing: Weighing, j: int) -> reduce.Metric | None:
+    return None if weighing.metrics is None else weighing.metrics[j]
 
 
 class NoiseEstimator:
@@ -50,59 +81,107 @@ class NoiseEstimator:
         self.device = layouts[0].device if layouts else torch.device("cpu")
         self._nan = torch.full((), float("nan"), dtype=F64, device=self.device)
         self._zero = torch.zeros((), dtype=F64, device=self.device)
+        self._batch: int | None = 0
 
     def nan(self) -> Values:
         return [self._nan] * len(self.layouts)
 
-    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
+    def observe(
+        self,
+        per_sample: Tensor | None,
+        steps: list[Tensor] | None,
+        weighing: list[Weighing],
+        *,
+        batch: int | None = None,
+        unscale: Tensor | None = None,
+    ) -> None:
         """After (or, per_sample, before) a micro-batch's backward; `steps`: each group's last
-        step Δθ (flat, either sign), if one was measured."""
+        step Δθ (flat, either sign), if one was measured; `weighing`: each group's metric;
+        `batch`: its samples, if known; `unscale`: 1/S where the gradients are still scaled by
+        a GradScaler's S."""
+        if batch is None or self._batch is None:
+            self._batch = None
+        else:
+            self._batch += batch
 
-    def take(self) -> NoiseEstimate:
-        """The estimate since the last row."""
+    def take(self, weighing: list[Weighing]) -> NoiseEstimate:
+        """The estimate since the last row (`weighing`: each group's metric, for ‖g_B‖²)."""
         raise NotImplementedError
+
+    def _gradient(self, weighing: list[Weighing]) -> Values:
+        """‖g_B‖²_{M⁻¹} of each group's gradient now (the step's, unscaled at the row)."""
+        out = []
+        for layout, w in zip(self.layouts, weighing, strict=True):
+            grads = layout.grads()
+            parts = [p for j, g in enumerate(grads) for p in _square(g, _metric(w, j))]
+            out.append(reduce.total(parts, self.device) if w.known else self._nan)
+        return out
+
+    def _batch_taken(self) -> int | None:
+        batch, self._batch = self._batch, 0
+        return batch or None
 
 
 class PerSample(NoiseEstimator):
-    """tr(C)/B from the per-sample gradients: Σᵢ‖gᵢ − ḡ‖²/(B − 1) = tr(C), ÷ B for the mean."""
+    """tr(M⁻¹C)/B from the per-sample gradients: Σᵢ‖gᵢ − ḡ‖²_{M⁻¹}/(B − 1) = tr(M⁻¹C), ÷ B
+    for the mean."""
 
     def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
         super().__init__(layouts, segments)
         self._params = [p for layout in layouts for p in layout.params]
         self._tensors: list[list[Tensor]] = [[self._zero] * len(x.params) for x in layouts]
+        self._known = [True] * len(layouts)
         self._count = 0
 
-    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
+    def observe(
+        self,
+        per_sample: Tensor | None,
+        steps: list[Tensor] | None,
+        weighing: list[Weighing],
+        *,
+        batch: int | None = None,
+        unscale: Tensor | None = None,
+    ) -> None:
         losses = per_sample_losses(per_sample)
-        batch = losses.numel()
+        size = losses.numel()
+        super().observe(per_sample, steps, weighing, batch=size)
         grads = torch.autograd.grad(
             losses,
             self._params,
-            grad_outputs=torch.eye(batch, dtype=losses.dtype, device=losses.device),
+            grad_outputs=torch.eye(size, dtype=losses.dtype, device=losses.device),
             is_grads_batched=True,
             retain_graph=True,
             allow_unused=True,
         )
         i = 0
-        for k, layout in enumerate(self.layouts):
+        for k, (layout, w) in enumerate(zip(self.layouts, weighing, strict=True)):
+            self._known[k] = self._known[k] and w.known
             for j, g in enumerate(grads[i : i + len(layout.params)]):
                 if g is not None:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
-                    centred = g.reshape(batch, -1).to(F64)
+                    centred = g.reshape(size, -1).to(F64)
                     centred = centred - centred.mean(0)
-                    trace = centred.square().sum() / (batch - 1) / batch
+                    spread = centred.square().sum(0)
+                    metric = _metric(w, j)
+                    if metric is not None:
+                        spread = spread * metric.block(0, spread.numel(), inverse=True).to(F64)
+                    trace = spread.sum() / (size - 1) / size
                     self._tensors[k][j] = self._tensors[k][j] + trace
             i += len(layout.params)
         self._count += 1
 
-    def take(self) -> NoiseEstimate:
-        m = self._count
-        traces = self._tensors
-        self._tensors, self._count = [[self._zero] * len(x.params) for x in self.layouts], 0
+    def take(self, weighing: list[Weighing]) -> NoiseEstimate:
+        m, traces, known = self._count, self._tensors, self._known
+        self._tensors = [[self._zero] * len(x.params) for x in self.layouts]
+        self._known, self._count = [True] * len(self.layouts), 0
+        gradient, batch = self._gradient(weighing), self._batch_taken()
         if not m:
-            return NoiseEstimate(self.nan(), self.nan())
-        groups = [_sum(t, self._zero) / m**2 for t in traces]
+            return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
+        groups = [
+            _sum(t, self._zero) / m**2 if ok else self._nan
+            for t, ok in zip(traces, known, strict=True)
+        ]
         segments = None if self.segments is None else self.segments.sum(traces) / m**2
-        return NoiseEstimate(groups, self.nan(), segments)
+        return NoiseEstimate(groups, self.nan(), gradient, batch, segments)
 
 
 def _sum(values: list[Tensor], zero: Tensor) -> Tensor:
@@ -123,14 +202,11 @@ def per_sample_losses(per_sample: Tensor | None) -> Tensor:
     return losses
 
 
-def _squares(views: list[Tensor], device: torch.device) -> list[Tensor]:
-    return [reduce.total(reduce.square_parts(v), device) for v in views]
-
-
 class MicroBatch(NoiseEstimator):
     """One buffer per group, in the parameters' precision, holds the accumulated gradient
     G_{j−1}; micro-batch j turns it into −d_j = G_{j−1} − G_j in place for its dot products,
-    then takes G_j: a copy, a subtraction and the dots per micro-batch."""
+    then takes G_j: a copy, a subtraction and the dots per micro-batch. Gradients a GradScaler
+    still scales by S are divided by it (`unscale`), so the estimate is the unscaled one."""
 
     def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
         super().__init__(layouts, segments)
@@ -140,73 +216,102 @@ class MicroBatch(NoiseEstimator):
 
     def _reset(self) -> None:
         n = len(self.layouts)
-        self._square = [self._zero] * n  # Σ‖d_j‖²
+        self._square = [self._zero] * n  # Σ‖d_j‖²_{M⁻¹}
         self._tensor_squares = [[self._zero] * len(x.params) for x in self.layouts]
         self._projected = [[self._zero, self._zero] for _ in range(n)]  # Σ⟨d, Δθ⟩, Σ⟨d, Δθ⟩²
+        self._known = [True] * n
+        self._unscale: Tensor | None = None
         self._along = False
         self._count = 0
 
-    def observe(self, per_sample: Tensor | None, steps: list[Tensor] | None) -> None:
-        j = self._count
+    def observe(
+        self,
+        per_sample: Tensor | None,
+        steps: list[Tensor] | None,
+        weighing: list[Weighing],
+        *,
+        batch: int | None = None,
+        unscale: Tensor | None = None,
+    ) -> None:
+        super().observe(per_sample, steps, weighing, batch=batch)
+        j, self._unscale = self._count, unscale
         self._along = steps is not None
-        for i, layout in enumerate(self.layouts):
+        for i, (layout, w) in enumerate(zip(self.layouts, weighing, strict=True)):
             grads, views, buffer = layout.grads(), self._views[i], self._buffers[i]
+            self._known[i] = self._known[i] and w.known
             if j:  # −d_j = G_{j−1} − G_j
                 torch._foreach_sub_(views, grads)
             else:  # d_0 = G_0 (G_{−1} = 0)
                 torch._foreach_copy_(views, grads)
-            if self.segments is None:
-                self._square[i] = self._square[i] + reduce.total(
-                    reduce.square_parts(buffer), self.device
-                )
-            else:
-                squares = _squares(views, self.device)
+            squares = self._squares(views, buffer, w)
+            if unscale is not None:
+                squares = [s * unscale * unscale for s in squares]
+            self._square[i] = self._square[i] + _sum(squares, self._zero)
+            if self.segments is not None:
                 self._tensor_squares[i] = [
                     a + b for a, b in zip(self._tensor_squares[i], squares, strict=True)
                 ]
-                self._square[i] = self._square[i] + torch.stack(squares).sum()
             if steps is not None:
                 p = reduce.total(reduce.dot_parts(buffer, steps[i]), self.device)
                 p = -p if j else p
+                p = p if unscale is None else p * unscale
                 first, second = self._projected[i]
                 self._projected[i] = [first + p, second + p * p]
             if j:
                 torch._foreach_copy_(views, grads)  # G_j, for the next increment
         self._count += 1
 
-    def take(self) -> NoiseEstimate:
+    def _squares(self, views: list[Tensor], flat: Tensor, weighing: Weighing) -> list[Tensor]:
+        """‖x‖²_{M⁻¹} of a group's buffer, per parameter tensor (one flat sum where neither a
+        metric nor per-layer books need them apart)."""
+        if weighing.metrics is None and self.segments is None:
+            return [reduce.total(reduce.square_parts(flat), self.device)]
+        return [
+            reduce.total(_square(v, _metric(weighing, t)), self.device) for t, v in enumerate(views)
+        ]
+
+    def take(self, weighing: list[Weighing]) -> NoiseEstimate:
         m = self._count
+        gradient, batch = self._gradient(weighing), self._batch_taken()
         if m < 2:
             self._reset()
-            return NoiseEstimate(self.nan(), self.nan())
+            return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
         traces, alongs, tensors = [], [], []
-        for i, buffer in enumerate(self._buffers):  # the buffer holds G_m = Σ d_j
-            total = reduce.total(reduce.square_parts(buffer), self.device)
-            traces.append(m * ((self._square[i] - total / m) / (m - 1)))
-            first, second = self._projected[i]
-            along = m * (second - first * first / m) / (m - 1)
-            alongs.append(along if self._along else self._nan)
+        for i, views in enumerate(self._views):  # the buffer holds G_m = Σ d_j
+            totals = self._squares(views, self._buffers[i], weighing[i])
+            if self._unscale is not None:
+                totals = [x * self._unscale * self._unscale for x in totals]
+            trace = m * ((self._square[i] - _sum(totals, self._zero) / m) / (m - 1))
+            traces.append(trace if self._known[i] else self._nan)
             if self.segments is not None:
-                totals = _squares(self._views[i], self.device)
                 tensors.append(
                     [
                         m * ((s - t / m) / (m - 1))
                         for s, t in zip(self._tensor_squares[i], totals, strict=True)
                     ]
                 )
+            first, second = self._projected[i]
+            along = m * (second - first * first / m) / (m - 1)
+            alongs.append(along if self._along else self._nan)
         segments = None if self.segments is None else self.segments.sum(tensors)
         self._reset()
-        return NoiseEstimate(traces, alongs, segments)
+        return NoiseEstimate(traces, alongs, gradient, batch, segments)
 
 
 class Fluctuation(NoiseEstimator):
-    """‖g_B‖² of the step's gradient, per group; nothing along Δθ."""
+    """‖g_B‖²_{M⁻¹} of the step's gradient, per group; nothing along Δθ."""
 
-    def take(self) -> NoiseEstimate:
-        per_tensor = [_squares(layout.grads(), self.device) for layout in self.layouts]
-        groups = [_sum(t, self._zero) for t in per_tensor]
+    def take(self, weighing: list[Weighing]) -> NoiseEstimate:
+        per_tensor = [
+            [reduce.total(_square(g, _metric(w, j)), self.device) for j, g in enumerate(x.grads())]
+            for x, w in zip(self.layouts, weighing, strict=True)
+        ]
+        groups = [
+            _sum(t, self._zero) if w.known else self._nan
+            for t, w in zip(per_tensor, weighing, strict=True)
+        ]
         segments = None if self.segments is None else self.segments.sum(per_tensor)
-        return NoiseEstimate(groups, self.nan(), segments)
+        return NoiseEstimate(groups, self.nan(), groups, self._batch_taken(), segments)
 
 
 def estimator(
@@ -219,6 +324,17 @@ def estimator(
         return PerSample(layouts, segments)
     if kind == "microbatch":
         return MicroBatch(layouts, segments)
-    if kind == "fluctuation":
-        return Fluctuation(layouts, segments)
-    raise ValueError(f"noise must be None or one of {', '.join(KINDS)}; got {kind!r}")
+    return Fluctuation(layouts, segments)
+
+
+def weighing(optimizer: torch.optim.Optimizer, maps: list[GroupMap]) -> list[Weighing]:
+    """Each group's metric for its gradient noise: M⁻¹ of the state the step starts from for a
+    map with a metric (unknown before the optimizer has one), the identity otherwise."""
+    out = []
+    for group, m in zip(optimizer.param_groups, maps, strict=True):
+        if m.kind not in METRIC_KINDS:
+            out.append(EUCLIDEAN)
+            continue
+        metrics = metric(optimizer, group, m, before=True)
+        out.append(Weighing(metrics, known=metrics is not None))
+    return out

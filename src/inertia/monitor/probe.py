@@ -1,10 +1,11 @@
 """Probes: what the monitor measures of the parameters at a row (docs/theory.md §4).
 
 A row at θ_k needs, per parameter group, the kinetic energy K = ½ uᵀMu of the velocity
-u = (θ_k − θ_{k−1})/h, the weight-decay potential (wd/2)‖θ_k‖² and the shadow term
-−½⟨θ_k − θ_{k−1}, ∇L(θ_k) + wd θ_k⟩; the stability alarm's secant needs a few more dot
-products. Every value is a 0-d float64 tensor on the parameters' device: nothing waits for the
-host. Two probes give them behind one protocol:
+u = (θ_k − θ_{k−1})/h, the weight-decay potential (wd/2)‖θ_k‖², the power of the last step
+against the forces ⟨−Δθ_{k−1}, ∇L(θ_k) + wd θ_k⟩ (the shadow term and the map's exact
+friction, docs/theory.md §4) and the work of a decoupled decay over the step; the stability
+alarm's secant needs a few more dot products. Every value is a 0-d float64 tensor on the
+parameters' device: nothing waits for the host. Two probes give them behind one protocol:
 
 - `ParameterProbe` keeps a buffer of the parameters in their own precision (float32 for
   float32, bf16 and fp16 parameters; float64 for float64): θ_k at the step, then
@@ -25,24 +26,27 @@ from .._distributed import local
 from ..reporting import ReportsEnergy
 from . import reduce
 from .layout import F64, GroupLayout, Segments
-from .maps import GroupMap, metric
+from .maps import NESTEROV, GroupMap, metric
 
 Values = list[Tensor]  # one 0-d float64 tensor per parameter group
 
 
 @dataclass(slots=True)
 class Measurement:
-    """A row's measurement: the weight-decay potential Σ (wd/2)‖θ_k‖², the shadow term, and per
-    group the kinetic energy and the dot products of the alarm's curvature (NaN where not
+    """A row's measurement: the weight-decay potential Σ (wd/2)‖θ_k‖² (`penalty`), and per
+    group the kinetic energy, the power ⟨−Δθ_{k−1}, g_k + wd θ_k⟩ (`power`, Δθ the step the
+    momentum carries), ⟨θ_k, g_k⟩ where a decoupled decay acts (`theta_grad`, its work), and
+    the dot products of the alarm's curvature and Nesterov's look-ahead (NaN where not
     measured): ⟨−Δθ_{k−1}, g_k⟩ (`grad_dot`) and ⟨−Δθ_{k−1}, g_{k−1}⟩ (`grad_dot_before`),
-    ‖Δθ_{k−1}‖², ‖θ‖² at the last snapshot, and for the two-step curvature
-    ⟨−Δθ_{k−2}, g_k⟩ (`cross_grad`), ⟨Δθ_{k−1}, Δθ_{k−2}⟩ (`cross`), ⟨−Δθ_{k−2}, g_{k−1}⟩
-    (`cross_before`). `segments`: per-layer sums (name → (S,)), where the monitor keeps
-    per-layer books."""
+    ‖Δθ_{k−1}‖², ‖θ‖² at the last snapshot, and
+    for the two-step curvature ⟨−Δθ_{k−2}, g_k⟩ (`cross_grad`), ⟨Δθ_{k−1}, Δθ_{k−2}⟩
+    (`cross`), ⟨−Δθ_{k−2}, g_{k−1}⟩ (`cross_before`). `segments`: per-layer sums
+    (name → (S,)), where the monitor keeps per-layer books."""
 
-    decay: Tensor
-    shadow: Tensor
+    penalty: Tensor
     kinetic: Values
+    power: Values
+    theta_grad: Values
     grad_dot: Values
     grad_dot_before: Values
     delta_sq: Values
@@ -57,9 +61,7 @@ class Measurement:
         return {name: getattr(self, name) for name in _SUMMED}
 
 
-_SUMMED = tuple(
-    f.name for f in fields(Measurement) if f.name not in ("decay", "shadow", "segments")
-)
+_SUMMED = tuple(f.name for f in fields(Measurement) if f.name not in ("penalty", "segments"))
 
 
 class Probe(Protocol):
@@ -150,32 +152,36 @@ class ParameterProbe:
             group.snapshot(norm=m.weight_decay != 0 or self.two_steps)
 
     def after_step(self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]) -> None:
-        """Buffers ← θ_k − θ_{k+1} = −Δθ; K = ½ΔθᵀMΔθ/h² in the map's metric; the secant's dots."""
+        """Buffers ← −h u_k, the step the momentum carries: θ_k − θ_{k+1}, less a decoupled
+        decay's own displacement −ηλθ_k (which no momentum carries); K = ½h²uᵀMu/h² in the
+        map's metric; ⟨−h u_k, g_k⟩ for the secant and Nesterov's look-ahead."""
         kinetic_parts: list[list[Tensor]] = []
         step_parts: list[list[Tensor]] = []
         for i, (group, m) in enumerate(zip(self.groups, maps, strict=True)):
-            device = group.step.device
-            torch._foreach_sub_(group.step_views, group.layout.local_params())
+            device, params, views = group.step.device, group.layout.local_params(), group.step_views
+            torch._foreach_sub_(views, params)
+            if m.decoupled:  # θ_k − θ_{k+1} − ηλθ_k = (1 − ηλ)(θ_k − θ_{k+1}) − ηλθ_{k+1}
+                torch._foreach_mul_(views, 1.0 - m.decoupled)
+                torch._foreach_add_(views, params, alpha=-m.decoupled)
             group.delta_sq = group.square(group.step)
-            if self.secant:  # ⟨−Δθ_k, g_k⟩: the secant's other half, and the cross term
+            if self.secant or m.kind == NESTEROV:  # ⟨−Δθ_k, g_k⟩, and the cross term
                 grads = group.layout.grads()
-                self.grad_dot_before[i] = _cross(group.step_views, grads, device)
+                self.grad_dot_before[i] = _cross(views, grads, device)
                 if group.previous is not None and group.has_previous:
                     self.cross_before[i] = _cross(group.previous_views, grads, device)
             mass = metric(optimizer, optimizer.param_groups[i], m)
             if mass is None and self.segments is None:  # the flat norm already measured
                 self.kinetic[i] = 0.5 * group.delta_sq / (m.h * m.h) if m.h > 0 else self._zero
                 continue
-            squares = [reduce.total(reduce.square_parts(v), device) for v in group.step_views]
-            weighted = (
-                squares
-                if mass is None
-                else [
+            squares = [reduce.total(reduce.square_parts(v), device) for v in views]
+            weighted = squares
+            if mass is not None:
+                weighted = [
                     reduce.total(reduce.weighted_square_parts(v, w), device)
-                    for v, w in zip(group.step_views, mass, strict=True)
+                    for v, w in zip(views, mass, strict=True)
                 ]
-            )
-            per_tensor = [0.5 * x / (m.h * m.h) if m.h > 0 else self._zero for x in weighted]
+            scale = 0.5 / (m.h * m.h) if m.h > 0 else 0.0
+            per_tensor = [x * scale for x in weighted]
             self.kinetic[i] = torch.stack(per_tensor).sum() if per_tensor else self._zero
             kinetic_parts.append(per_tensor)
             step_parts.append(squares)
@@ -191,9 +197,10 @@ class ParameterProbe:
         `snapshot`, θ_k is left in them for the step's velocity."""
         n, nan = len(self.groups), self._nan
         out = Measurement(
-            decay=self._zero,
-            shadow=self._zero,
+            penalty=self._zero,
             kinetic=list(self.kinetic),
+            power=[self._zero] * n,
+            theta_grad=[self._zero] * n,
             grad_dot=[self._zero] * n,
             grad_dot_before=list(self.grad_dot_before),
             delta_sq=[g.delta_sq for g in self.groups],
@@ -207,8 +214,7 @@ class ParameterProbe:
             device = group.step.device
             if self.has_delta:  # step = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
                 grads = group.layout.grads()
-                out.grad_dot[i] = _cross(group.step_views, grads, device)
-                out.shadow = out.shadow + 0.5 * out.grad_dot[i]
+                out.grad_dot[i] = out.power[i] = _cross(group.step_views, grads, device)
                 if group.previous is not None:
                     if group.has_previous:
                         out.cross_grad[i] = _cross(group.previous_views, grads, device)
@@ -217,6 +223,10 @@ class ParameterProbe:
                         )
                     group.previous.copy_(group.step)
                     group.has_previous = True
+            if m.decoupled:  # ⟨θ_k, g_k⟩: the decay's work over the steps on either side
+                out.theta_grad[i] = _cross(
+                    group.layout.local_params(), group.layout.grads(), device
+                )
             if not m.weight_decay:
                 if snapshot:
                     group.snapshot(norm=self.two_steps)  # the two-step curvature's precision
@@ -230,9 +240,9 @@ class ParameterProbe:
                 parts = [p for t in group.layout.local_params() for p in reduce.square_parts(t)]
                 theta_sq = reduce.total(parts, device)
             out.theta_sq.append(group.theta_sq)
-            out.decay = out.decay + 0.5 * m.weight_decay * theta_sq
-            if self.has_delta:  # ½ wd ⟨−Δθ, θ_k⟩ = ¼ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
-                out.shadow = out.shadow + 0.25 * m.weight_decay * (
+            out.penalty = out.penalty + 0.5 * m.weight_decay * theta_sq
+            if self.has_delta:  # wd ⟨−Δθ, θ_k⟩ = ½ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
+                out.power[i] = out.power[i] + 0.5 * m.weight_decay * (
                     before - theta_sq - group.delta_sq
                 )
         return out
@@ -257,15 +267,10 @@ class ParameterProbe:
             raise ValueError(f"state: not a monitor checkpoint (missing {missing})")
 
     def state_dict(self) -> dict[str, Any]:
-        floats = (
-            torch.stack(
-                [*self.kinetic, *self.grad_dot_before, *self.cross_before]
-                + [x for g in self.groups for x in (g.delta_sq, g.theta_sq)]
-            ).tolist()
-            if self.groups
-            else []
-        )
         n = len(self.groups)
+        values = [*self.kinetic, *self.grad_dot_before, *self.cross_before]
+        values += [x for g in self.groups for x in (g.delta_sq, g.theta_sq)]
+        floats = torch.stack(values).tolist() if self.groups else []
         return {
             "measured": self.measured,
             "has_delta": self.has_delta,
@@ -299,9 +304,9 @@ class ParameterProbe:
 
 
 class ReportProbe:
-    """Reads an optimizer's report (`ReportsEnergy`): K = ½‖p_k‖², the shadow term
-    −½h⟨p_k, ∇L + wd θ⟩ and (wd/2)‖θ_k‖². A row with no step behind it (skipped) reads K from
-    the current velocity and books no shadow term."""
+    """Reads an optimizer's report (`ReportsEnergy`): K = ½‖p_k‖², the power
+    ⟨−Δθ_{k−1}, ∇L + wd θ⟩ = −h⟨p_k, ∇L + wd θ⟩ and (wd/2)‖θ_k‖². A row with no step behind it
+    (skipped) reads K from the current velocity and has no power."""
 
     books_after_step = True
     measured = has_delta = False
@@ -322,28 +327,27 @@ class ReportProbe:
         """Nothing: the row is booked from the report."""
 
     def measure(self, maps: list[GroupMap], *, snapshot: bool, after_step: bool) -> Measurement:
-        n, decay, shadow = len(self.params), 0.0, 0.0
-        device = self._nan.device
+        n, device = len(self.params), self._nan.device
+        power, penalty = [0.0] * n, torch.zeros((), dtype=F64, device=device)
         if after_step:
             for i, (report, m) in enumerate(zip(self.optimizer.energy_report(), maps, strict=True)):
                 self.kinetic[i] = report.kinetic
-                shadow -= 0.5 * report.h_before * report.power
-                decay += 0.5 * m.weight_decay * report.theta_sq
-            decay_t = torch.tensor(decay, dtype=F64, device=device)
+                power[i] = -report.h_before * report.power  # ⟨−Δθ_{k−1}, g + wd θ⟩
+                penalty = penalty + 0.5 * m.weight_decay * report.theta_sq
         else:
             self.kinetic[:] = self.optimizer.kinetic_energy()
-            decay_t = torch.zeros((), dtype=F64, device=device)
             for params, m in zip(self.params, maps, strict=True):
                 parts = [q for p in params for q in reduce.square_parts(local(p).detach())]
-                decay_t = decay_t + 0.5 * m.weight_decay * reduce.total(parts, device)
-        values = torch.tensor([*self.kinetic, shadow], dtype=F64, device=device).unbind()
-        nan = [self._nan] * n
+                penalty = penalty + 0.5 * m.weight_decay * reduce.total(parts, device)
+        values = torch.tensor([*self.kinetic, *power], dtype=F64, device=device).unbind()
+        nan, zero = [self._nan] * n, torch.zeros((), dtype=F64, device=device)
         return Measurement(
-            decay=decay_t,
-            shadow=values[-1],
-            kinetic=list(values[:-1]),
-            grad_dot=nan,
-            grad_dot_before=nan,
+            penalty=penalty,
+            kinetic=list(values[:n]),
+            power=list(values[n:]),
+            theta_grad=[zero] * n,
+            grad_dot=[zero] * n,
+            grad_dot_before=[zero] * n,
             delta_sq=nan,
             theta_sq=nan,
             cross_grad=nan,

@@ -78,21 +78,32 @@ class Metric:
         self.second, self.correction, self.eps = second.reshape(-1), correction, eps
         self.mean = None if mean is None else mean.reshape(-1)
 
-    def block(self, start: int, stop: int) -> Tensor:
-        """M over elements [start, stop) of the flattened tensor, in the state's dtype."""
+    def block(self, start: int, stop: int, *, inverse: bool = False) -> Tensor:
+        """M (or M⁻¹) over elements [start, stop) of the flattened tensor, in the state's
+        dtype."""
         v = self.second[start:stop]
         if self.mean is not None:
             v = v - self.mean[start:stop] ** 2
         elif self.correction != 1.0:
             v = v.div(self.correction)
-        return v.sqrt().add_(self.eps)
+        m = v.sqrt().add_(self.eps)
+        return m.reciprocal_() if inverse else m
 
 
-def weighted_square_parts(a: Tensor, metric: Metric) -> list[Tensor]:
-    """Partial sums of Σᵢ Mᵢaᵢ², the norm in a diagonal metric, in float64."""
+def weighted_square_parts(a: Tensor, metric: Metric, *, inverse: bool = False) -> list[Tensor]:
+    """Partial sums of Σᵢ Mᵢaᵢ² (with `inverse`, Σᵢ aᵢ²/Mᵢ), in float64."""
     flat, parts = a.reshape(-1), []
     for start, stop in _spans(flat.numel()):
         wide = _wide(flat[start:stop])
-        weight = _wide(metric.block(start, stop), slot=1)
+        weight = _wide(metric.block(start, stop, inverse=inverse), slot=1)
         parts.append(torch.dot(wide.mul_(wide), weight))
+    return parts
+
+
+def weighted_dot_parts(a: Tensor, b: Tensor, metric: Metric) -> list[Tensor]:
+    """Partial sums of Σᵢ Mᵢaᵢbᵢ, in float64."""
+    x, y, parts = a.reshape(-1), b.reshape(-1), []
+    for start, stop in _spans(x.numel()):
+        wide = _wide(x[start:stop]).mul_(_wide(metric.block(start, stop), slot=1))
+        parts.append(torch.dot(wide, y[start:stop].to(F64)))
     return parts

@@ -11,7 +11,10 @@ import torch
 from torch import Tensor
 
 from ..energy import Ledger
+from .alarm import AlarmReading
+from .maps import METRIC_KINDS, NO_MAP, GroupMap
 from .noise import NoiseEstimate
+from .noise_scale import NoiseScale
 from .probe import Measurement
 
 OK, NONFINITE, SKIPPED = 0, 1, 2  # `Row.flag`
@@ -22,12 +25,16 @@ class Row:
     """Row k describes the parameters θ_k that step k starts from (docs/monitor.md, Rows).
 
     `lr`, `h`, `gamma`, `metric`: the first parameter group's map (metric 1: a diagonal metric,
-    Adam's or RMSprop's; 0: the identity); `kinetic`, `potential`, `inertia`:
-    the energies at θ_k; `dissipated`, `injected`, `residual`: the cumulative books;
-    `shadow`: the modified energy H̃_k; `noise_trace`: tr(C)/B (NaN without a noise
-    estimate); `margin`: the stability margin (NaN without the alarm); `alarm`: 1 while the
-    alarm is raised; `flag`: OK (0), NONFINITE (1, a non-finite loss) or SKIPPED (2, an
-    iteration whose optimizer step was skipped, e.g. by GradScaler).
+    Adam's or RMSprop's; 0: the identity); `loss`: the observed loss; `kinetic`,
+    `potential` (the loss and the weight-decay penalty of coupled weight decay), `inertia`:
+    the energies at θ_k; `dissipated`, `injected`, `residual`, `decay` (work of a decoupled
+    decay), `schedule` (energy the learning rate's changes added): the cumulative books;
+    `shadow`: the modified energy H̃_k; `noise_trace`: tr(M⁻¹C)/B in the map's metric (NaN
+    without a noise estimate); `noise_scale`: B_simple = tr(M⁻¹C)/‖G‖²_{M⁻¹}, the gradient
+    noise scale, from averages over rows (`inertia.monitor.noise_scale`; NaN where the batch
+    size is unknown); `margin`: the stability margin (NaN without the alarm);
+    `alarm`: 1 while the alarm is raised; `flag`: OK (0), NONFINITE (1, a non-finite loss)
+    or SKIPPED (2, an iteration whose optimizer step was skipped, e.g. by GradScaler).
     """
 
     step: int
@@ -35,14 +42,18 @@ class Row:
     h: float
     gamma: float
     metric: int
+    loss: float
     kinetic: float
     potential: float
     inertia: float
     dissipated: float
     injected: float
     residual: float
+    decay: float
+    schedule: float
     shadow: float
     noise_trace: float
+    noise_scale: float
     margin: float
     alarm: int
     flag: int
@@ -104,8 +115,8 @@ def row_values(
 ) -> dict[str, list[Tensor]]:
     """A row's device values by name, as `Pack` takes them: the probe's measurement, the noise
     estimate, the alarm's curvature and the per-layer sums (`<quantity>/<layer>`)."""
-    named = {"decay": [measured.decay], "shadow": [measured.shadow], **measured.per_group()}
-    named |= {"noise": estimate.trace, "along": estimate.along}
+    named = {"penalty": [measured.penalty], **measured.per_group()}
+    named |= {"noise": estimate.trace, "along": estimate.along, "gradient": estimate.gradient}
     named |= {"spread": spread, "curvature": curvature}
     per_layer = dict(measured.segments)
     if estimate.segments is not None:
@@ -114,6 +125,50 @@ def row_values(
         for layer, value in zip(layers, values.unbind(), strict=True):
             named[f"{quantity}/{layer}"] = [value]
     return named
+
+
+def make_row(
+    step: int,
+    now: list[GroupMap],
+    values: dict[str, list[float]],
+    host: list[float],
+    reading: AlarmReading,
+    flag: int,
+    layers: list[str],
+    scale: NoiseScale,
+    batch: int | None,
+) -> Row:
+    """Row `step` from the fetched `values` and `host` = [inertia, potential, the books…]: the
+    first group's map, the shadow energy I + ½Σ⟨−Δθ, g + wd θ⟩, the noise trace T and the
+    noise scale, `scale` updated with T, ‖g_B‖² and the `batch` size."""
+    first = now[0] if now else NO_MAP
+    inertia, potential = host[0], host[1]
+    dissipated, injected, residual, decay, schedule = host[2:7]
+    noise = values["noise"]
+    trace = sum(noise) if all(math.isfinite(x) for x in noise) else math.nan
+    return Row(
+        step,
+        first.lr,
+        first.h,
+        first.gamma,
+        int(first.kind in METRIC_KINDS),
+        values["loss"][0],
+        sum(values["kinetic"]),
+        potential,
+        inertia,
+        dissipated,
+        injected,
+        residual,
+        decay,
+        schedule,
+        inertia + 0.5 * sum(values["power"]),
+        trace,
+        scale.update(trace, sum(values["gradient"]), batch),
+        reading.margin,
+        int(reading.raised),
+        flag,
+        layer_columns(values, layers),
+    )
 
 
 def layer_columns(values: dict[str, list[float]], layers: list[str]) -> dict[str, float]:
