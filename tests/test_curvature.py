@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev
 
+from inertia import InertiaMonitor
 from inertia.monitor.curvature import TopCurvature
 
 F64 = torch.float64
@@ -118,3 +119,62 @@ def test_a_loss_without_curvature_reads_zero_and_a_zero_step_nan():
     fresh = TopCurvature([[theta]])
     value, spread = fresh.measure(0.5 * (x @ theta) ** 2, [torch.zeros(3, dtype=F64)])
     assert math.isnan(value) and math.isnan(spread)
+
+
+class Attention(torch.nn.Module):
+    """One causal head of `scaled_dot_product_attention` over 5 positions, then a linear read."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.qkv = torch.nn.Linear(4, 12)
+        self.read = torch.nn.Linear(4, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q, k, v = self.qkv(x).unsqueeze(1).chunk(3, dim=-1)  # (B, 1 head, T, 4) each
+        y = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return self.read(y.squeeze(1)).mean(1)
+
+
+def test_a_fused_attention_kernel_falls_back_to_the_math_kernel():
+    """The fused CPU kernel has no double backward: the first measurement through it is NaN
+    with one warning and switches attention to the math kernel; the next forward's value is
+    the top Ritz value of the whole batch Hessian over the step, to round-off; `restore`
+    gives the fused kernel back (and a failure that is not attention's is raised)."""
+    torch.manual_seed(0)
+    model = Attention().double()
+    x, y = torch.randn(12, 5, 4, dtype=F64), torch.randn(12, 1, dtype=F64)
+    groups = [list(model.parameters())]
+    top = TopCurvature(groups)
+    step = torch.randn(sum(p.numel() for p in model.parameters()), dtype=F64)
+    with pytest.warns(RuntimeWarning, match="math kernel"):
+        value, spread = top.measure(((model(x) - y) ** 2).squeeze(1), [step])
+    assert math.isnan(value) and math.isnan(spread) and top.attention.enabled
+    assert not torch.backends.cuda.flash_sdp_enabled()
+    value, _ = top.measure(((model(x) - y) ** 2).squeeze(1), [step])
+    theta = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    expected, _ = ritz(hessian(lambda t: flat_loss(model, x, y)(t).mean())(theta), [step])
+    assert value == pytest.approx(expected, rel=1e-10)
+    top.attention.restore()
+    assert torch.backends.cuda.flash_sdp_enabled() and not top.attention.enabled
+
+
+def test_the_monitor_measures_attention_models_and_gives_the_kernels_back():
+    """`noise="per_sample"` with the alarm on an attention model: one warning, the margin
+    measured from the row after the fallback on, and the fused kernel back after `detach`."""
+    torch.manual_seed(0)
+    model = Attention().double()
+    x, y = torch.randn(12, 5, 4, dtype=F64), torch.randn(12, 1, dtype=F64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt, noise="per_sample", alarm=True)
+    with pytest.warns(RuntimeWarning, match="math kernel") as caught:
+        for _ in range(5):
+            opt.zero_grad()
+            losses = ((model(x) - y) ** 2).squeeze(1)
+            monitor.observe(losses.mean(), per_sample=losses)
+            losses.mean().backward()
+            opt.step()
+    assert len([w for w in caught if "math kernel" in str(w.message)]) == 1
+    margin = monitor.ledger["margin"]
+    assert bool(margin[2:].isfinite().all()) and float(margin[2:].min()) > 0, margin
+    monitor.detach()
+    assert torch.backends.cuda.flash_sdp_enabled()

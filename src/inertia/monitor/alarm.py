@@ -24,7 +24,7 @@ import torch
 from torch import Tensor
 
 from ..theory import heavy_ball_margin
-from .curvature import TopCurvature
+from .curvature import MathAttention, TopCurvature
 from .layout import GroupLayout
 from .maps import GroupMap
 from .noise import per_sample_losses
@@ -80,11 +80,19 @@ class AlarmReading:
 class StabilityAlarm:
     """The margin per row from the curvature of `mode`, and the alarm over rows."""
 
-    def __init__(self, layouts: Sequence[GroupLayout], mode: Mode, patience: int):
+    def __init__(
+        self,
+        layouts: Sequence[GroupLayout],
+        mode: Mode,
+        patience: int,
+        attention: MathAttention | None = None,
+    ):
         self.layouts, self.mode, self.patience = layouts, mode, patience
         self._eps = [layout.eps for layout in layouts]  # the parameters' unit round-off
         n = len(layouts)
-        self._top = TopCurvature([x.params for x in layouts]) if mode == "hessian" else None
+        self.attention = MathAttention() if attention is None else attention
+        groups = [x.params for x in layouts]
+        self._top = TopCurvature(groups, self.attention) if mode == "hessian" else None
         self._measured: list[float] | None = None  # Σλ̂, ΣVar(λ̂) over the step's micro-batches
         self._count = 0
         self._last_secant: list[tuple[float, float] | None] = [None] * n  # (dᵀHd, ‖d‖²)
@@ -222,8 +230,12 @@ class StabilityAlarm:
         return max(0.0, self._evidence + (margin - 1.0) / stderr)
 
     def fresh(self) -> StabilityAlarm:
-        """An alarm like this one, as constructed."""
-        return StabilityAlarm(self.layouts, self.mode, self.patience)
+        """An alarm like this one, as constructed (attention kept on the kernel it is on)."""
+        return StabilityAlarm(self.layouts, self.mode, self.patience, self.attention)
+
+    def close(self) -> None:
+        """Attention back on the kernels it had before the alarm met a fused one."""
+        self.attention.restore()
 
     def state_dict(self) -> dict[str, Any]:
         return {

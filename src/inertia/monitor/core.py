@@ -193,10 +193,12 @@ class InertiaMonitor:
         return ledger_of(self._rows)
 
     def detach(self) -> None:
-        """Remove the hooks and close the sinks."""
+        """Remove the hooks, close the sinks and give attention back its kernels."""
         for handle in self._handles:
             handle.remove()
         self._handles = []
+        if self._alarm is not None:
+            self._alarm.close()
         for sink in self.sinks:
             sink.close()
 

@@ -14,15 +14,23 @@ fluctuation, whose variance along x̂, Var_i(x̂ᵀHᵢx̂)/B, the per-sample se
 derivatives give (the double-backward trick: with dummy weights w, sᵢ = ∂/∂wᵢ⟨∇_θ Σ wⱼℓⱼ, x̂⟩
 = ⟨∇ℓᵢ, x̂⟩, and the same again on s gives x̂ᵀHᵢx̂). Cost per row: one backward pass with a
 graph, one Hessian-vector product per direction (up to three) and three more backward passes.
+
+The fused CPU and CUDA kernels of `scaled_dot_product_attention` have no double backward: the
+first row through one finds its curvature missing (NaN, with a warning) and switches attention
+to the math kernel, whose backward has one, for the forwards after it (`MathAttention`, until
+the monitor detaches).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 F64 = torch.float64
 INDEPENDENT = 1e-12  # a direction adds to the span if more than this share of it (squared) is new
@@ -77,14 +85,44 @@ def _orthonormal(vectors: list[Vector]) -> list[Vector]:
     return basis
 
 
+class MathAttention:
+    """`scaled_dot_product_attention` held to its math kernel from `enable` to `restore`."""
+
+    def __init__(self) -> None:
+        self._held: AbstractContextManager[None] | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self._held is not None
+
+    def enable(self) -> None:
+        if self._held is None:
+            self._held = sdpa_kernel(SDPBackend.MATH)
+            self._held.__enter__()
+
+    def restore(self) -> None:
+        """The kernels chosen as before `enable`."""
+        if self._held is not None:
+            self._held.__exit__(None, None, None)
+            self._held = None
+
+
+def _fused_attention_failed(error: RuntimeError) -> bool:
+    """A double backward through a fused attention kernel, which has none."""
+    text = str(error)
+    return "attention" in text and "derivative for" in text and "not implemented" in text
+
+
 class TopCurvature:
     """Tracks the top curvature of the minibatch Hessian along the training's motion."""
 
-    def __init__(self, groups: Sequence[Sequence[Tensor]]):
-        """`groups`: the parameters of each group, as the optimizer holds them."""
+    def __init__(self, groups: Sequence[Sequence[Tensor]], attention: MathAttention | None = None):
+        """`groups`: the parameters of each group, as the optimizer holds them; `attention`:
+        switched to the math kernel if a fused one is met (default: a fresh `MathAttention`)."""
         self._sizes = [[p.numel() for p in g] for g in groups]
         self._params = [p for g in groups for p in g]
         self._tracked: list[Vector] = []  # x̂ and H_B'x̂/‖H_B'x̂‖ of the last row
+        self.attention = MathAttention() if attention is None else attention
 
     def state_dict(self) -> list[Vector]:
         return [[t.clone() for t in v] for v in self._tracked]
@@ -114,7 +152,24 @@ class TopCurvature:
 
     def measure(self, losses: Tensor, step: Vector) -> tuple[float, float]:
         """(λ̂, Var_i(x̂ᵀHᵢx̂)/B) at the current parameters from the unreduced `losses` (with
-        their graph); `step`: the last step (flat float64 per group, either sign)."""
+        their graph); `step`: the last step (flat float64 per group, either sign). NaN once
+        if the graph holds a fused attention kernel: later forwards use the math kernel."""
+        try:
+            return self._measure(losses, step)
+        except RuntimeError as error:
+            if self.attention.enabled or not _fused_attention_failed(error):
+                raise
+            self.attention.enable()
+            warnings.warn(
+                "inertia: the stability alarm's Hessian-vector products need a double backward, "
+                "which the fused scaled_dot_product_attention kernel lacks; attention now runs "
+                "on the math kernel while the monitor is attached (this row's curvature is NaN)",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+            return math.nan, math.nan
+
+    def _measure(self, losses: Tensor, step: Vector) -> tuple[float, float]:
         basis = _orthonormal([[s.to(F64) for s in step], *self._tracked])
         losses = losses.reshape(-1)
         batch = losses.numel()
