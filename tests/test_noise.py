@@ -314,3 +314,12 @@ def test_noise_scale_is_unknown_without_a_batch_size():
         monitor.optimizer.step()
     assert monitor.ledger["noise_trace"][1:].isfinite().all()
     assert monitor.ledger["noise_scale"].isnan().all()
+
+
+def test_ranks_noise_needs_the_ddp_module():
+    theta = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    opt = torch.optim.SGD([theta], lr=0.1)
+    with pytest.raises(ValueError, match="^model: noise='ranks' needs the DistributedDataParallel"):
+        InertiaMonitor(opt, noise="ranks")
+    with pytest.raises(ValueError, match="model: .*got Linear"):
+        InertiaMonitor(opt, noise="ranks", model=torch.nn.Linear(3, 1))

@@ -65,9 +65,10 @@ class InertiaMonitor:
         on_nan: "flag" records a non-finite loss and carries on; "raise" raises
             FloatingPointError before the optimizer step.
         history: rows kept in memory; default all, or the last 10 000 when a file sink streams.
-        noise: None, "per_sample", "microbatch" or "fluctuation" (`inertia.monitor.noise`): the
-            gradient-noise estimate behind `noise_trace`, the injected heat ½h²·tr(C)/B per step
-            and `noise_floor()`.
+        noise: None, "per_sample", "microbatch", "fluctuation" or "ranks" (DDP, with `model`
+            the DistributedDataParallel module; `inertia.monitor.noise`): the gradient-noise
+            estimate behind `noise_trace`, `noise_scale`, the injected heat ½h²·tr(M⁻¹C)/B per
+            step and `noise_floor()`.
         alarm: compute the stability margin and raise the alarm (a `RuntimeWarning` and
             `on_alarm(row)`) once the evidence that it exceeds 1 passes its threshold for
             `alarm_patience` rows (`inertia.monitor.alarm`: the curvature from the steps'
@@ -77,7 +78,8 @@ class InertiaMonitor:
         by: per-layer books, "module" (each module of `model` that owns parameters) or
             "group" (each parameter group): columns `kinetic/<layer>`, `step_size/<layer>`
             (‖Δθ‖) and, with a noise estimate, `noise_trace/<layer>`.
-        model: the model whose modules `by="module"` names.
+        model: the model whose modules `by="module"` names; with noise="ranks", the
+            DistributedDataParallel module whose communication hook reads the local gradients.
         params: the parameters the per-layer books watch (default: all).
     """
 
@@ -130,7 +132,13 @@ class InertiaMonitor:
         self._probe = make_probe(optimizer, layouts, mode, noise, segments)
         replicated = self._probe.books_after_step or not any(x.sharded for x in layouts)
         self._ranks = Ranks.here(device, replicated=replicated, own_batch=noise != "fluctuation")
-        self._noise = estimator(noise, layouts, segments)
+        self._noise = estimator(
+            noise,
+            layouts,
+            segments,
+            model=model,
+            weigh=lambda: weighing(self.optimizer, self._read_maps()),
+        )
         self._alarm = None if mode is None else StabilityAlarm(layouts, mode, self.alarm_patience)
         self._books = Books(self._groups, device)
         self._noise_scale = NoiseScale()

@@ -11,6 +11,9 @@ parameter group, as float64 tensors on the parameters' device.
   gradient is a sum of m independent increments d_j, so its variance is m·Var(d).
 - "fluctuation": no extra work, ‖g_B‖²_{M⁻¹} of the step: tr(M⁻¹C)/B + ‖∇L‖²_{M⁻¹}, so an upper
   bound that is tight at stationarity, where ∇L ≈ 0.
+- "ranks" (DDP): the two-batch estimator of McCandlish et al. 2018 (appendix A, as GPT-NeoX
+  computes it) from each rank's local gradient g_r, read by a communication hook before the
+  all-reduce, beside the all-reduced mean ḡ: no extra buffer, one scalar per group.
 
 Each estimate also gives ‖g_B‖²_{M⁻¹}, the step's gradient, for the gradient noise scale
 B·tr(M⁻¹C)/B ÷ (‖g_B‖² − tr(M⁻¹C)/B) (McCandlish et al. 2018, with an unbiased ‖G‖²).
@@ -22,16 +25,19 @@ micro-batches of one step (independent batches) "per_sample" gives the estimate 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from . import reduce
 from .layout import F64, GroupLayout, Segments
 from .maps import METRIC_KINDS, GroupMap, metric
 
-KINDS = ("per_sample", "microbatch", "fluctuation")
+KINDS = ("per_sample", "microbatch", "fluctuation", "ranks")
 Values = list[Tensor]  # one 0-d float64 tensor per parameter group
 
 
@@ -314,16 +320,110 @@ class Fluctuation(NoiseEstimator):
         return NoiseEstimate(groups, self.nan(), groups, self._batch_taken(), segments)
 
 
+class TwoBatch(NoiseEstimator):
+    """tr(M⁻¹C)/B from W data-parallel ranks of b samples each. A communication hook on the DDP
+    module reads each rank's local gradient g_r before its all-reduce and adds ‖g_r‖²_{M⁻¹} per
+    parameter tensor (a scalar each: no buffer). With ḡ the all-reduced mean,
+    E‖g_r‖² = ‖∇L‖² + tr(C)/b and E‖ḡ‖² = ‖∇L‖² + tr(C)/(Wb), so each rank's
+    W(‖g_r‖² − ‖ḡ‖²)/(W − 1) estimates tr(M⁻¹C)/b, and their mean over ranks ÷ W (as every
+    rank's own estimate is reduced, `inertia.monitor.ranks`) is the global batch's. The last
+    synchronised backward before the row counts (accumulate under `no_sync`); nothing along
+    Δθ."""
+
+    def __init__(
+        self,
+        layouts: list[GroupLayout],
+        segments: Segments | None,
+        model: torch.nn.parallel.DistributedDataParallel,
+        weigh: Callable[[], list[Weighing]],
+    ):
+        super().__init__(layouts, segments)
+        self._where = {p: (i, j) for i, x in enumerate(layouts) for j, p in enumerate(x.params)}
+        self._weigh, self._weighing = weigh, [EUCLIDEAN] * len(layouts)
+        self._group = model.process_group
+        self._world = torch.distributed.get_world_size(self._group)
+        self._local = [[self._zero] * len(x.params) for x in layouts]
+        self._fresh = False  # a synchronised backward since the last row
+        self._unscale: Tensor | None = None
+        # DDP checks a hook's annotations against its own types; this file's are strings
+        model.register_comm_hook(None, lambda state, bucket: self._hook(bucket))
+
+    def _hook(self, bucket: Any) -> torch.futures.Future[Tensor]:  # a dist.GradBucket
+        """‖g_r‖²_{M⁻¹} of the bucket's local gradients, then DDP's own all-reduce."""
+        if bucket.index() == 0:  # the first bucket of a backward
+            self._weighing = self._weigh()
+            self._local = [[self._zero] * len(x.params) for x in self.layouts]
+            self._fresh = True
+        for p, g in zip(bucket.parameters(), bucket.gradients(), strict=True):
+            if p in self._where:
+                i, j = self._where[p]
+                square = reduce.total(_square(g, _metric(self._weighing[i], j)), self.device)
+                self._local[i][j] = self._local[i][j] + square
+        return allreduce_hook(self._group, bucket)
+
+    def observe(
+        self,
+        per_sample: Tensor | None,
+        steps: list[Tensor] | None,
+        weighing: list[Weighing],
+        *,
+        batch: int | None = None,
+        unscale: Tensor | None = None,
+    ) -> None:
+        super().observe(per_sample, steps, weighing, batch=batch)
+        self._unscale = unscale
+
+    def take(self, weighing: list[Weighing]) -> NoiseEstimate:
+        global_ = [
+            [reduce.total(_square(g, _metric(w, j)), self.device) for j, g in enumerate(x.grads())]
+            for x, w in zip(self.layouts, weighing, strict=True)
+        ]
+        gradient = [_sum(t, self._zero) for t in global_]
+        batch, fresh, self._fresh = self._batch_taken(), self._fresh, False
+        if not fresh:
+            return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
+        w = self._world / (self._world - 1)
+        unscale = self._unscale  # the hook read gradients still scaled by S
+        local = (
+            self._local if unscale is None else [[x * unscale**2 for x in t] for t in self._local]
+        )
+        per_tensor = [
+            [w * (a - b) for a, b in zip(la, gl, strict=True)]
+            for la, gl in zip(local, global_, strict=True)
+        ]
+        traces = [
+            _sum(t, self._zero) if w.known and self._weighing[i].known else self._nan
+            for i, (t, w) in enumerate(zip(per_tensor, weighing, strict=True))
+        ]
+        segments = None if self.segments is None else self.segments.sum(per_tensor)
+        return NoiseEstimate(traces, self.nan(), gradient, batch, segments)
+
+
 def estimator(
-    kind: str | None, layouts: list[GroupLayout], segments: Segments | None = None
+    kind: str | None,
+    layouts: list[GroupLayout],
+    segments: Segments | None = None,
+    *,
+    model: torch.nn.Module | None = None,
+    weigh: Callable[[], list[Weighing]] | None = None,
 ) -> NoiseEstimator | None:
-    """The estimator `kind` names (None: no estimate)."""
+    """The estimator `kind` names (None: no estimate); "ranks" reads `model`, a
+    DistributedDataParallel module, with each backward's metric from `weigh`."""
     if kind is None:
         return None
     if kind == "per_sample":
         return PerSample(layouts, segments)
     if kind == "microbatch":
         return MicroBatch(layouts, segments)
+    if kind == "ranks":
+        if not isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            raise ValueError(
+                "model: noise='ranks' needs the DistributedDataParallel module "
+                f"(InertiaMonitor(..., model=ddp_model)); got {type(model).__name__}"
+            )
+        if torch.distributed.get_world_size(model.process_group) < 2:
+            raise ValueError("noise: 'ranks' needs at least 2 ranks; got 1")
+        return TwoBatch(layouts, segments, model, weigh or (lambda: [EUCLIDEAN] * len(layouts)))
     return Fluctuation(layouts, segments)
 
 
