@@ -272,18 +272,21 @@ def test_noise_floor_needs_an_estimate_and_rows():
         InertiaMonitor(opt, noise="fluctuation").noise_floor()
 
 
-@pytest.mark.parametrize("noise", ["per_sample", "microbatch"])
+@pytest.mark.parametrize("noise", ["per_sample", "microbatch", "microbatch-clipped"])
 def test_noise_scale_is_mccandlish_b_simple_far_from_the_optimum(noise):
     """B_simple = tr(C)/‖G‖² (McCandlish et al. 2018), exact from all 4000 per-sample
     gradients at a point far from the optimum, against the column's average over 400 rows of
     batch 32 (steps of 1e-6 leave B_simple unchanged to 1e-4). Its error: 15% bounds the
-    averages' standard error over the ~200 rows they weigh (about 4% here) with room."""
+    averages' standard error over the ~200 rows they weigh (about 4% here) with room. With the
+    accumulated gradient clipped to norm 1e-3 before each step, the micro-batch estimate reads
+    ‖g_B‖² as the micro-batches left it, unclipped."""
     x, y, best = regression()
     theta = torch.nn.Parameter(best + torch.linspace(-0.3, 0.3, 5, dtype=F64))
     residual = (x @ theta - y).detach()
     grads = x * residual[:, None]
     exact = float(grads.var(0, correction=0).sum() / (grads.mean(0) ** 2).sum())
-    monitor = InertiaMonitor(torch.optim.SGD([theta], lr=1e-6), noise=noise)
+    kind = "microbatch" if noise == "microbatch-clipped" else noise
+    monitor = InertiaMonitor(torch.optim.SGD([theta], lr=1e-6), noise=kind)
     gen = torch.Generator().manual_seed(0)
     for _ in range(400):
         monitor.optimizer.zero_grad()
@@ -296,6 +299,8 @@ def test_noise_scale_is_mccandlish_b_simple_far_from_the_optimum(noise):
             for chunk in per_sample.view(4, 8):
                 (chunk.mean() / 4).backward(retain_graph=True)
                 monitor.observe(chunk.mean(), accumulate=True, batch_size=8)
+            if noise == "microbatch-clipped":
+                torch.nn.utils.clip_grad_norm_([theta], 1e-3)
         monitor.optimizer.step()
     scale = monitor.ledger["noise_scale"]
     assert 1 < exact < 32, exact  # neither noise- nor signal-dominated

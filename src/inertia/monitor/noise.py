@@ -277,16 +277,20 @@ class MicroBatch(NoiseEstimator):
         ]
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
+        """The estimate, with ‖g_B‖² of the accumulated gradient as the micro-batches left it
+        (before any clipping of `.grad`)."""
         m = self._count
-        gradient, batch = self._gradient(weighing), self._batch_taken()
+        batch = self._batch_taken()
         if m < 2:
+            gradient = self._gradient(weighing)
             self._reset()
             return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
-        traces, alongs, tensors = [], [], []
+        traces, alongs, tensors, gradient = [], [], [], []
         for i, views in enumerate(self._views):  # the buffer holds G_m = Σ d_j
             totals = self._squares(views, self._buffers[i], weighing[i])
             if self._unscale is not None:
                 totals = [x * self._unscale * self._unscale for x in totals]
+            gradient.append(_sum(totals, self._zero) if weighing[i].known else self._nan)
             trace = m * ((self._square[i] - _sum(totals, self._zero) / m) / (m - 1))
             traces.append(trace if self._known[i] else self._nan)
             if self.segments is not None:
