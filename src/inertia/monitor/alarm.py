@@ -1,7 +1,27 @@
-"""The stability alarm: the margin h²λ̂/(2(1 + μ)) (docs/theory.md §4: the heavy ball is stable
-iff it is < 1) and a CUSUM of its excess over 1 in standard errors.
+"""The stability alarm: the margin h²λ̂/(2(1 + μ)) in the map's metric (docs/theory.md §4: the
+heavy ball is stable iff it is < 1; for Adam it is 1 at Cohen et al.'s threshold
+λ_max(P⁻¹H) = (2 + 2β₁)/((1 − β₁)η)), a CUSUM of its excess over 1 in standard errors, and the
+regime of the run.
 
-λ̂, the curvature the motion meets, comes in one of three ways, fixed at construction:
+A margin at or above 1 alone does not mean divergence: full-batch training settles at the
+edge of stability (Cohen et al. 2021, 2022), the sharpness hovering at its threshold while the
+loss keeps falling, the oscillation along the top direction held in check by the loss's
+non-quadratic terms. The regime is therefore read from the energy as well:
+
+- "edge" (1): the margin is at least `EDGE`, or its evidence has passed the threshold, with
+  the energy held;
+- "diverging" (2): the margin's evidence has passed its threshold and the energy has grown,
+  net of the heat the noise injected, by more than the factor e^{`GROWTH`} above its recent
+  low (a CUSUM of log I: G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})));
+- "stable" (0): otherwise.
+
+The alarm is raised when the regime has been "diverging" for `patience` rows. A loss that
+first exceeds 10× its start has passed the growth criterion (for a positive loss, I_0 = L_0
+and I ≥ L), so the criterion delays no alarm beyond that point. Rows that carry no margin
+information are skipped: a loss that is zero or subnormal, iterates whose squared norm is
+subnormal, or a step below the parameters' round-off (‖Δθ‖² ≤ eps²‖θ‖²).
+
+λ̂, the curvature, comes in one of four ways, fixed at construction:
 
 - "hessian" (with per-sample losses): the top curvature of the step's minibatch Hessian along
   the motion (`inertia.monitor.curvature.TopCurvature`), and the margin is the mean-square one,
@@ -10,7 +30,15 @@ iff it is < 1) and a CUSUM of its excess over 1 in standard errors.
 - "two_steps" (no noise estimate): the largest curvature over the last two steps
   (`two_step_curvature`), from gradients the steps already have;
 - "secant" (a micro-batch or fluctuation noise estimate): the secant along the last step,
-  its noise bias removed and its standard error from the noise along the step.
+  its noise bias removed and its standard error from the noise along the step;
+- with `sharpness=closure`: the top eigenvalue in the metric of the closure's probe loss
+  (`inertia.monitor.sharpness`), every `sharpness_every` steps, exact up to its power
+  iteration (standard error 0); the others read the curvature along the motion, which is
+  blind to a direction the motion has not yet found.
+
+The secant and two-step curvatures are taken in the map's metric: ⟨g_k − g_{k−1}, Δθ⟩ over
+‖Δθ‖²_M = 2h²K (the two-step curvature, which needs ⟨Δθ_{k−1}, MΔθ_k⟩, falls back to the
+secant for a map with a metric).
 """
 
 from __future__ import annotations
@@ -26,13 +54,17 @@ from torch import Tensor
 from ..theory import heavy_ball_margin
 from .curvature import MathAttention, TopCurvature
 from .layout import GroupLayout
-from .maps import GroupMap
+from .maps import METRIC_KINDS, GroupMap
 from .noise import per_sample_losses
+from .sharpness import Sharpness
 
 CURVATURE_MEMORY = 0.5  # weight of the past in the curvature average (rows: 1/(1 − w))
 ALARM_EVIDENCE = 4.0  # the alarm's threshold on S = Σ (margin − 1)/stderr (a CUSUM, in z units)
 PARALLEL = 1e-6  # sin² of the angle below which two steps span one direction, not two
 ROUND_OFF = 1e-3  # the largest relative round-off the two-step curvature may carry
+EDGE = 0.85  # the margin from which a run is at the edge of stability
+GROWTH = math.log(4.0)  # log of the energy's rise above its recent low that means divergence
+STABLE, AT_EDGE, DIVERGING = 0, 1, 2  # `Row.regime`
 Mode = Literal["hessian", "two_steps", "secant"]
 
 
@@ -75,6 +107,8 @@ class AlarmReading:
     margin: float
     raised: bool
     fired: bool
+    regime: int = STABLE
+    sharpness: float = math.nan
 
 
 class StabilityAlarm:
@@ -86,9 +120,17 @@ class StabilityAlarm:
         mode: Mode,
         patience: int,
         attention: MathAttention | None = None,
+        sharpness: Sharpness | None = None,
     ):
         self.layouts, self.mode, self.patience = layouts, mode, patience
         self._eps = [layout.eps for layout in layouts]  # the parameters' unit round-off
+        self._tiny = max(
+            (torch.finfo(p.dtype).tiny for x in layouts for p in x.params), default=0.0
+        )  # the smallest normal number of the parameters' precision
+        self.sharpness = sharpness
+        self._sharp = (math.nan, math.nan)  # the last (margin, sharpness) measured
+        self._growth = 0.0  # G_k, the CUSUM of the energy's log growth
+        self._last_energy: tuple[float, float] | None = None  # (I, injected) of the last row
         n = len(layouts)
         self.attention = MathAttention() if attention is None else attention
         groups = [x.params for x in layouts]
@@ -123,20 +165,65 @@ class StabilityAlarm:
         values = torch.tensor((spread, curvature), dtype=torch.float64, device=device).unbind()
         return [values[0]] * groups, [values[1]] * groups
 
+    def measure_sharpness(self, optimizer: torch.optim.Optimizer, now: list[GroupMap]) -> None:
+        """Measure the probe's margin and sharpness for the step `now` is about to take."""
+        if self.sharpness is not None:
+            self._sharp = self.sharpness.measure(optimizer, now)
+
     def update(
         self,
         now: list[GroupMap],
         last: list[GroupMap] | None,
         per_group: dict[str, list[float]],
         last_noise: list[float],
+        energy: tuple[float, float],
     ) -> AlarmReading:
         """The margin at this row (`now`: the maps of the step about to be taken, `last`: of
-        the step taken; None before any measured step) and the alarm's new state."""
-        margin, stderr = self._margin(now, last, per_group, last_noise)
+        the step taken; None before any measured step; `energy`: the row's inertia and the
+        injected heat so far), the regime and the alarm's new state."""
+        if not self._informative(per_group):
+            self._last_energy = None
+            return AlarmReading(math.nan, False, False, STABLE, self._sharp[1])
+        if self.sharpness is not None:
+            margin, stderr = self._sharp[0], 0.0
+        else:
+            margin, stderr = self._margin(now, last, per_group, last_noise)
         self._evidence = self._weigh(margin, stderr)
-        self._above = self._above + 1 if self._evidence > ALARM_EVIDENCE else 0
+        self._grow(*energy)
+        above = self._evidence > ALARM_EVIDENCE
+        if above and self._growth > GROWTH:
+            regime = DIVERGING
+        elif above or margin >= EDGE:
+            regime = AT_EDGE
+        else:
+            regime = STABLE
+        self._above = self._above + 1 if regime == DIVERGING else 0
         raised = self._above >= self.patience
-        return AlarmReading(margin, raised, raised and self._above == self.patience)
+        fired = raised and self._above == self.patience
+        return AlarmReading(margin, raised, fired, regime, self._sharp[1])
+
+    def _informative(self, per_group: dict[str, list[float]]) -> bool:
+        """Whether the row carries margin information: a normal, non-zero loss, and a group
+        whose iterates are normal numbers and whose step is above their round-off."""
+        if not abs(per_group["loss"][0]) >= self._tiny:
+            return False
+        for i, eps in enumerate(self._eps):
+            theta_sq, delta_sq = per_group["theta_sq"][i], per_group["delta_sq"][i]
+            if math.isnan(theta_sq):  # not measured: nothing tells against the row
+                return True
+            if theta_sq >= self._tiny and delta_sq > eps * eps * theta_sq:
+                return True
+        return False
+
+    def _grow(self, inertia: float, injected: float) -> None:
+        """G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})), where both energies are
+        positive and finite (otherwise G is kept)."""
+        last, self._last_energy = self._last_energy, (inertia, injected)
+        if last is None:
+            return
+        net = inertia - (injected - last[1] if math.isfinite(injected - last[1]) else 0.0)
+        if last[0] > 0 and net > 0 and math.isfinite(net) and math.isfinite(last[0]):
+            self._growth = max(0.0, self._growth + math.log(net / last[0]))
 
     def _margin(
         self,
@@ -193,12 +280,15 @@ class StabilityAlarm:
         single step does not decide."""
         delta_sq, along = per_group["delta_sq"][i], per_group["along"][i]
         numerator = per_group["grad_dot_before"][i] - per_group["grad_dot"][i]
+        in_metric = step_map.kind in METRIC_KINDS
+        if in_metric:  # ‖Δθ‖²_M = 2h²K
+            delta_sq = 2.0 * step_map.h * step_map.h * per_group["kinetic"][i]
         variance = 0.0
         if math.isfinite(noise):
             numerator -= step_map.h * step_map.h * noise
             variance = 2.0 * (along if math.isfinite(along) else delta_sq * noise)
         numerator += m.weight_decay * delta_sq
-        if self.mode == "two_steps":
+        if self.mode == "two_steps" and not in_metric:
             last, self._last_secant[i] = self._last_secant[i], (numerator, delta_sq)
             if last is not None and delta_sq > 0:
                 # ⟨Δθ_prev, H Δθ⟩ = ⟨Δθ_prev, g_k − g_{k−1}⟩ (+ wd ⟨Δθ_prev, Δθ⟩)
@@ -231,7 +321,9 @@ class StabilityAlarm:
 
     def fresh(self) -> StabilityAlarm:
         """An alarm like this one, as constructed (attention kept on the kernel it is on)."""
-        return StabilityAlarm(self.layouts, self.mode, self.patience, self.attention)
+        return StabilityAlarm(
+            self.layouts, self.mode, self.patience, self.attention, self.sharpness
+        )
 
     def close(self) -> None:
         """Attention back on the kernels it had before the alarm met a fused one."""
@@ -243,6 +335,10 @@ class StabilityAlarm:
             "last_secant": list(self._last_secant),
             "above": self._above,
             "evidence": self._evidence,
+            "growth": self._growth,
+            "last_energy": None if self._last_energy is None else list(self._last_energy),
+            "sharp": list(self._sharp),
+            "vector": None if self.sharpness is None else self.sharpness.state_dict(),
             "tracked": self._top.state_dict() if self._top is not None else None,
         }
 
@@ -250,5 +346,12 @@ class StabilityAlarm:
         self._ema = [list(e) for e in state["ema"]]
         self._last_secant = [None if s is None else (s[0], s[1]) for s in state["last_secant"]]
         self._above, self._evidence = state["above"], state["evidence"]
+        self._growth = state.get("growth", 0.0)  # layouts before the regime: no growth yet
+        last = state.get("last_energy")
+        self._last_energy = None if last is None else (last[0], last[1])
+        sharp = state.get("sharp", (math.nan, math.nan))
+        self._sharp = (sharp[0], sharp[1])
         if self._top is not None:
             self._top.load_state_dict(state["tracked"] or [])
+        if self.sharpness is not None:
+            self.sharpness.load_state_dict(state.get("vector"))

@@ -43,6 +43,7 @@ from .probe import make_probe
 from .ranks import Ranks
 from .row import NONFINITE, OK, SKIPPED, LossMean, Pack, Row, ledger_of, make_row, row_values
 from .scaler import ScalerWatch
+from .sharpness import Sharpness
 from .sinks import CSVSink, FileSink, Sink
 
 NO_ALARM = AlarmReading(math.nan, raised=False, fired=False)
@@ -69,12 +70,19 @@ class InertiaMonitor:
             the DistributedDataParallel module; `inertia.monitor.noise`): the gradient-noise
             estimate behind `noise_trace`, `noise_scale`, the injected heat ½h²·tr(M⁻¹C)/B per
             step and `noise_floor()`.
-        alarm: compute the stability margin and raise the alarm (a `RuntimeWarning` and
-            `on_alarm(row)`) once the evidence that it exceeds 1 passes its threshold for
-            `alarm_patience` rows (`inertia.monitor.alarm`: the curvature from the steps'
-            gradients without noise, from Hessian-vector products with noise="per_sample").
-            Without a `noise` estimate the gradients are taken as exact: with minibatches pass
-            one, or their noise reads as curvature and raises false alarms.
+        alarm: compute the stability margin in the map's metric and the `regime` (stable,
+            edge, diverging), and raise the alarm (a `RuntimeWarning` and `on_alarm(row)`) once
+            the run has been diverging, the margin's evidence above 1 and the energy growing,
+            for `alarm_patience` rows (`inertia.monitor.alarm`: the curvature along the motion
+            from the steps' gradients without noise, from Hessian-vector products with
+            noise="per_sample"). Without a `noise` estimate the gradients are taken as exact:
+            with minibatches pass one, or their noise reads as curvature.
+        sharpness: with `alarm`, a closure returning a probe loss with its graph (e.g. the loss
+            of a fixed batch): the margin comes from the top eigenvalue of its Hessian in the
+            map's metric (`inertia.monitor.sharpness`: 20 Hessian-vector products the first
+            time, 5 after), measured every `sharpness_every` steps, and the `sharpness` column
+            holds the latest estimate; it sees a sharp direction before the motion does.
+        sharpness_every: steps between sharpness measurements (on booked rows).
         by: per-layer books, "module" (each module of `model` that owns parameters) or
             "group" (each parameter group): columns `kinetic/<layer>`, `step_size/<layer>`
             (‖Δθ‖) and, with a noise estimate, `noise_trace/<layer>`.
@@ -96,6 +104,8 @@ class InertiaMonitor:
         alarm: bool = False,
         alarm_patience: int = 1,
         on_alarm: Callable[[dict[str, float | int]], None] | None = None,
+        sharpness: Callable[[], Tensor] | None = None,
+        sharpness_every: int = 10,
         by: str | None = None,
         model: torch.nn.Module | None = None,
         params: Iterable[Tensor] | None = None,
@@ -114,6 +124,11 @@ class InertiaMonitor:
         if noise is not None and noise not in KINDS:
             raise ValueError(f"noise must be None or one of {', '.join(KINDS)}; got {noise!r}")
         self.alarm_patience = _checks.integer("alarm_patience", alarm_patience, low=1)
+        if sharpness is not None and not (alarm and callable(sharpness)):
+            raise _checks.fail(
+                "sharpness", "a callable returning a probe loss, with alarm=True", sharpness
+            )
+        self.sharpness_every = _checks.integer("sharpness_every", sharpness_every, low=1)
         if on_alarm is not None and not callable(on_alarm):
             raise _checks.fail("on_alarm", "a callable taking the ledger row", on_alarm)
         layouts = [GroupLayout(g["params"]) for g in optimizer.param_groups]
@@ -139,7 +154,12 @@ class InertiaMonitor:
             model=model,
             weigh=lambda: weighing(self.optimizer, self._read_maps()),
         )
-        self._alarm = None if mode is None else StabilityAlarm(layouts, mode, self.alarm_patience)
+        probe = None if sharpness is None else Sharpness(sharpness, layouts)
+        self._alarm = (
+            None
+            if mode is None
+            else StabilityAlarm(layouts, mode, self.alarm_patience, None, probe)
+        )
         self._books = Books(self._groups, device)
         self._noise_scale = NoiseScale()
         self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
@@ -303,6 +323,8 @@ class InertiaMonitor:
         )
         g = self._groups
         spread, curvature = self._alarm.take(g, nan[0].device) if self._alarm else (nan, nan)
+        if self._alarm is not None and self.step % self.sharpness_every == 0 and flag == OK:
+            self._alarm.measure_sharpness(self.optimizer, now)
         pack = Pack(
             self._loss.take(), row_values(measured, estimate, spread, curvature, self._layers)
         )
@@ -317,7 +339,10 @@ class InertiaMonitor:
         reading = NO_ALARM
         if self._alarm is not None:
             last = self._maps.last if self._probe.has_delta else None
-            reading = self._alarm.update(now, last, values, host[2 + len(BOOKS) :])
+            injected = host[2 + BOOKS.index("injected")]
+            reading = self._alarm.update(
+                now, last, values, host[2 + len(BOOKS) :], (host[0], injected)
+            )
         loss = values["loss"][0]
         if not math.isfinite(host[1]):
             flag = NONFINITE
@@ -343,8 +368,8 @@ class InertiaMonitor:
         record = row.as_dict() if writes or reading.fired else {}
         if reading.fired:
             warnings.warn(
-                f"inertia: the stability margin exceeds 1 (now {row.margin:.3g}) at step "
-                f"{row.step}: the learning rate is above the heavy-ball threshold",
+                f"inertia: the run is diverging at step {row.step}: the stability margin "
+                f"exceeds 1 (now {row.margin:.3g}) and the energy keeps growing",
                 RuntimeWarning,
                 stacklevel=4,
             )

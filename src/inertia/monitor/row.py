@@ -32,7 +32,9 @@ class Row:
     `shadow`: the modified energy H̃_k; `noise_trace`: tr(M⁻¹C)/B in the map's metric (NaN
     without a noise estimate); `noise_scale`: B_simple = tr(M⁻¹C)/‖G‖²_{M⁻¹}, the gradient
     noise scale, from averages over rows (`inertia.monitor.noise_scale`; NaN where the batch
-    size is unknown); `margin`: the stability margin (NaN without the alarm);
+    size is unknown); `margin`: the stability margin in the map's metric (NaN without the
+    alarm); `sharpness`: λ_max(M^{−1/2}HM^{−1/2}) of the probe loss (NaN without
+    `sharpness=`); `regime`: STABLE (0), AT_EDGE (1) or DIVERGING (2), `inertia.monitor.alarm`;
     `alarm`: 1 while the alarm is raised; `flag`: OK (0), NONFINITE (1, a non-finite loss)
     or SKIPPED (2, an iteration whose optimizer step was skipped, e.g. by GradScaler).
     """
@@ -55,6 +57,8 @@ class Row:
     noise_trace: float
     noise_scale: float
     margin: float
+    sharpness: float
+    regime: int
     alarm: int
     flag: int
     extras: dict[str, float] = field(default_factory=dict)  # per-layer columns, name → value
@@ -165,6 +169,8 @@ def make_row(
         trace,
         scale.update(trace, sum(values["gradient"]), batch),
         reading.margin,
+        reading.sharpness,
+        reading.regime,
         int(reading.raised),
         flag,
         layer_columns(values, layers),

@@ -1,0 +1,130 @@
+"""The sharpness of a probe loss in the optimizer's metric, and the stability margin it gives,
+from Hessian-vector products (`InertiaMonitor(..., alarm=True, sharpness=closure)`).
+
+The heavy ball in a diagonal metric M, with step h and momentum μ, is stable on a quadratic
+iff h²λ_max(M⁻¹H)/(2(1 + μ)) < 1 (docs/theory.md (4.9) in the coordinates M^{1/2}θ); for Adam,
+h² = η(1 − β₁) after the bias correction, so the threshold on λ_max(M⁻¹H) is
+(2 + 2β₁)/((1 − β₁)η), that of Cohen et al. 2022. With parameter groups of different maps the
+margin is the top eigenvalue of
+
+    S = W^{1/2}(H + wd)W^{1/2},    W = h²/(2(1 + μ))·M⁻¹ on each group's parameters,
+
+(wd: a coupled weight decay, part of the potential), which a power iteration on S finds,
+warm-started at the last measurement's eigenvector: `first` Hessian-vector products the first
+time, `iterations` after (one backward pass with a graph, then one product each). The
+`sharpness` column is λ_max(M^{−1/2}(H + wd)M^{−1/2}) = margin·2(1 + μ)/h² of the first group
+(exact with one group). A power iteration finds the eigenvalue largest in magnitude: where the
+probe loss has a negative curvature larger than its positive one it reads that (negative).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import torch
+from torch import Tensor
+
+from .layout import F64, GroupLayout
+from .maps import GroupMap, metric
+
+FIRST, ITERATIONS = 20, 5
+
+
+class Sharpness:
+    """The margin λ_max(S) from a probe `closure` (a scalar loss with its graph) and the
+    optimizer's maps and state."""
+
+    def __init__(
+        self,
+        closure: Callable[[], Tensor],
+        layouts: Sequence[GroupLayout],
+        *,
+        first: int = FIRST,
+        iterations: int = ITERATIONS,
+    ):
+        self.closure, self.layouts = closure, list(layouts)
+        self.first, self.iterations = first, iterations
+        self._params = [p for x in self.layouts for p in x.params]
+        self._vector: list[Tensor] | None = None  # the last eigenvector, per parameter (F64)
+
+    def measure(
+        self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]
+    ) -> tuple[float, float]:
+        """(margin, sharpness) at the current parameters for the step `maps` is about to take;
+        NaN where a map has no metric state yet or no friction below 1."""
+        weights = self._weights(optimizer, maps)
+        if weights is None:
+            return math.nan, math.nan
+        with torch.enable_grad():
+            loss = self.closure()
+            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
+        decay = [m.weight_decay for m, x in zip(maps, self.layouts, strict=True) for _ in x.params]
+        if self._vector is None:
+            gen = torch.Generator(device=self._params[0].device).manual_seed(0)
+            start = [
+                torch.randn(p.shape, generator=gen, dtype=F64, device=p.device)
+                for p in self._params
+            ]
+            vector, count = _normalised(start), self.first
+        else:
+            vector, count = self._vector, self.iterations
+        value = torch.zeros((), dtype=F64)
+        for _ in range(count):
+            image = self._apply(grads, weights, decay, vector)
+            value = torch.stack([(v * s).sum() for v, s in zip(vector, image, strict=True)]).sum()
+            vector = _normalised(image)
+        self._vector = [v.detach() for v in vector]
+        margin = float(value)
+        m = maps[0]
+        return margin, margin * 2.0 * (1.0 + m.momentum) / (m.h * m.h)
+
+    def _weights(
+        self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]
+    ) -> list[Tensor] | None:
+        """W^{1/2} per parameter (F64): sqrt(h²/(2(1 + μ))·M⁻¹); None where unknown."""
+        out = []
+        for group, m, layout in zip(optimizer.param_groups, maps, self.layouts, strict=True):
+            if not (m.h > 0 and m.momentum < 1):
+                return None
+            scale = m.h * m.h / (2.0 * (1.0 + m.momentum))
+            metrics = metric(optimizer, group, m, before=True)
+            if metrics is None and m.kind in ("adam", "rmsprop"):
+                return None  # no state yet: the metric is unknown
+            for j, p in enumerate(layout.params):
+                w = torch.full(p.shape, scale, dtype=F64, device=p.device)
+                if metrics is not None:
+                    inverse = metrics[j].block(0, p.numel(), inverse=True).to(F64)
+                    w = w * inverse.view(p.shape)
+                out.append(w.sqrt_())
+        return out
+
+    def _apply(
+        self,
+        grads: Sequence[Tensor | None],
+        weights: list[Tensor],
+        decay: list[float],
+        vector: list[Tensor],
+    ) -> list[Tensor]:
+        """S v = W^{1/2}(H + wd)W^{1/2} v, one Hessian-vector product."""
+        x = [w * v for w, v in zip(weights, vector, strict=True)]
+        along = sum(
+            ((g * xi.to(g.dtype)).sum() for g, xi in zip(grads, x, strict=True) if g is not None),
+            torch.zeros((), device=weights[0].device),
+        )
+        products = torch.autograd.grad(along, self._params, retain_graph=True, allow_unused=True)
+        return [
+            w * ((hx.to(F64) if hx is not None else torch.zeros_like(xi)) + wd * xi)
+            for w, hx, xi, wd in zip(weights, products, x, decay, strict=True)
+        ]
+
+    def state_dict(self) -> list[Tensor] | None:
+        return None if self._vector is None else [v.clone() for v in self._vector]
+
+    def load_state_dict(self, vector: list[Tensor] | None) -> None:
+        self._vector = None if vector is None else [v.clone() for v in vector]
+
+
+def _normalised(vector: list[Tensor]) -> list[Tensor]:
+    norm = torch.stack([(v * v).sum() for v in vector]).sum().sqrt()
+    return [v / norm for v in vector]
