@@ -21,6 +21,7 @@ import math
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,10 @@ class InertiaMonitor:
         sinks: more `Sink`s (CSV, JSONL, TensorBoard).
         on_nan: "flag" records a non-finite loss and carries on; "raise" raises
             FloatingPointError before the optimizer step.
+        on_error: "warn": a failure of the monitor's own work inside the optimizer's step (a
+            sink's I/O, parameter groups added after attaching, an optimizer state it cannot
+            read) is one `RuntimeWarning` per kind of failure, the step goes unbooked and
+            training goes on (a sink that fails to write is dropped); "raise" raises it.
         history: rows kept in memory; default all, or the last 10 000 when a file sink streams.
         noise: None, "per_sample", "microbatch", "fluctuation" or "ranks" (DDP, with `model`
             the DistributedDataParallel module; `inertia.monitor.noise`): the gradient-noise
@@ -99,6 +104,7 @@ class InertiaMonitor:
         log_dir: str | Path | None = None,
         sinks: list[Sink] | None = None,
         on_nan: str = "flag",
+        on_error: str = "warn",
         history: int | None = None,
         noise: str | None = None,
         alarm: bool = False,
@@ -116,6 +122,9 @@ class InertiaMonitor:
         self.every = _checks.integer("every", every, low=1)
         if on_nan not in ("flag", "raise"):
             raise _checks.fail("on_nan", "'flag' or 'raise'", on_nan)
+        if on_error not in ("warn", "raise"):
+            raise _checks.fail("on_error", "'warn' or 'raise'", on_error)
+        self.on_error, self._failures = on_error, set[str]()
         self.sinks = list(sinks or [])
         if not all(isinstance(s, Sink) for s in self.sinks):
             raise _checks.fail("sinks", "a list of inertia.monitor sinks", sinks)
@@ -189,6 +198,19 @@ class InertiaMonitor:
         accumulation too). With noise="per_sample", pass the unreduced losses as `per_sample`,
         before `backward`; with noise="microbatch", call this after each micro-batch's
         `backward`, with its `batch_size` for the noise scale."""
+        if not self._handles:
+            raise ValueError("observe: the monitor is detached from its optimizer")
+        if not (isinstance(loss, float | int) or (isinstance(loss, Tensor) and loss.numel() == 1)):
+            raise _checks.fail("loss", "a scalar: a float or a one-element tensor", loss)
+        self._guard(partial(self._observe, loss, accumulate, per_sample, batch_size))
+
+    def _observe(
+        self,
+        loss: Tensor | float,
+        accumulate: bool,
+        per_sample: Tensor | None,
+        batch_size: int | None,
+    ) -> None:
         ended = self._scaler is not None and self._scaler.iteration_ended()
         if self._loss.count and (ended or not accumulate):
             self._book_row(self._read_maps(), SKIPPED)
@@ -265,10 +287,33 @@ class InertiaMonitor:
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> StepArgs | None:
         """Open the step, or, with a closure, once the closure has computed the loss at θ_k."""
-        wrapped = wrap_closure(args, kwargs, self._after_closure)
+        wrapped = wrap_closure(args, kwargs, partial(self._guard, self._after_closure))
         if wrapped is None:
-            self._open_step()
+            self._guard(self._open_step)
         return wrapped
+
+    def _guard(self, work: Callable[..., None], *args: Any) -> None:
+        """Run the monitor's `work` inside the optimizer's step: a failure (but a non-finite
+        loss under on_nan="raise") is one warning per kind, or raised with on_error="raise";
+        the step under way is then left unbooked."""
+        try:
+            work(*args)
+        except FloatingPointError:
+            raise
+        except Exception as error:
+            if self.on_error == "raise":
+                raise
+            self._loss.reset()
+            self._maps.under_way = None
+            kind = f"{type(error).__name__}: {error}"
+            if kind not in self._failures:
+                self._failures.add(kind)
+                warnings.warn(
+                    f"inertia: the monitor failed at step {self.step} ({kind}); the step is "
+                    "left unbooked and training goes on (on_error='raise' raises instead)",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
 
     def _after_closure(self, loss: Any) -> None:
         if not self._loss.count and loss is not None:
@@ -277,6 +322,11 @@ class InertiaMonitor:
 
     def _open_step(self) -> None:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
+        if len(self.optimizer.param_groups) != self._groups:
+            raise RuntimeError(
+                f"the optimizer has {len(self.optimizer.param_groups)} parameter groups, the "
+                f"monitor was attached to {self._groups}: attach a new InertiaMonitor"
+            )
         if self._probe.books_after_step:  # booked after the step, from the optimizer's report
             return
         measured = (self.step + 1) % self.every == 0
@@ -297,6 +347,12 @@ class InertiaMonitor:
     def _after_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> None:
+        self._guard(self._close_step, optimizer)
+        self._maps.advance()
+        self.step += 1
+
+    def _close_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """After the step: its velocity, or its row from the optimizer's report."""
         maps = self._maps.under_way
         if self._reports and (self._probe.books_after_step or maps is not None):
             maps = self._maps.under_way = self._read_maps()  # h and μ are decided in the step
@@ -308,8 +364,6 @@ class InertiaMonitor:
                 self._book_row(maps, OK)
             else:
                 self._loss.reset()
-        self._maps.advance()
-        self.step += 1
 
     def _book_row(self, now: list[GroupMap], flag: int, *, snapshot: bool = False) -> None:
         """Close row `self.step`: energies at θ_step and the books since the last row, computed
@@ -376,5 +430,16 @@ class InertiaMonitor:
             if self.on_alarm is not None:
                 self.on_alarm(record)
         if writes:
-            for sink in self.sinks:
-                sink.write(record)
+            for sink in list(self.sinks):
+                try:
+                    sink.write(record)
+                except OSError as error:  # a full disk, a deleted folder, a closed service
+                    if self.on_error == "raise":
+                        raise
+                    self.sinks.remove(sink)
+                    warnings.warn(
+                        f"inertia: {type(sink).__name__} could not write step {row.step} "
+                        f"({error}); it is dropped and the rows stay in monitor.ledger",
+                        RuntimeWarning,
+                        stacklevel=4,
+                    )
