@@ -31,5 +31,19 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/simulate.py
 
+# The documentation site (mkdocs.yml): built with --strict into site/, or served for preview.
+.PHONY: docs docs-serve
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[docs]"
+	touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+docs-serve: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
+
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache .mypy_cache

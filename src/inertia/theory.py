@@ -141,7 +141,7 @@ def expected_inertia(
     center: ArrayLike | None = None,
     minimum: float = 0.0,
 ) -> Tensor:
-    """Exact E[I](t) of the stochastic quadratic from the moment equations (docs/theory.md §2,
+    """Exact E[I(t)] of the stochastic quadratic from the moment equations (docs/theory.md §2,
     law (S), (2.4)).
 
     Per normal mode, the second moments s = (⟨x²⟩, ⟨xu⟩, ⟨u²⟩) solve the linear ODE
@@ -170,7 +170,7 @@ def expected_inertia(
 def heating(
     inertia0: float, sigma: ArrayLike, t: ArrayLike, *, dim: int, mass: ArrayLike = 1.0
 ) -> Tensor:
-    """E[I](t) = I(0) + ½ Σᵢ mᵢσᵢ² t at γ = 0: exact for any loss (Itô; noise heats;
+    """E[I(t)] = I(0) + ½ Σᵢ mᵢσᵢ² t at γ = 0: exact for any loss (Itô; noise heats;
     docs/theory.md (2.5))."""
     inertia0 = _checks.real("inertia0", inertia0)
     dim = _checks.integer("dim", dim, low=1)

@@ -17,7 +17,12 @@ from .noise import NoiseEstimate
 from .noise_scale import NoiseScale
 from .probe import Measurement
 
-OK, NONFINITE, SKIPPED = 0, 1, 2  # `Row.flag`
+OK = 0
+"""`Row.flag` of a normal step."""
+NONFINITE = 1
+"""`Row.flag` of a step whose loss was not finite."""
+SKIPPED = 2
+"""`Row.flag` of an iteration whose optimizer step was skipped (e.g. by a GradScaler)."""
 
 
 @dataclass(slots=True)
