@@ -8,7 +8,7 @@ regression on scikit-learn's breast_cancer, an MLP and a small CNN on digits (te
 accuracy after a fixed budget of minibatch steps). The learning rate of each optimizer is the
 grid value with the best mean over seeds (steps to the target; validation loss for the data
 sets, never the test split). The table also counts the grid values at which every seed ran
-without diverging. With --write the tables go to docs/optimizers.md and the README.
+without diverging. With --write the tables go to docs/optimizers.md and docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -264,7 +264,7 @@ def table(task: Task, seeds: int) -> str:
 def replace_between(text: str, marker: str, body: str) -> str:
     pattern = re.compile(rf"(<!-- {marker} -->\n).*?(<!-- /{marker} -->)", re.S)
     if not pattern.search(text):
-        raise SystemExit(f"README.md has no <!-- {marker} --> … <!-- /{marker} --> block")
+        raise SystemExit(f"the page has no <!-- {marker} --> … <!-- /{marker} --> block")
     return pattern.sub(lambda m: m.group(1) + body + "\n" + m.group(2), text)
 
 
@@ -272,7 +272,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--quick", action="store_true", help="one seed, for a smoke run")
-    parser.add_argument("--write", action="store_true", help="write docs/optimizers.md and README")
+    parser.add_argument(
+        "--write", action="store_true", help="write docs/optimizers.md and docs/benchmarks.md"
+    )
     args = parser.parse_args()
     seeds = 1 if args.quick else args.seeds
     start = time.perf_counter()
@@ -286,8 +288,8 @@ def main() -> None:
         docs = ROOT / "docs" / "optimizers.md"
         text = docs.read_text()
         docs.write_text(replace_between(text, "tables", body))
-        readme = ROOT / "README.md"
-        readme.write_text(replace_between(readme.read_text(), "optimizers", body))
+        page = ROOT / "docs" / "benchmarks.md"
+        page.write_text(replace_between(page.read_text(), "optimizers", body))
 
 
 if __name__ == "__main__":

@@ -44,8 +44,8 @@ def whole_hessian(model, x, y) -> torch.Tensor:
 def test_sharpness_is_the_top_eigenvalue_in_the_optimizers_metric(kind):
     """Every 3 steps: λ_max(H) for SGD with momentum and weight decay (H + wd), and
     λ_max(P^{−1/2}HP^{−1/2}) with P = sqrt(v̂) + ε from Adam's state at the row, within 1%
-    (the power iteration's own error at 20 then 5 warm-started products; the issue asks 10%);
-    the margin is h²λ/(2(1 + μ)) with the step's h and μ."""
+    (the power iteration's own error, stopped at a relative change of 1e-3; the issue asks
+    10%); the margin is at least h²λ/(2(1 + μ)) with the step's h and μ."""
     model, x, y = tanh_mlp()
     params = list(model.parameters())
     if kind == "sgd":
@@ -81,7 +81,8 @@ def test_sharpness_is_the_top_eigenvalue_in_the_optimizers_metric(kind):
         margin = 0.05 * expected[15] / (2 * 1.9)
     else:  # h² = η(1 − β₁)/(1 − β₁ᵗ) of step 16 (t = 16)
         margin = 0.01 * 0.1 / (1 - 0.9**16) * expected[15] / (2 * 1.9)
-    assert float(led["margin"][15]) == pytest.approx(margin, rel=0.01)
+    # without a noise estimate the margin is the larger of the probe's and the motion's
+    assert float(led["margin"][15]) >= margin * (1 - 0.01)
 
 
 def test_sharpness_needs_a_callable_and_the_alarm():
@@ -117,3 +118,33 @@ def test_a_float32_quadratic_converged_to_round_off_never_alarms():
     assert int(led["alarm"].sum()) == 0 and int((led["regime"] == 2).sum()) == 0
     late = led["margin"][-500:]
     assert bool(late.isnan().all())  # no information once the precision is gone
+
+
+def test_a_learning_rate_jump_between_measurements_is_seen_at_once():
+    """The probe's margin uses each row's own step: a ×30 learning-rate jump two steps after a
+    measurement (every 10) reads the probe's sharpness at the new rate at once, and a margin
+    ≥ 3 (`FAST`) with the evidence above 1 is divergence at that very row (issue 16's spike
+    study missed every ×30 jump while the margin waited for the next measurement)."""
+    model, x, y = tanh_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.15)
+
+    def probe():
+        return ((model(x) - y) ** 2).mean()
+
+    monitor = InertiaMonitor(opt, alarm=True, sharpness=probe, sharpness_every=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for k in range(13):
+            if k == 12:
+                opt.param_groups[0]["lr"] = 0.15 * 30
+            opt.zero_grad()
+            loss = probe()
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+    led = monitor.ledger
+    sharpness = float(led["sharpness"][12])
+    assert sharpness == float(led["sharpness"][10])  # no measurement since step 10
+    assert int(led["regime"][11]) < 2 and int(led["alarm"][:12].sum()) == 0
+    assert float(led["margin"][12]) >= 4.5 * sharpness / 2 * (1 - 1e-9) >= 3
+    assert int(led["regime"][12]) == 2 and int(led["alarm"][12]) == 1

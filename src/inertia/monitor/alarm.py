@@ -10,9 +10,13 @@ non-quadratic terms. The regime is therefore read from the energy as well:
 
 - "edge" (1): the margin is at least `EDGE`, or its evidence has passed the threshold, with
   the energy held;
-- "diverging" (2): the margin's evidence has passed its threshold and the energy has grown,
-  net of the heat the noise injected, by more than the factor e^{`GROWTH`} above its recent
-  low (a CUSUM of log I: G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})));
+- "diverging" (2): the margin's evidence has passed its threshold and either the energy has
+  grown, net of the heat the noise injected, by more than the factor e^{`GROWTH`} above its
+  recent low (a CUSUM of log I: G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})), with
+  energies below `FLOOR` × the first row's counted as that floor, so that a spike near a
+  minimum that is small against where the run started does not count), or the margin is at
+  least `FAST` (the top mode then grows several-fold a step: no catapult that recovered
+  started there);
 - "stable" (0): otherwise.
 
 The alarm is raised when the regime has been "diverging" for `patience` rows. A loss that
@@ -33,8 +37,11 @@ subnormal, or a step below the parameters' round-off (‖Δθ‖² ≤ eps²‖�
   its noise bias removed and its standard error from the noise along the step;
 - with `sharpness=closure`: the top eigenvalue in the metric of the closure's probe loss
   (`inertia.monitor.sharpness`), every `sharpness_every` steps, exact up to its power
-  iteration (standard error 0); the others read the curvature along the motion, which is
-  blind to a direction the motion has not yet found.
+  iteration (standard error 0), and the margin h²λ/(2(1 + μ)) with each row's own step (a
+  learning-rate jump between measurements is seen at once); without a noise estimate the
+  larger of it and the two-step margin along the motion (both are lower bounds on a
+  quadratic). The others read the curvature along the motion, which is blind to a direction
+  the motion has not yet found.
 
 The secant and two-step curvatures are taken in the map's metric: ⟨g_k − g_{k−1}, Δθ⟩ over
 ‖Δθ‖²_M = 2h²K (the two-step curvature, which needs ⟨Δθ_{k−1}, MΔθ_k⟩, falls back to the
@@ -64,6 +71,8 @@ PARALLEL = 1e-6  # sin² of the angle below which two steps span one direction, 
 ROUND_OFF = 1e-3  # the largest relative round-off the two-step curvature may carry
 EDGE = 0.85  # the margin from which a run is at the edge of stability
 GROWTH = math.log(4.0)  # log of the energy's rise above its recent low that means divergence
+FAST = 3.0  # a margin that means divergence without waiting for the energy
+FLOOR = 0.1  # energies below this share of the first row's count as it in the growth
 STABLE, AT_EDGE, DIVERGING = 0, 1, 2  # `Row.regime`
 Mode = Literal["hessian", "two_steps", "secant"]
 
@@ -131,6 +140,7 @@ class StabilityAlarm:
         self._sharp = (math.nan, math.nan)  # the last (margin, sharpness) measured
         self._growth = 0.0  # G_k, the CUSUM of the energy's log growth
         self._last_energy: tuple[float, float] | None = None  # (I, injected) of the last row
+        self._floor = math.nan  # FLOOR × the first informative row's inertia
         n = len(layouts)
         self.attention = MathAttention() if attention is None else attention
         groups = [x.params for x in layouts]
@@ -184,14 +194,16 @@ class StabilityAlarm:
         if not self._informative(per_group):
             self._last_energy = None
             return AlarmReading(math.nan, False, False, STABLE, self._sharp[1])
+        margin, stderr = self._margin(now, last, per_group, last_noise)
         if self.sharpness is not None:
-            margin, stderr = self._sharp[0], 0.0
-        else:
-            margin, stderr = self._margin(now, last, per_group, last_noise)
+            probe = self._sharp[1] * self._scale(now)
+            noisy = self.mode != "two_steps"  # with noise the motion's margin is not a bound
+            if not math.isnan(probe) and (noisy or not margin >= probe):
+                margin, stderr = probe, 0.0
         self._evidence = self._weigh(margin, stderr)
         self._grow(*energy)
         above = self._evidence > ALARM_EVIDENCE
-        if above and self._growth > GROWTH:
+        if above and (self._growth > GROWTH or margin >= FAST):
             regime = DIVERGING
         elif above or margin >= EDGE:
             regime = AT_EDGE
@@ -215,15 +227,27 @@ class StabilityAlarm:
                 return True
         return False
 
+    @staticmethod
+    def _scale(now: list[GroupMap]) -> float:
+        """h²/(2(1 + μ)) of the first group's step: the margin per unit of sharpness."""
+        m = now[0] if now else None
+        if m is None or not (m.h > 0 and m.momentum < 1):
+            return math.nan
+        return m.h * m.h / (2.0 * (1.0 + m.momentum))
+
     def _grow(self, inertia: float, injected: float) -> None:
-        """G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})), where both energies are
-        positive and finite (otherwise G is kept)."""
+        """G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})) with both energies at least the
+        floor, where they are positive and finite (otherwise G is kept)."""
+        if math.isnan(self._floor) and inertia > 0 and math.isfinite(inertia):
+            self._floor = FLOOR * inertia
         last, self._last_energy = self._last_energy, (inertia, injected)
         if last is None:
             return
         net = inertia - (injected - last[1] if math.isfinite(injected - last[1]) else 0.0)
-        if last[0] > 0 and net > 0 and math.isfinite(net) and math.isfinite(last[0]):
-            self._growth = max(0.0, self._growth + math.log(net / last[0]))
+        before = max(last[0], self._floor)
+        net = max(net, self._floor) if net > 0 else net
+        if before > 0 and net > 0 and math.isfinite(net) and math.isfinite(before):
+            self._growth = max(0.0, self._growth + math.log(net / before))
 
     def _margin(
         self,
@@ -336,6 +360,7 @@ class StabilityAlarm:
             "above": self._above,
             "evidence": self._evidence,
             "growth": self._growth,
+            "floor": self._floor,
             "last_energy": None if self._last_energy is None else list(self._last_energy),
             "sharp": list(self._sharp),
             "vector": None if self.sharpness is None else self.sharpness.state_dict(),
@@ -347,6 +372,7 @@ class StabilityAlarm:
         self._last_secant = [None if s is None else (s[0], s[1]) for s in state["last_secant"]]
         self._above, self._evidence = state["above"], state["evidence"]
         self._growth = state.get("growth", 0.0)  # layouts before the regime: no growth yet
+        self._floor = state.get("floor", math.nan)
         last = state.get("last_energy")
         self._last_energy = None if last is None else (last[0], last[1])
         sharp = state.get("sharp", (math.nan, math.nan))

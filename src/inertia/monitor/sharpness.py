@@ -10,11 +10,14 @@ margin is the top eigenvalue of
     S = W^{1/2}(H + wd)W^{1/2},    W = h²/(2(1 + μ))·M⁻¹ on each group's parameters,
 
 (wd: a coupled weight decay, part of the potential), which a power iteration on S finds,
-warm-started at the last measurement's eigenvector: `first` Hessian-vector products the first
-time, `iterations` after (one backward pass with a graph, then one product each). The
-`sharpness` column is λ_max(M^{−1/2}(H + wd)M^{−1/2}) = margin·2(1 + μ)/h² of the first group
-(exact with one group). A power iteration finds the eigenvalue largest in magnitude: where the
-probe loss has a negative curvature larger than its positive one it reads that (negative).
+warm-started at the last measurement's eigenvector, until the Rayleigh quotient changes by
+less than `TOLERANCE` relative, at most `ITERATIONS` Hessian-vector products (one backward pass
+with a graph, then one backward pass each, and one host synchronisation each). A power
+iteration finds the eigenvalue largest in magnitude: where that is negative (a saddle), the
+iteration runs again on S + |λ|·Id, whose largest eigenvalue is the largest algebraic one of
+S plus |λ|. The closure and the products run under the math attention kernel (the fused ones
+have no double backward). The `sharpness` column is λ_max(M^{−1/2}(H + wd)M^{−1/2}) =
+margin·2(1 + μ)/h² of the first group (exact with one group).
 """
 
 from __future__ import annotations
@@ -24,11 +27,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from .layout import F64, GroupLayout
 from .maps import GroupMap, metric
 
-FIRST, ITERATIONS = 20, 5
+ITERATIONS, TOLERANCE = 20, 1e-3
 
 
 class Sharpness:
@@ -40,11 +44,11 @@ class Sharpness:
         closure: Callable[[], Tensor],
         layouts: Sequence[GroupLayout],
         *,
-        first: int = FIRST,
         iterations: int = ITERATIONS,
+        tolerance: float = TOLERANCE,
     ):
         self.closure, self.layouts = closure, list(layouts)
-        self.first, self.iterations = first, iterations
+        self.iterations, self.tolerance = iterations, tolerance
         self._params = [p for x in self.layouts for p in x.params]
         self._vector: list[Tensor] | None = None  # the last eigenvector, per parameter (F64)
 
@@ -56,28 +60,44 @@ class Sharpness:
         weights = self._weights(optimizer, maps)
         if weights is None:
             return math.nan, math.nan
-        with torch.enable_grad():
+        decay = [m.weight_decay for m, x in zip(maps, self.layouts, strict=True) for _ in x.params]
+        with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             loss = self.closure()
             grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
-        decay = [m.weight_decay for m, x in zip(maps, self.layouts, strict=True) for _ in x.params]
-        if self._vector is None:
-            gen = torch.Generator(device=self._params[0].device).manual_seed(0)
-            start = [
-                torch.randn(p.shape, generator=gen, dtype=F64, device=p.device)
-                for p in self._params
-            ]
-            vector, count = _normalised(start), self.first
-        else:
-            vector, count = self._vector, self.iterations
-        value = torch.zeros((), dtype=F64)
-        for _ in range(count):
-            image = self._apply(grads, weights, decay, vector)
-            value = torch.stack([(v * s).sum() for v, s in zip(vector, image, strict=True)]).sum()
-            vector = _normalised(image)
+
+            def apply(vector: list[Tensor]) -> list[Tensor]:
+                return self._apply(grads, weights, decay, vector)
+
+            if self._vector is None:
+                gen = torch.Generator(device=self._params[0].device).manual_seed(0)
+                start = [
+                    torch.randn(p.shape, generator=gen, dtype=F64, device=p.device)
+                    for p in self._params
+                ]
+                self._vector = _normalised(start)
+            margin, vector = self._iterate(apply, self._vector, 0.0)
+            if margin < 0:  # a saddle's negative curvature dominates: shift it below 0
+                margin, vector = self._iterate(apply, vector, -margin)
         self._vector = [v.detach() for v in vector]
-        margin = float(value)
         m = maps[0]
         return margin, margin * 2.0 * (1.0 + m.momentum) / (m.h * m.h)
+
+    def _iterate(
+        self, apply: Callable[[list[Tensor]], list[Tensor]], vector: list[Tensor], shift: float
+    ) -> tuple[float, list[Tensor]]:
+        """The top eigenvalue of S + shift·Id by power iteration from `vector`, less `shift`,
+        and its eigenvector."""
+        last = math.nan
+        for _ in range(self.iterations):
+            image = [s + shift * v for s, v in zip(apply(vector), vector, strict=True)]
+            value = float(
+                torch.stack([(v * s).sum() for v, s in zip(vector, image, strict=True)]).sum()
+            )
+            vector = _normalised(image)
+            if abs(value - last) <= self.tolerance * abs(value):
+                break
+            last = value
+        return value - shift, vector
 
     def _weights(
         self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]
