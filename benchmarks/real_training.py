@@ -1,0 +1,913 @@
+"""The monitor on the training people run (issue 15, item 7): the character transformer of
+`workloads.py` on text built from the Python standard library's own sources (no download),
+AdamW β = (0.9, 0.95), weight decay 0.1 on matrices, linear warmup then a constant learning
+rate, then a cosine decay (and two other arms, below), gradients clipped to norm 1, bf16
+autocast (CPU), gradient accumulation over 2 micro-batches, under
+`InertiaMonitor(opt, noise="microbatch")` with `observe(loss, accumulate=True,
+batch_size=b)` after each micro-batch's backward.
+
+    python benchmarks/real_training.py [--quick] [--out DIR] [--figures DIR] [--report]
+        [--threads N] [--lr 0.003] [--plateau 1500] [--arm-steps 600] [--seed 0] …
+
+(`--help` lists every knob.) The run:
+
+1. Warmup (100 steps), then a constant learning rate η until the loss falls slowly (the
+   plateau). `monitor.noise_floor()` over the later half of the plateau predicts the
+   stationary excess loss there, E[L − L*] ≈ η·tr(M⁻¹C)/(4B) in Adam's metric
+   M = diag(sqrt(v̂) + ε).
+2. Everything (model, optimizer, monitor, batch stream) is forked into three arms that see
+   the same batches: `control` stays at η, `drop` continues at η/10, `cosine` decays from η
+   to η/10 by a half cosine (the final factor 0.1 of `workloads.warmup_cosine`). The floor
+   is ∝ η, so the drop arm should settle 0.9 × floor below where it would have been at η.
+3. Measured drop: the paired difference control − drop of the held-out loss (fixed windows
+   of later standard-library files, float32, every --eval-every steps) and of the training
+   loss (the same batches in both arms), averaged over the later half of the arms
+   (--settle). The loss still falls from continued learning while the floor is read; a drop
+   measured against the loss before the fork would count that too. The control arm takes it
+   out: what remains is what the smaller learning rate changed. That is not all noise
+   either: at η/10 the drop arm also learns the slow directions ten times more slowly,
+   which pulls the difference back as the arms go on; the difference is printed against
+   time and drawn. Printed: predicted 0.9 × floor ÷ measured drop.
+   A second measurement needs no change of learning rate: the held-out loss at the mean of
+   the parameters over the floor's window, below the mean held-out loss of the parameters
+   themselves, is the excess the noise costs on time scales shorter than the window (the
+   floor predicts it whole, not 0.9 of it); the same over the arms' later halves, at η and
+   at η/10.
+   Clipping: the monitor's noise estimate is taken from the micro-batch gradients before
+   `clip_grad_norm_`, which then scales the step's gradient, noise included, by
+   c = min(1, clip/‖g‖). The excess then scales by c, the kinetic energy and the heat by c²;
+   the monitor does not see c, so the floor, E[K] and the injected heat are also given
+   with each step's c (computed here from the norm clip_grad_norm_ returns).
+4. The gradient noise scale: the monitor's `noise_scale` column (McCandlish et al. 2018,
+   B_simple = tr(M⁻¹C)/‖G‖²_{M⁻¹}, EMA-smoothed, β = 0.99) against the two-batch estimator of
+   their appendix A as GPT-NeoX computes it, from gradients read here between micro-batches
+   (`TwoBatch`): with b the micro-batch and B = 2b the step's batch,
+   |G|² = (B|G_big|² − b|G_small|²)/(B − b), S = (|G_small|² − |G_big|²)/(1/b − 1/B), each
+   smoothed by the same EMA, B_simple = S/|G|², in sequences of --context characters. In
+   Adam's metric M⁻¹ before the step (the monitor's) and Euclidean (GPT-NeoX's); for
+   contrast, the metric one with |G_big|² read after clipping. With two micro-batches the
+   two-batch estimator and the monitor's micro-batch estimate are the same algebra, so the
+   ratio tests which gradients, metric and batch size the monitor uses: it is 1 to
+   round-off when they are the right ones.
+5. The books at the end of each arm (its ledger from step 0): −ΔI = I₀ − I, dissipated,
+   decay, schedule, injected, residual and |residual| / (|dissipated| + |decay| + |schedule|
+   + |injected|); I − I₀ = −dissipated − decay + injected + schedule + residual. Also the
+   injected heat summed again with each step's c², and the residual that would leave.
+
+Prints markdown tables. Writes to --out (default benchmarks/out/real_training):
+`ledger_<arm>.csv` (the monitor's ledger from step 0, which `inertia report` reads),
+`summary.json`, and, there or to --figures, `real_training_loss.png` (the loss with the
+predicted floor; control − drop against the prediction) and `real_training_noise_scale.png`
+(the noise scale against the two-batch estimates); with --report, `inertia report` of the
+cosine arm in `report/`. Deterministic for a seed and a thread count. The default
+(417 280 parameters, 3 400 steps) takes about 5–10 minutes on 2 idle CPU cores; on a loaded
+machine --threads 1 is much faster than two contending threads. --quick (58 304 parameters,
+780 steps) takes under a minute: a smoke run, its numbers are not a result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from inertia import InertiaMonitor, Ledger
+from inertia.figures import figure
+from inertia.theory import heavy_ball_noise_floor
+from workloads import CharTransformer, char_batches, char_vocabulary, stdlib_text, warmup_cosine
+
+F64 = torch.float64
+ARMS = ("control", "drop", "cosine")
+BETA = 0.99  # the noise scale's EMA, the monitor's (inertia.monitor.noise_scale.BETA)
+DEFAULT_OUT = Path(__file__).resolve().parent / "out" / "real_training"
+COLORS = {"shared": "#444444", "control": "#1f77b4", "drop": "#d62728", "cosine": "#2ca02c"}
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything that decides the run (each a --flag of the same name)."""
+
+    d_model: int = 128
+    layers: int = 2
+    heads: int = 4
+    context: int = 64
+    micro_batch: int = 16  # sequences per micro-batch
+    lr: float = 3e-3
+    warmup: int = 100
+    plateau: int = 1500  # steps at the constant lr after the warmup
+    arm_steps: int = 600  # steps of each arm after the fork
+    settle: float = 0.5  # the share of an arm after which it is taken as settled
+    weight_decay: float = 0.1
+    clip: float = 1.0
+    chars: int = 4_000_000  # training text
+    heldout_chars: int = 200_000
+    eval_windows: int = 256
+    eval_every: int = 50
+    seed: int = 0
+    bf16: bool = True
+    micro: int = field(default=2, init=False)  # micro-batches per step: the two-batch pair
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type == "int" and f.name != "seed" and not value > 0:
+                raise ValueError(f"--{f.name.replace('_', '-')}: a positive integer, not {value}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"--lr: a positive learning rate, not {self.lr}")
+        if not 0 <= self.settle < 1:
+            raise ValueError(f"--settle: a share in [0, 1), not {self.settle}")
+        if not self.clip > 0:
+            raise ValueError(f"--clip: a positive norm, not {self.clip}")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight-decay: at least 0, not {self.weight_decay}")
+        if self.d_model % self.heads:
+            raise ValueError(f"--heads: a divisor of --d-model {self.d_model}, not {self.heads}")
+        if self.plateau < 8:
+            raise ValueError(
+                f"--plateau: at least 8 steps (the floor's window), not {self.plateau}"
+            )
+        if self.arm_steps < 2 * self.eval_every:
+            raise ValueError(
+                f"--arm-steps: at least 2 × --eval-every = {2 * self.eval_every}, "
+                f"not {self.arm_steps}"
+            )
+
+    @property
+    def batch(self) -> int:
+        return self.micro_batch * self.micro
+
+
+QUICK = {
+    "d_model": 64,
+    "layers": 1,
+    "heads": 2,
+    "context": 32,
+    "micro_batch": 8,
+    "warmup": 30,
+    "plateau": 300,
+    "arm_steps": 150,
+    "chars": 400_000,
+    "heldout_chars": 40_000,
+    "eval_windows": 64,
+    "eval_every": 25,
+}
+
+
+# --- data ------------------------------------------------------------------------------
+
+
+@dataclass
+class Data:
+    train: str
+    vocab: str
+    heldout: tuple[Tensor, Tensor]  # fixed (x, y) windows of the held-out text
+
+
+def data(cfg: Config) -> Data:
+    """The first `chars` characters of the standard library's sources to train on; the next
+    `heldout_chars` (later files) held out, as `eval_windows` fixed windows spread over them."""
+    try:
+        text = stdlib_text(cfg.chars + cfg.heldout_chars)
+    except ValueError as error:  # the standard library is shorter
+        raise ValueError(
+            f"--chars + --heldout-chars: {str(error).removeprefix('chars: ')}"
+        ) from None
+    vocab = char_vocabulary(text)
+    index = {c: i for i, c in enumerate(vocab)}
+    held = torch.tensor([index[c] for c in text[cfg.chars :]], dtype=torch.int64)
+    span = cfg.context + 1
+    if len(held) < 2 * span:
+        raise ValueError(f"--heldout-chars: at least 2 × (context + 1) = {2 * span}")
+    windows = min(cfg.eval_windows, len(held) // span)
+    starts = torch.linspace(0, len(held) - span, windows).long()
+    w = held[starts[:, None] + torch.arange(span)]
+    return Data(text[: cfg.chars], vocab, (w[:, :-1], w[:, 1:]))
+
+
+# --- the two-batch estimator, from gradients read between micro-batches -----------------
+
+
+class TwoBatch:
+    """The micro-batch gradients g_j, read from `.grad` after each micro-batch's backward (the
+    accumulated gradient is Σ_j g_j/m), and the step's G_big = Σ_j g_j/m, before clipping:
+    |G_small|² = mean_j ‖g_j‖², |G_big|² = ‖G_big‖², in the metric M⁻¹ of Adam's state before
+    the step (`metric`) and Euclidean (`euclid`); per step S = (|G_small|² − |G_big|²)/(1/b −
+    1/B) and |G|² = (B|G_big|² − b|G_small|²)/(B − b) (b the micro-batch, B = m·b)."""
+
+    def __init__(self, params: list[Tensor], optimizer: torch.optim.Optimizer, micro_batch: int):
+        self.params, self.optimizer, self.b = params, optimizer, micro_batch
+        self._groups = [
+            next(g for g in optimizer.param_groups if any(p is q for q in g["params"]))
+            for p in params
+        ]
+        self._previous: Tensor | None = None
+        self._increments: list[Tensor] = []
+
+    def _flat_grad(self) -> Tensor:
+        return torch.cat([p.grad.reshape(-1).to(torch.float64) for p in self.params])
+
+    def _weights(self) -> Tensor | None:
+        """M⁻¹ = 1/(sqrt(v/(1 − β₂ᵗ)) + ε) of the optimizer's state (None before it has one)."""
+        out = []
+        for p, group in zip(self.params, self._groups, strict=True):
+            state = self.optimizer.state.get(p, {})
+            if "exp_avg_sq" not in state or int(state["step"]) < 1:
+                return None
+            correction = 1.0 - group["betas"][1] ** int(state["step"])
+            v = state["exp_avg_sq"].reshape(-1).to(torch.float64) / correction
+            out.append(1.0 / (v.sqrt() + group["eps"]))
+        return torch.cat(out)
+
+    def after_backward(self) -> None:
+        """Read this micro-batch's increment of the accumulated gradient, g_j/m."""
+        now = self._flat_grad()
+        self._increments.append(now if self._previous is None else now - self._previous)
+        self._previous = now
+
+    def take(self) -> dict[str, float]:
+        """The step's S, |G|² and |G_big|² in both metrics (NaN in the metric before Adam has a
+        state), before clipping and the optimizer step; then reset."""
+        increments, big = self._increments, self._previous
+        self._increments, self._previous = [], None
+        m = len(increments)
+        if m < 2 or big is None:
+            raise ValueError(f"the two-batch estimate needs 2 or more micro-batches, not {m}")
+        b, bb = self.b, self.b * m
+        out: dict[str, float] = {}
+        for name, w in (("metric", self._weights()), ("euclid", torch.ones_like(big))):
+            if w is None:
+                out |= {f"{name}_noise": math.nan, f"{name}_signal": math.nan}
+                out[f"{name}_big"] = math.nan
+                continue
+            small = sum(float((w * (m * d) ** 2).sum()) for d in increments) / m
+            g_big = float((w * big**2).sum())
+            out[f"{name}_noise"] = (small - g_big) / (1.0 / b - 1.0 / bb)  # S = B·tr(C)/B
+            out[f"{name}_signal"] = (bb * g_big - b * small) / (bb - b)  # unbiased |G|²
+            out[f"{name}_big"] = g_big
+        return out
+
+
+def smoothed(noise: np.ndarray, signal: np.ndarray, beta: float = BETA) -> np.ndarray:
+    """B_simple = EMA(S)/EMA(|G|²) after each step, as the monitor smooths (the EMAs' bias
+    corrections cancel; steps with a NaN estimate left out; NaN while EMA(|G|²) ≤ 0)."""
+    out, s, g, seen = np.full(len(noise), math.nan), 0.0, 0.0, False
+    for k, (x, y) in enumerate(zip(noise, signal, strict=True)):
+        if math.isfinite(x) and math.isfinite(y):
+            s, g, seen = beta * s + (1 - beta) * x, beta * g + (1 - beta) * y, True
+        out[k] = s / g if seen and g > 0 else math.nan
+    return out
+
+
+# --- a training run that can be forked ----------------------------------------------------
+
+
+class Run:
+    """The model, AdamW (two groups: decay on matrices only), the monitor, the batch stream and
+    the two-batch reader; `fork()` copies the whole state, `Run(cfg, data, state)` continues
+    it. `log` holds per-step values, `evals` the held-out losses (step, loss)."""
+
+    def __init__(self, cfg: Config, d: Data, state: dict[str, Any] | None = None):
+        self.cfg, self.data = cfg, d
+        torch.manual_seed(cfg.seed)
+        self.model = CharTransformer(d.vocab, cfg.d_model, cfg.layers, cfg.heads, cfg.context)
+        matrices = [p for p in self.model.parameters() if p.dim() >= 2]
+        others = [p for p in self.model.parameters() if p.dim() < 2]
+        self.opt = torch.optim.AdamW(
+            [
+                {"params": matrices, "weight_decay": cfg.weight_decay},
+                {"params": others, "weight_decay": 0.0},
+            ],
+            lr=cfg.lr,
+            betas=(0.9, 0.95),
+        )
+        self.monitor = InertiaMonitor(self.opt, noise="microbatch")
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.params = list(self.model.parameters())
+        self.two_batch = TwoBatch(self.params, self.opt, cfg.micro_batch)
+        self.step = 0
+        self.log: dict[str, list[float]] = {}
+        self.evals: list[tuple[int, float]] = []
+        self._sum: Tensor | None = None  # Σθ over the averaging window
+        self._summed = 0
+        if state is not None:
+            self.model.load_state_dict(state["model"])
+            self.opt.load_state_dict(state["opt"])
+            self.monitor.load_state_dict(state["monitor"])
+            self.gen.set_state(state["gen"])
+            self.step = state["step"]
+        self.batches = char_batches(d.train, d.vocab, cfg.micro_batch, cfg.context, self.gen)
+
+    def fork(self) -> dict[str, Any]:
+        """A deep copy of everything the run continues from (between steps)."""
+        return copy.deepcopy(
+            {
+                "model": self.model.state_dict(),
+                "opt": self.opt.state_dict(),
+                "monitor": self.monitor.state_dict(),
+                "gen": self.gen.get_state(),
+                "step": self.step,
+            }
+        )
+
+    def train_step(self, lr: float) -> None:
+        """One optimizer step at `lr`: 2 micro-batches, each observed after its backward."""
+        cfg = self.cfg
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for _ in range(cfg.micro):
+            x, y = next(self.batches)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                logits = self.model(x)
+            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())
+            (loss / cfg.micro).backward()
+            self.monitor.observe(loss.detach(), accumulate=True, batch_size=len(x))
+            self.two_batch.after_backward()
+            total += float(loss.detach()) / cfg.micro
+        two = self.two_batch.take()
+        norm = float(nn.utils.clip_grad_norm_(self.params, cfg.clip))
+        self.opt.step()
+        record = {"step": self.step, "lr": lr, "loss": total, "grad_norm": norm, **two}
+        for key, value in record.items():
+            self.log.setdefault(key, []).append(value)
+        self.step += 1
+        if self._sum is not None:
+            self._add_to_average()
+
+    def _flat(self) -> Tensor:
+        return torch.cat([p.detach().reshape(-1).to(torch.float64) for p in self.params])
+
+    def start_average(self) -> None:
+        """Average the parameters from now (the current ones included) on."""
+        self._sum, self._summed = torch.zeros(sum(p.numel() for p in self.params), dtype=F64), 0
+        self._add_to_average()
+
+    def _add_to_average(self) -> None:
+        assert self._sum is not None
+        self._sum += self._flat()
+        self._summed += 1
+
+    @torch.no_grad()
+    def heldout(self, record: bool = True) -> float:
+        """Mean cross-entropy on the fixed held-out windows (float32, batches of 64)."""
+        x, y = self.data.heldout
+        total = 0.0
+        for i in range(0, len(x), 64):
+            logits = self.model(x[i : i + 64])
+            target = y[i : i + 64].flatten()
+            total += float(F.cross_entropy(logits.flatten(0, 1), target, reduction="sum"))
+        value = total / y.numel()
+        if record:
+            self.evals.append((self.step, value))
+        return value
+
+    @torch.no_grad()
+    def averaged_heldout(self) -> float:
+        """The held-out loss at the mean of the parameters since `start_average` (the
+        parameters are put back); the average stops."""
+        assert self._sum is not None and self._summed
+        now = self._flat()
+        torch.nn.utils.vector_to_parameters((self._sum / self._summed).float(), self.params)
+        value = self.heldout(record=False)
+        torch.nn.utils.vector_to_parameters(now.float(), self.params)
+        self._sum = None
+        return value
+
+
+# --- the experiment -----------------------------------------------------------------------
+
+
+def arm_lr(arm: str, lr: float, steps: int) -> Callable[[int], float]:
+    """The learning rate of an arm's step s."""
+    cosine = warmup_cosine(0, steps, floor=0.1)  # η → η/10 by a half cosine
+    return {
+        "control": lambda s: lr,
+        "drop": lambda s: lr / 10,
+        "cosine": lambda s: lr * cosine(s),
+    }[arm]
+
+
+@dataclass
+class Results:
+    cfg: Config
+    params: int
+    vocab: int
+    floor: dict[str, Any]  # monitor.noise_floor() at the fork
+    shared: Run
+    shared_ledger: Ledger
+    averaged: dict[str, tuple[float, list[float]]]  # the averaging probe: L(θ̄), window L(θ_j)
+    arms: dict[str, Run]
+    seconds: float
+
+
+def experiment(cfg: Config, d: Data, say: Callable[[str], None]) -> Results:
+    """Warmup and plateau, the floor at the fork, then the three arms from the fork."""
+    start = time.perf_counter()
+    shared = Run(cfg, d)
+    params = sum(p.numel() for p in shared.params)
+    say(f"{params} parameters, warmup {cfg.warmup} + {cfg.plateau} steps at lr {cfg.lr:g}")
+    window = cfg.plateau // 2  # the floor's window: the later half of the plateau
+    steps = cfg.warmup + cfg.plateau
+    shared.heldout()
+    for k in range(steps):
+        if k == steps - window:
+            shared.start_average()
+        shared.train_step(cfg.lr * min(1.0, (k + 1) / cfg.warmup))
+        if (k + 1) % cfg.eval_every == 0:
+            shared.heldout()
+        if (k + 1) % 250 == 0:
+            loss = np.mean(shared.log["loss"][-50:])
+            say(f"  step {k + 1}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
+    averaged = {"plateau": (shared.averaged_heldout(), window_evals(shared.evals, steps, window))}
+    floor = shared.monitor.noise_floor(last=window)
+    state = shared.fork()
+    shared_ledger = shared.monitor.ledger
+    shared.monitor.detach()
+    say(f"fork at step {steps}: floor {floor['excess_loss']:.4g} at lr {cfg.lr:g}")
+    arms: dict[str, Run] = {}
+    for arm in ARMS:
+        r = arms[arm] = Run(cfg, d, state)
+        r.evals = [shared.evals[-1]]
+        lr_of = arm_lr(arm, cfg.lr, cfg.arm_steps)
+        for s in range(cfg.arm_steps):
+            if arm != "cosine" and s == cfg.arm_steps - int(cfg.arm_steps * (1 - cfg.settle)):
+                r.start_average()
+            r.train_step(lr_of(s))
+            if (s + 1) % cfg.eval_every == 0:
+                r.heldout()
+        if arm != "cosine":
+            n = int(cfg.arm_steps * (1 - cfg.settle))
+            averaged[arm] = (r.averaged_heldout(), window_evals(r.evals, r.step, n))
+        r.monitor.detach()
+        loss = np.mean(r.log["loss"][-50:])
+        say(f"  arm {arm}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
+    seconds = time.perf_counter() - start
+    return Results(cfg, params, len(d.vocab), floor, shared, shared_ledger, averaged, arms, seconds)
+
+
+def window_evals(evals: list[tuple[int, float]], end: int, window: int) -> list[float]:
+    """The held-out losses recorded at steps in [end − window, end]."""
+    return [v for s, v in evals if end - window <= s <= end]
+
+
+# --- the numbers ------------------------------------------------------------------------
+
+
+def concatenated(first: Ledger, second: Ledger) -> Ledger:
+    """The ledger of the shared phase followed by an arm's rows."""
+    columns = {name: torch.cat([first[name], second[name]]) for name in second}
+    return Ledger(torch.cat([first.t, second.t]), columns, time_name="step")
+
+
+def books(ledger: Ledger, c: np.ndarray) -> dict[str, float]:
+    """The books at the end of a ledger from step 0; and the heat ½h²·tr(M⁻¹C)/B of each step
+    k (booked at row k + 1) summed again with the factor c_k² by which clipping scaled that
+    step's noise, with the residual that would then remain (the other books unchanged)."""
+    last = {k: float(ledger[k][-1]) for k in ("dissipated", "decay", "schedule", "injected")}
+    residual = float(ledger["residual"][-1])
+    booked = sum(abs(v) for v in last.values())
+    minus_delta = float(ledger["inertia"][0] - ledger["inertia"][-1])
+    h, trace = ledger["h"].numpy()[:-1], ledger["noise_trace"].numpy()[:-1]
+    heat = np.where(np.isfinite(trace), 0.5 * h * h * trace, 0.0)
+    clipped = float(np.sum(heat * c[: len(heat)] ** 2))
+    residual_c = residual + last["injected"] - clipped
+    booked_c = booked - abs(last["injected"]) + abs(clipped)
+    return {
+        "-dI": minus_delta,
+        **last,
+        "residual": residual,
+        "ratio": abs(residual) / booked,
+        "injected_resummed": float(np.sum(heat)),
+        "injected_c2": clipped,
+        "residual_c2": residual_c,
+        "ratio_c2": abs(residual_c) / booked_c,
+    }
+
+
+def mean_se(x: Any) -> tuple[float, float]:
+    """Mean, and a standard error from up to 10 consecutive blocks (neighbours correlate)."""
+    x = np.asarray(x, dtype=float)
+    blocks = [b.mean() for b in np.array_split(x, min(10, len(x))) if len(b)]
+    se = float(np.std(blocks, ddof=1) / math.sqrt(len(blocks))) if len(blocks) > 1 else math.nan
+    return float(x.mean()), se
+
+
+def trailing(x: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over `window` steps (shorter at the start)."""
+    c = np.cumsum(np.insert(np.asarray(x, dtype=float), 0, 0.0))
+    i = np.arange(1, len(x) + 1)
+    lo = np.maximum(i - window, 0)
+    return (c[i] - c[lo]) / (i - lo)
+
+
+def joined(res: Results, arm: str) -> dict[str, np.ndarray]:
+    """The per-step log of the shared phase followed by an arm's."""
+    shared, own = res.shared.log, res.arms[arm].log
+    return {k: np.concatenate([shared[k], own[k]]).astype(float) for k in shared}
+
+
+def clip_factor(grad_norm: np.ndarray, clip: float) -> np.ndarray:
+    """torch's clip_grad_norm_ factor: min(1, clip/(‖g‖ + 1e-6))."""
+    return np.minimum(1.0, clip / (grad_norm + 1e-6))
+
+
+def predicted_floors(ledger: Ledger) -> tuple[np.ndarray, np.ndarray]:
+    """Per row: (E[L − L*], E[K]) the monitor's law predicts, μ = 1 − γh (as noise_floor)."""
+    h, gamma = ledger["h"], ledger["gamma"]
+    kinetic, excess = heavy_ball_noise_floor(h, ledger["noise_trace"], 1.0 - gamma * h)
+    return excess.numpy(), kinetic.numpy()
+
+
+def analyse(res: Results) -> dict[str, Any]:
+    cfg, floor = res.cfg, res.floor
+    ledgers = {arm: concatenated(res.shared_ledger, res.arms[arm].monitor.ledger) for arm in ARMS}
+    fork = cfg.warmup + cfg.plateau
+    window = cfg.plateau // 2
+    settled_from = int(cfg.arm_steps * cfg.settle)
+    # --- the floor and the drop
+    log = joined(res, "control")
+    c = clip_factor(log["grad_norm"], cfg.clip)
+    excess, kinetic = predicted_floors(ledgers["control"])
+    w = slice(fork - window, fork)
+    ok = np.isfinite(excess[w])
+    clipped_floor = float(np.mean((c[w] * excess[w])[ok]))
+    clipped_kinetic = float(np.mean((c[w] ** 2 * kinetic[w])[ok]))
+    predicted = 0.9 * floor["excess_loss"]
+    train = {arm: np.asarray(res.arms[arm].log["loss"]) for arm in ARMS}
+    paired = train["control"] - train["drop"]
+    held = {arm: np.asarray([v for _, v in res.arms[arm].evals]) for arm in ARMS}
+    held_steps = np.asarray([s for s, _ in res.arms["control"].evals]) - fork
+    held_paired = held["control"] - held["drop"]
+    settled = held_steps >= settled_from
+    drop_held = mean_se(held_paired[settled])
+    drop_train = mean_se(paired[settled_from:])
+    own = {}
+    for arm in ("control", "drop"):
+        e, _ = predicted_floors(ledgers[arm])
+        own[arm] = float(np.nanmean(e[fork + settled_from :]))
+    averaging = {}
+    for name, (at_mean, values) in res.averaged.items():
+        averaging[name] = (float(np.mean(values)) - at_mean, len(values))
+    course = []
+    for s in sorted({50, 100, 200, 300, 400, 500, 600, cfg.arm_steps} & set(held_steps.tolist())):
+        i = int(np.flatnonzero(held_steps == s)[0])
+        course.append((s, float(held_paired[i]), float(np.mean(paired[max(0, s - 50) : s]))))
+    # --- the noise scale (the cosine arm: the recipe's run)
+    log = joined(res, "cosine")
+    c_cos = clip_factor(log["grad_norm"], cfg.clip)
+    monitor_scale = ledgers["cosine"]["noise_scale"].numpy()
+    two = smoothed(log["metric_noise"], log["metric_signal"])
+    read_clipped = c_cos**2 * log["metric_big"] - log["metric_noise"] / cfg.batch
+    two_clipped = smoothed(log["metric_noise"], read_clipped)
+    euclid = smoothed(log["euclid_noise"], log["euclid_signal"])
+    trace = ledgers["cosine"]["noise_trace"].numpy()
+    both = np.isfinite(trace) & np.isfinite(log["metric_noise"])
+    trace_error = float(np.max(np.abs(trace[both] * cfg.batch / log["metric_noise"][both] - 1)))
+    after = np.arange(len(two)) >= cfg.warmup
+    ratio = monitor_scale / two
+    valid = np.isfinite(ratio)
+    end = len(two) - 1
+    scale = {
+        "at": {"fork": fork - 1, "end": end},
+        "monitor": [float(monitor_scale[fork - 1]), float(monitor_scale[end])],
+        "two_batch": [float(two[fork - 1]), float(two[end])],
+        "two_batch_clipped": [float(two_clipped[fork - 1]), float(two_clipped[end])],
+        "euclid": [float(euclid[fork - 1]), float(euclid[end])],
+        "ratio_median": float(np.median(ratio[valid])) if valid.any() else math.nan,
+        "ratio_range": [float(ratio[valid].min()), float(ratio[valid].max())]
+        if valid.any()
+        else [math.nan, math.nan],
+        "monitor_nan_rows": int((after & ~np.isfinite(monitor_scale)).sum()),
+        "two_batch_nan_rows": int((after & ~np.isfinite(two)).sum()),
+        "trace_max_error": trace_error,
+        "clipped_share_plateau": float(np.mean(c_cos[cfg.warmup : fork] < 1)),
+        "clipped_share_end": float(np.mean(c_cos[end - 99 :] < 1)),
+    }
+    return {
+        "config": asdict(cfg),
+        "parameters": res.params,
+        "vocabulary": res.vocab,
+        "threads": torch.get_num_threads(),
+        "seconds": res.seconds,
+        "fork": fork,
+        "window": [fork - window, fork - 1],
+        "floor": floor,
+        "floor_clipped": clipped_floor,
+        "kinetic_clipped": clipped_kinetic,
+        "clip_mean": float(np.mean(c[w])),
+        "clipped_share_window": float(np.mean(c[w] < 1)),
+        "predicted_drop": predicted,
+        "predicted_drop_clipped": 0.9 * clipped_floor,
+        "drop_heldout": drop_held,
+        "drop_train": drop_train,
+        "ratio_heldout": predicted / drop_held[0],
+        "ratio_train": predicted / drop_train[0],
+        "ratio_heldout_clipped": 0.9 * clipped_floor / drop_held[0],
+        "own_floors": own,
+        "averaging": averaging,
+        "course": course,
+        "settled_from": settled_from,
+        "books": {
+            arm: books(ledgers[arm], clip_factor(joined(res, arm)["grad_norm"], cfg.clip))
+            for arm in ARMS
+        },
+        "noise_scale": scale,
+        "heldout": {arm: res.arms[arm].evals for arm in ARMS},
+    }
+
+
+# --- the table ------------------------------------------------------------------------
+
+
+def table(s: dict[str, Any]) -> str:
+    cfg, f = s["config"], s["floor"]
+    n = cfg["arm_steps"]
+    lines = [
+        f"Character transformer on the standard library's sources: {s['parameters']:,} "
+        f"parameters (d_model {cfg['d_model']}, {cfg['layers']} layers, {cfg['heads']} heads, "
+        f"context {cfg['context']}, vocabulary {s['vocabulary']}); AdamW β = (0.9, 0.95), "
+        f"weight decay {cfg['weight_decay']:g} on matrices, clip {cfg['clip']:g}, "
+        f"{'bf16 autocast' if cfg['bf16'] else 'float32'}, 2 micro-batches of "
+        f"{cfg['micro_batch']} sequences (B = {2 * cfg['micro_batch']}); warmup "
+        f"{cfg['warmup']}, lr η = {cfg['lr']:g} for {cfg['plateau']} steps, then {n} steps "
+        f"each of control (η), drop (η/10), cosine (η → η/10). "
+        f"{s['seconds']:.0f} s on {s['threads']} threads.",
+        "",
+        "Books at the end (ledger from step 0):",
+        "",
+        "| arm | −ΔI | dissipated | decay | schedule | injected | residual "
+        "| \\|residual\\| / booked | injected × c² | residual then | ratio then |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for arm, b in s["books"].items():
+        cells = [b[k] for k in ("-dI", "dissipated", "decay", "schedule", "injected", "residual")]
+        lines.append(
+            f"| {arm} | "
+            + " | ".join(f"{x:.4g}" for x in cells)
+            + f" | {b['ratio']:.3f} | {b['injected_c2']:.4g} | {b['residual_c2']:.4g} "
+            f"| {b['ratio_c2']:.3f} |"
+        )
+    lines += [
+        "",
+        "(× c²: each step's heat ½h²·tr(M⁻¹C)/B times the square of its clip factor "
+        "c = min(1, clip/‖g‖), the share of the step's gradient noise that clipping let "
+        "through; the monitor books it unclipped.)",
+    ]
+    a, b = s["window"]
+    dh, dt = s["drop_heldout"], s["drop_train"]
+    lo = s["settled_from"]
+    av = s["averaging"]
+    lines += [
+        "",
+        f"Noise floor (monitor.noise_floor() over steps {a}–{b}, {f['rows']} rows):",
+        "",
+        "| quantity | value |",
+        "|---|---|",
+        f"| floor at η: predicted E[L − L*] | {f['excess_loss']:.4f} "
+        f"± {f['excess_loss_stderr']:.4f} |",
+        f"| the same × each step's clip factor c (mean c {s['clip_mean']:.3f}, "
+        f"{100 * s['clipped_share_window']:.0f}% of steps clipped) | {s['floor_clipped']:.4f} |",
+        f"| E[K]: predicted / × c² / measured | {f['kinetic']:.4f} / {s['kinetic_clipped']:.4f}"
+        f" / {f['measured_kinetic']:.4f} |",
+        f"| predicted drop at η/10: 0.9 × floor (× c) | {s['predicted_drop']:.4f} "
+        f"({s['predicted_drop_clipped']:.4f}) |",
+        f"| measured drop, held-out, control − drop, arm steps {lo}–{n} | "
+        f"{dh[0]:.4f} ± {dh[1]:.4f} |",
+        f"| measured drop, training loss (same batches), arm steps {lo}–{n} | "
+        f"{dt[0]:.4f} ± {dt[1]:.4f} |",
+        f"| **ratio predicted / measured**, held-out (training) | **{s['ratio_heldout']:.2f}** "
+        f"({s['ratio_train']:.2f}) |",
+        f"| ratio with the clip factor, held-out | {s['ratio_heldout_clipped']:.2f} |",
+        f"| each arm's own floor over its steps {lo}–{n}: at η, at η/10, difference | "
+        f"{s['own_floors']['control']:.4f}, {s['own_floors']['drop']:.4f}, "
+        f"{s['own_floors']['control'] - s['own_floors']['drop']:.4f} |",
+        f"| averaging: mean held-out L(θ_k) − L(mean θ) over the floor's window "
+        f"({av['plateau'][1]} evaluations) | {av['plateau'][0]:.4f} |",
+        f"| averaging over the arms' steps {lo}–{n}: control (η), drop (η/10) | "
+        f"{av['control'][0]:.4f}, {av['drop'][0]:.4f} |",
+        "",
+        "control − drop against the arms' step (held-out; training, mean of the 50 steps "
+        "before): " + ", ".join(f"{st}: {h:.3f} ({t:.3f})" for st, h, t in s["course"]),
+    ]
+    ns = s["noise_scale"]
+    at = ns["at"]
+    lines += [
+        "",
+        f"Gradient noise scale B_simple (sequences of {cfg['context']} characters; the cosine "
+        f"arm), at the fork (step {at['fork']}) and at the end (step {at['end']}):",
+        "",
+        "| estimate | at the fork | at the end |",
+        "|---|---|---|",
+    ]
+    names = {
+        "monitor": "monitor `noise_scale` column",
+        "two_batch": "two-batch, Adam's metric, gradients before clipping",
+        "two_batch_clipped": "for contrast: the same with \\|G_big\\|² read after clipping",
+        "euclid": "two-batch, Euclidean (GPT-NeoX)",
+    }
+    for key, name in names.items():
+        x, y = ns[key]
+        lines.append(f"| {name} | {x:.4g} | {y:.4g} |")
+    lo_r, hi_r = ns["ratio_range"]
+    lines += [
+        "",
+        f"monitor ÷ two-batch (Adam's metric, before clipping), rows where both exist: median "
+        f"**{ns['ratio_median']:.6f}**, largest deviation from 1 "
+        f"{max(abs(lo_r - 1), abs(hi_r - 1)):.1e}; after the warmup the "
+        f"monitor's column is NaN in {ns['monitor_nan_rows']} rows, the two-batch estimate in "
+        f"{ns['two_batch_nan_rows']}. The monitor's noise_trace against "
+        f"the two-batch tr(M⁻¹C)/B, row by row: within {ns['trace_max_error']:.1e}. Steps "
+        f"clipped: {100 * ns['clipped_share_plateau']:.0f}% over warmup and plateau, "
+        f"{100 * ns['clipped_share_end']:.0f}% over the last 100.",
+    ]
+    return "\n".join(lines)
+
+
+# --- the figures ----------------------------------------------------------------------
+
+
+def draw(res: Results, s: dict[str, Any], out: Path) -> list[Path]:
+    cfg, fork = res.cfg, s["fork"]
+    smooth = 50
+    out.mkdir(parents=True, exist_ok=True)
+    loss_png, scale_png = out / "real_training_loss.png", out / "real_training_noise_scale.png"
+    with figure(loss_png, ncols=2, width=6.0, height=4.2) as (ax, diff):
+        shared = np.asarray(res.shared.log["loss"])
+        steps = np.arange(len(shared))
+        ax.plot(steps, trailing(shared, smooth), color=COLORS["shared"], lw=1, label="warmup, η")
+        held = np.asarray(res.shared.evals)
+        ax.plot(held[:, 0], held[:, 1], ".", color=COLORS["shared"], ms=3)
+        full = {}
+        for arm in ARMS:
+            own = np.concatenate([shared, res.arms[arm].log["loss"]])
+            full[arm] = trailing(own, smooth)[fork:]
+            arm_steps = np.arange(fork, fork + len(full[arm]))
+            ax.plot(arm_steps, full[arm], color=COLORS[arm], lw=1, label=arm)
+            held = np.asarray(res.arms[arm].evals)
+            ax.plot(held[:, 0], held[:, 1], ".", color=COLORS[arm], ms=3)
+        arm_steps = np.arange(fork, fork + len(full["control"]))
+        ax.plot(
+            arm_steps,
+            full["control"] - s["predicted_drop"],
+            "--",
+            color=COLORS["drop"],
+            lw=1,
+            label="control − 0.9 × floor (predicted)",
+        )
+        ax.axvspan(*s["window"], color="#999999", alpha=0.15, lw=0, label="floor's window")
+        ax.set_ylim(full["cosine"].min() - 0.15, shared[cfg.warmup :].max() + 0.05)
+        ax.set_xlabel("step")
+        ax.set_title(f"loss (training: lines, {smooth}-step mean; held-out: dots)")
+        paired = np.asarray(res.arms["control"].log["loss"]) - np.asarray(
+            res.arms["drop"].log["loss"]
+        )
+        s_steps = np.arange(1, len(paired) + 1)
+        diff.plot(s_steps, trailing(paired, smooth), color="#444444", lw=1, label="training")
+        held_c, held_d = np.asarray(res.arms["control"].evals), np.asarray(res.arms["drop"].evals)
+        diff.plot(held_c[:, 0] - fork, held_c[:, 1] - held_d[:, 1], "o", ms=3, label="held-out")
+        diff.axhline(s["predicted_drop"], color="black", ls="--", lw=1, label="0.9 × floor")
+        diff.axhline(
+            s["predicted_drop_clipped"], color="black", ls=":", lw=1, label="0.9 × floor × c"
+        )
+        diff.axhline(
+            0.9 * s["averaging"]["plateau"][0],
+            color="#9467bd",
+            ls="-.",
+            lw=1,
+            label="0.9 × excess over the mean θ",
+        )
+        diff.axhline(0, color="#999999", lw=0.5)
+        diff.axvspan(s["settled_from"], cfg.arm_steps, color="#999999", alpha=0.15, lw=0)
+        diff.set_ylim(-0.01, 1.25 * s["predicted_drop"])
+        diff.legend(fontsize=8, frameon=False, loc="lower right")
+        diff.set_xlabel("steps after the fork")
+        diff.set_title(
+            f"control − drop (η vs η/10): predicted ÷ measured {s['ratio_heldout']:.2f} (held-out)"
+        )
+    with figure(scale_png, ncols=2, width=6.0, height=4.2) as (ax, ratio_ax):
+        log = joined(res, "cosine")
+        ledger = concatenated(res.shared_ledger, res.arms["cosine"].monitor.ledger)
+        monitor = ledger["noise_scale"].numpy()
+        c = clip_factor(log["grad_norm"], cfg.clip)
+        two = smoothed(log["metric_noise"], log["metric_signal"])
+        after_clip = c**2 * log["metric_big"] - log["metric_noise"] / cfg.batch
+        read_after = smoothed(log["metric_noise"], after_clip)
+        euclid = smoothed(log["euclid_noise"], log["euclid_signal"])
+        steps = np.arange(len(two))
+        ax.plot(steps, monitor, color="#d62728", lw=2.5, alpha=0.6, label="monitor noise_scale")
+        ax.plot(steps, two, color="#1f77b4", lw=1, label="two-batch, Adam's metric")
+        ax.plot(steps, euclid, color="#2ca02c", lw=1, label="two-batch, Euclidean")
+        ax.axvline(fork, color="#999999", lw=0.5)
+        ax.set_yscale("log")
+        ax.set_xlabel("step (warmup, plateau, cosine arm)")
+        ax.set_title("gradient noise scale B_simple (sequences)")
+        with np.errstate(invalid="ignore"):
+            ratio_ax.plot(
+                steps, np.abs(monitor / two - 1), color="#d62728", lw=1, label="monitor ÷ two-batch"
+            )
+            ratio_ax.plot(
+                steps,
+                np.abs(read_after / two - 1),
+                color="#ff7f0e",
+                lw=1,
+                label="‖G_big‖² read after clipping ÷ before",
+            )
+        ratio_ax.set_yscale("log")
+        ratio_ax.set_xlabel("step")
+        ratio_ax.set_ylabel("|ratio − 1|")
+        ratio_ax.set_title("against the two-batch estimate (Adam's metric)")
+        ratio_ax.legend(fontsize=8, frameon=False, loc="center left")
+        share = ratio_ax.twinx()
+        share.plot(steps, trailing((c < 1).astype(float), 50), color="#777777", lw=0.8)
+        share.set_ylim(0, 1.05)
+        share.set_ylabel("share of steps clipped (50-step mean)", color="#777777")
+    return [loss_png, scale_png]
+
+
+# --- the command ----------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="a smaller model, fewer steps (~1 min)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=DEFAULT_OUT,
+        help="ledgers, summary and figures (default benchmarks/out/real_training)",
+    )
+    parser.add_argument(
+        "--figures", type=Path, default=None, help="where the two figures go (default: --out)"
+    )
+    parser.add_argument("--report", action="store_true", help="inertia report of the cosine arm")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's)"
+    )
+    parser.add_argument("--no-bf16", action="store_true", help="float32 instead of bf16 autocast")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    defaults = asdict(Config())
+    for f in fields(Config):
+        if f.init and f.type in ("int", "float"):
+            kind = int if f.type == "int" else float
+            parser.add_argument(
+                f"--{f.name.replace('_', '-')}",
+                type=kind,
+                default=None,
+                metavar=f.type.upper(),
+                help=f"default {defaults[f.name]}"
+                + (f" (--quick: {QUICK[f.name]})" if f.name in QUICK else ""),
+            )
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads: a positive integer, not {args.threads}")
+        torch.set_num_threads(args.threads)
+    values = dict(QUICK) if args.quick else {}
+    for f in fields(Config):
+        given = getattr(args, f.name, None)
+        if f.init and given is not None:
+            values[f.name] = given
+    values["bf16"] = not args.no_bf16
+    try:
+        cfg = Config(**values)
+        text = data(cfg)
+    except ValueError as error:
+        parser.error(str(error))
+    say = (lambda m: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    res = experiment(cfg, text, say)
+    summary = analyse(res)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    for arm in ARMS:
+        ledger = concatenated(res.shared_ledger, res.arms[arm].monitor.ledger)
+        ledger.to_csv(out / f"ledger_{arm}.csv")
+    written = draw(res, summary, args.figures or out)
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if args.report:
+        from inertia.report import ledger_report
+
+        written.append(ledger_report(out / "ledger_cosine.csv", out / "report"))
+    print(table(summary))
+    print("\nwritten: " + ", ".join(str(p) for p in written))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
