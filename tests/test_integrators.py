@@ -172,18 +172,58 @@ def test_ledger_identity_with_per_coordinate_mass_and_noise():
         assert float(tr.ledger.closure_error().abs().max()) <= 1e-12 * float(tr.inertia.abs().max())
 
 
-def test_ou_substep_is_exact_for_any_step_size():
-    """On a flat loss, one O step of any length gives v ~ N(c v₀, σ²(1 − c²)/(2γ)) exactly."""
+@pytest.mark.parametrize("noise_dtype", [torch.float32, torch.float64])
+def test_ou_substep_is_exact_for_any_step_size(noise_dtype):
+    """On a flat loss, one O step of any length gives v ~ N(c v₀, σ²(1 − c²)/(2γ)) exactly,
+    with increments drawn in float32 (the default) or float64."""
     gamma, sigma, dt, paths = 0.7, 0.9, 3.0, 40_000
     dyn = Dynamics(systems.Quadratic(eigenvalues=torch.zeros(1)), gamma=gamma, sigma=sigma)
     tr = simulate(
-        dyn, torch.zeros(1), torch.ones(1), dt=dt, steps=1, method="baoab", paths=paths, seed=11
+        dyn,
+        torch.zeros(1),
+        torch.ones(1),
+        dt=dt,
+        steps=1,
+        method="baoab",
+        paths=paths,
+        seed=11,
+        noise_dtype=noise_dtype,
     )
     c = math.exp(-gamma * dt)
     mean, var = c, sigma**2 * (1 - c * c) / (2 * gamma)
     v = tr.v[:, 0]
     assert abs(float(v.mean()) - mean) < 4 * math.sqrt(var / paths)
     assert abs(float(v.var()) - var) < 4 * var * math.sqrt(2 / (paths - 1))
+
+
+def test_increments_are_drawn_in_the_noise_dtype_and_booked_as_used():
+    """From rest on a flat loss one O step sets v = w, the increment: a float32 draw widened
+    into the float64 state is a float32 number, a float64 draw is not; either way N = ½ wᵀMw
+    to round-off and the ledger closes."""
+    mass = torch.tensor([1.0, 2.0, 0.5])
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.zeros(3)), gamma=0.4, sigma=0.8, mass=mass)
+    for noise_dtype, representable in ((torch.float32, True), (torch.float64, False)):
+        tr = simulate(
+            dyn, torch.zeros(3), dt=0.5, steps=1, paths=500, seed=0, noise_dtype=noise_dtype
+        )
+        w = tr.v
+        assert w.dtype == torch.float64
+        assert torch.equal(w.float().double(), w) is representable
+        injected = 0.5 * (mass.double() * w * w).sum(1)
+        torch.testing.assert_close(tr.injected[-1], injected, rtol=1e-14, atol=0)
+        assert float(tr.ledger.closure_error().abs().max()) < 1e-15
+
+
+def test_settling_only_at_records_changes_the_books_by_round_off_and_the_state_not_at_all():
+    """Between records the change of K by the last kicks is booked with the next step's."""
+    dyn = chain_dynamics(gamma=0.3, sigma=0.2)
+    kw = {"dt": 0.01, "steps": 1000, "paths": 3, "seed": 4}
+    every, sparse = (simulate(dyn, CHAIN_Q0, record_every=k, **kw) for k in (1, 100))
+    assert torch.equal(every.q, sparse.q) and torch.equal(every.v, sparse.v)
+    for name in inertia.COLUMNS:
+        torch.testing.assert_close(
+            sparse.ledger[name], every.ledger[name][::100], rtol=1e-12, atol=1e-14
+        )
 
 
 def test_same_seed_gives_identical_trajectories_and_different_seeds_do_not():

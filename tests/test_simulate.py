@@ -10,7 +10,7 @@ import torch
 
 import inertia
 from inertia import Dynamics, Trajectory, simulate, systems
-from inertia.simulate import SimulationDiverged
+from inertia.simulate import CHECK_EVERY, SimulationDiverged
 
 
 @pytest.fixture
@@ -34,6 +34,14 @@ BAD_CALLS = [
     ({"q0": torch.tensor([float("inf"), 0.0])}, "q0"),
     ({"v0": torch.zeros(3)}, "v0"),
     ({"q0": "origin"}, "q0"),
+    ({"seed": 2**64}, "seed"),
+    ({"noise_dtype": torch.float16}, "noise_dtype"),
+    ({"noise_dtype": "float32"}, "noise_dtype"),
+    ({"device": "gpu"}, "device"),
+    ({"device": "cuda:99"}, "device"),
+    ({"device": "meta"}, "device"),
+    ({"distributed": True}, "distributed"),  # no process group is initialised here
+    ({"distributed": 1}, "distributed"),
 ]
 
 
@@ -172,3 +180,147 @@ def test_start_where_the_loss_is_not_finite_fails_before_any_step():
     dyn = Dynamics(lambda th: torch.log(th).sum())
     with pytest.raises(ValueError, match="^q0: .* not finite at path 1"):
         simulate(dyn, torch.tensor([[1.0, 2.0], [-1.0, 1.0]]), dt=0.1, steps=3, paths=2)
+
+
+DEVICES = [
+    "cpu",
+    pytest.param(
+        "cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+    ),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("device", DEVICES)
+def test_state_buffers_and_records_live_on_the_device(device, dtype):
+    dyn = Dynamics(
+        systems.DoubleWell(3),
+        gamma=0.5,
+        sigma=torch.tensor([0.2, 0.0, 0.4]),
+        mass=torch.tensor([1.0, 2.0, 0.5]),
+    )
+    q0 = torch.tensor([1.2, -0.8, 0.3], device=device)
+    tr = simulate(dyn, q0, dt=0.01, steps=300, paths=4, seed=0, dtype=dtype, record_every=7)
+    assert (tr.q.device.type, tr.q.dtype) == (tr.v.device.type, tr.v.dtype) == (device, dtype)
+    assert tr.t.device.type == device
+    for name in inertia.COLUMNS:  # the ledger is float64 on the device, whatever the state
+        assert (tr.ledger[name].device.type, tr.ledger[name].dtype) == (device, torch.float64)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    assert float(tr.ledger.closure_error().abs().max()) <= tolerance * float(tr.inertia.abs().max())
+    assert tr.mean()["inertia"].stderr.device.type == device
+    moved = simulate(
+        dyn,
+        q0.cpu(),
+        dt=0.01,
+        steps=300,
+        paths=4,
+        seed=0,
+        dtype=dtype,
+        record_every=7,
+        device=device,
+    )  # an explicit device: the same run as from a start already there
+    assert torch.equal(moved.q, tr.q) and torch.equal(moved.inertia, tr.inertia)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_and_cpu_agree_to_round_off_without_noise():
+    dyn = Dynamics(systems.DoubleWell(3), gamma=0.3)
+    q0 = torch.tensor([[1.4, -0.2, 0.7], [0.1, 1.9, -1.3]], dtype=torch.float64)
+    runs = [simulate(dyn, q0, dt=0.01, steps=2000, paths=2, device=d) for d in ("cpu", "cuda")]
+    for name in inertia.COLUMNS:
+        torch.testing.assert_close(
+            runs[1].ledger[name].cpu(), runs[0].ledger[name], rtol=1e-9, atol=1e-12
+        )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_a_loss_that_cannot_run_on_the_device_is_named_as_the_device_fault():
+    weights = torch.ones(2, dtype=torch.float64)  # stays on the CPU
+    dyn = Dynamics(lambda theta: (weights * theta**2).sum())
+    with pytest.raises(ValueError, match="^device: the loss cannot be evaluated on cuda"):
+        simulate(dyn, torch.ones(2), dt=0.1, steps=1, device="cuda")
+
+
+class _Wall(inertia.Potential):
+    """Free flight (L = 0, ∇L = 0) for q₀ ≤ k; beyond, L = +inf (`wall="loss"`), or L = 0 and
+    ∇L = +inf (`wall="gradient"`, a kick then sends K to +inf)."""
+
+    def __init__(self, k: float, wall: str) -> None:
+        self.k, self.wall = k, wall
+
+    def value_and_grad(self, q):
+        beyond = torch.where(q > self.k, math.inf, 0.0).to(q.dtype)
+        if self.wall == "loss":
+            return beyond[:, 0], torch.zeros_like(q)
+        return torch.zeros_like(q[:, 0]), beyond
+
+    def value(self, q):
+        return self.value_and_grad(q)[0]
+
+
+@pytest.mark.parametrize("wall", ["loss", "gradient"])
+@pytest.mark.parametrize(
+    "k", [1, 2, CHECK_EVERY - 1, CHECK_EVERY, CHECK_EVERY + 1, 3 * CHECK_EVERY]
+)
+def test_blow_up_is_located_at_its_exact_step_and_path_with_the_state_there(k, wall):
+    """Verlet at h = 1 from q = 0.5 at speed 1 (path 1) and ½ (path 2): path 1 is past q = k
+    first, at step k exactly; checks come every CHECK_EVERY steps, wherever k falls, and
+    records every 5 steps (a blow-up of K by the last kick of an unrecorded step included)."""
+    q0 = torch.tensor([[0.5], [0.5], [0.5]])
+    v0 = torch.tensor([[0.0], [1.0], [0.5]])
+    with pytest.raises(SimulationDiverged) as info:
+        simulate(
+            Dynamics(_Wall(k, wall)), q0, v0, dt=1.0, steps=4 * CHECK_EVERY, paths=3, record_every=5
+        )
+    error = info.value
+    assert (error.step, error.path) == (k, 1)
+    kept = error.trajectory  # the records before step k
+    assert kept.steps == 5 * ((k - 1) // 5) and len(kept.t) == (k - 1) // 5 + 1
+    assert bool(kept.inertia.isfinite().all())
+    torch.testing.assert_close(kept.q[:, 0], torch.tensor([0.5, 0.5 + k, 0.5 + k / 2]).double())
+
+
+def test_the_step_loop_does_not_wait_for_the_device(monkeypatch):
+    """Host synchronisations (bool, item, float, int, tolist of a tensor) come once per
+    CHECK_EVERY steps, not once per step."""
+    calls = []
+    for name in ("__bool__", "item", "__float__", "__int__", "tolist"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, **kwargs):
+            calls.append(1)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.tensor([1.0, 2.0])), gamma=1.0, sigma=0.5)
+    simulate(dyn, torch.ones(2), dt=0.01, steps=10, paths=8, seed=0)
+    setup = len(calls)
+    calls.clear()
+    simulate(dyn, torch.ones(2), dt=0.01, steps=10 + 20 * CHECK_EVERY, paths=8, seed=0)
+    assert len(calls) - setup <= 20 + 2, len(calls) - setup
+
+
+def test_mean_and_standard_error_over_paths():
+    tr = simulate(
+        Dynamics(systems.DoubleWell(2), sigma=0.3),
+        torch.ones(2),
+        dt=0.01,
+        steps=50,
+        paths=64,
+        seed=1,
+        record_every=10,
+    )
+    for name, (mean, stderr) in tr.mean().items():
+        column = tr.ledger[name]
+        torch.testing.assert_close(mean, column.mean(1), rtol=1e-14, atol=1e-15)
+        torch.testing.assert_close(stderr, column.std(1) / 8.0, rtol=1e-10, atol=1e-15)
+
+
+def test_the_command_line_names_a_device_that_does_not_exist(capsys, tmp_path):
+    from inertia.cli import main
+
+    args = ["simulate", "--system", "quadratic", "--device", "gpu", "--out", str(tmp_path / "x")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("inertia: error: device must be") and err.count("\n") == 1
+    assert not (tmp_path / "x").exists()

@@ -3,11 +3,12 @@
     inertia demo [--out DIR] [--quick] [--seed N]
     inertia simulate --system NAME [--dim D] [--gamma G] [--sigma S] [--mass M] [--dt H]
                      [--steps N] [--method M] [--paths P] [--seed N] [--record-every K]
-                     [--out DIR] [--json]
+                     [--device DEV] [--out DIR] [--json]
     inertia report LEDGER.csv [--out DIR]
 
 Wrong input exits with status 2 and one line on stderr; a failed check (demo) or a blow-up
-(simulate) exits with status 1.
+(simulate) exits with status 1. Under torchrun (WORLD_SIZE > 1), `simulate` shards its paths
+over the ranks (gloo, or NCCL with --device cuda); rank 0 prints and writes the pooled results.
 """
 
 from __future__ import annotations
@@ -68,6 +69,12 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--paths", type=int, default=1, help="independent paths (default 1)")
     sim.add_argument("--seed", type=int, default=None, help="random seed")
     sim.add_argument("--record-every", type=int, default=1, help="record every K steps")
+    sim.add_argument(
+        "--device",
+        default=None,
+        help="where to simulate: cpu (default), cuda, cuda:N; under torchrun, cuda is each "
+        "rank's LOCAL_RANK device",
+    )
     sim.add_argument("--out", type=Path, default=Path("inertia-simulate"), help="output folder")
     sim.add_argument("--json", action="store_true", help="print the summary as JSON on stdout")
     rep = commands.add_parser("report", help="figures and an HTML report of a ledger CSV")
@@ -140,42 +147,79 @@ def _demo(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _start_distributed(device: str | None) -> tuple[bool, str | None]:
+    """Under torchrun (WORLD_SIZE > 1, no process group yet): initialise one from the
+    environment, NCCL on CUDA (this rank's LOCAL_RANK device for a bare "cuda"), else gloo.
+    Returns whether it started one, and the device to simulate on."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return False, device
+    cuda = device is not None and device.startswith("cuda")
+    if cuda:
+        import torch
+
+        from .simulate import resolve_device
+
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+        torch.cuda.set_device(resolve_device(device, None))  # a ValueError if it is not there
+    dist.init_process_group("nccl" if cuda else "gloo")
+    return True, device
+
+
 def _simulate(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
     from . import systems
     from .dynamics import Dynamics
     from .figures import plot_ledger
-    from .simulate import SimulationDiverged, simulate
+    from .simulate import SimulationDiverged, resolve_device, simulate
 
     potential, q0 = systems.named(args.system, args.dim)
     dynamics = Dynamics(potential, gamma=args.gamma, sigma=args.sigma, mass=args.mass)
     out = _writable_folder(args.out)
-    try:  # simulate checks its arguments before any step
-        trajectory = simulate(
-            dynamics,
-            q0,
-            dt=args.dt,
-            steps=args.steps,
-            method=args.method,
-            paths=args.paths,
-            record_every=args.record_every,
-            seed=args.seed,
-            progress=sys.stderr.isatty() and not args.json,
-        )
-        status = 0
-    except SimulationDiverged as err:  # keep and write what was recorded before the blow-up
-        # simulate attaches .step, .path and .trajectory to the error
-        trajectory, status = err.trajectory, 1
-        step, path = err.step, err.path
-        print(
-            f"inertia: inertia became non-finite at step {step} on path {path}; "
-            f"writing the ledger recorded up to step {trajectory.steps}",
-            file=sys.stderr,
-        )
+    resolve_device(args.device, q0)  # a ValueError naming the device before any start
+    started, device = _start_distributed(args.device)
+    distributed = dist.is_initialized()
+    lead = not distributed or dist.get_rank() == 0  # the rank that prints and writes
+    try:
+        try:  # simulate checks its arguments before any step
+            trajectory = simulate(
+                dynamics,
+                q0,
+                dt=args.dt,
+                steps=args.steps,
+                method=args.method,
+                paths=args.paths,
+                record_every=args.record_every,
+                seed=args.seed,
+                device=device,
+                distributed=distributed,
+                progress=lead and sys.stderr.isatty() and not args.json,
+            )
+            status = 0
+        except SimulationDiverged as err:  # keep and write what was recorded before the blow-up
+            # simulate attaches .step, .path and .trajectory to the error (on every rank)
+            trajectory, status = err.trajectory, 1
+            step, path = err.step, err.path
+            if lead:
+                print(
+                    f"inertia: inertia became non-finite at step {step} on path {path}; "
+                    f"writing the ledger recorded up to step {trajectory.steps}",
+                    file=sys.stderr,
+                )
+        summary = trajectory.summary()  # pooled over the ranks
+        everything = trajectory.gather()  # all paths, on the CPU (on rank 0 only)
+    finally:
+        if started:
+            dist.destroy_process_group()
+    if everything is None:
+        return status
     out.mkdir(parents=True, exist_ok=True)
-    summary = trajectory.summary()
-    trajectory.to_csv(out / "ledger.csv")
+    everything.to_csv(out / "ledger.csv")
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_ledger(trajectory.ledger, out / "ledger.png", title=f"{args.system}, {trajectory.method}")
+    plot_ledger(everything.ledger, out / "ledger.png", title=f"{args.system}, {trajectory.method}")
     if args.json:
         print(json.dumps(summary, indent=2))
     else:

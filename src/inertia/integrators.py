@@ -31,6 +31,7 @@ from .energy import BOOKS, Mass
 __all__ = [
     "ALIASES",
     "METHODS",
+    "NOISE_DTYPES",
     "SCHEMES",
     "EulerIntegrator",
     "Scheme",
@@ -137,32 +138,86 @@ def ou_coefficients(gamma: float, tau: float) -> tuple[float, float, float]:
     return c, (1.0 - c) * (1.0 + c), math.sqrt(variance)
 
 
+def _sqnorm(mass: Mass, v: Tensor) -> Tensor:
+    """vᵀMv over the last axis; for a scalar mass m·‖v‖², one pass over v."""
+    if isinstance(mass.value, Tensor):
+        return mass.sqnorm(v)
+    out: Tensor = torch.linalg.vector_norm(v, dim=-1).square_()
+    return out if mass.value == 1.0 else out.mul_(mass.value)
+
+
+def _mass_sum(mass: Mass, x: Tensor) -> Tensor:
+    """Σᵢ mᵢ xᵢ over the last axis of a (paths, d) x, allocating only the result."""
+    if isinstance(mass.value, Tensor):
+        return torch.mv(x, mass.value)
+    out = x.sum(-1)
+    return out if mass.value == 1.0 else out.mul_(mass.value)
+
+
+#: The dtypes the Gaussian increments may be drawn in (`simulate`'s `noise_dtype`).
+NOISE_DTYPES = (torch.float32, torch.float64)
+
+
 class Integrator:
     """Advances paths (q, v) in place, one step of size dt at a time.
 
     Keeps L(q), ∇L(q) and K(v) current (no evaluation is wasted) and, per step, the ledger
-    increments `dissipated`, `injected`, `residual` of shape (paths,).
+    increments `dissipated`, `injected`, `residual` of shape (paths,). K is kept as
+    `vmv` = vᵀMv = 2K (the factor ½ is exact in binary and is applied where K is read). Every
+    buffer lives on q's device and in q's dtype. The increment s ⊙ ξ is drawn in `noise_dtype`
+    (default: q's) and widened into q's dtype (exactly, float32 → float64); the ledger books
+    the increment that is added to v, so it closes whatever the draw's dtype.
     """
 
     def __init__(
-        self, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
+        self,
+        dynamics: Dynamics,
+        q: Tensor,
+        v: Tensor,
+        dt: float,
+        generator: torch.Generator,
+        noise_dtype: torch.dtype | None = None,
     ):
         self.dynamics = dynamics
         self.q, self.v, self.dt = q, v, dt
+        self._has_noise = dynamics.has_noise
         self.generator = generator
-        self.mass = Mass(dynamics.mass).to(q.dtype)
-        sigma = dynamics.sigma
-        self.sigma = sigma.to(q.dtype) if isinstance(sigma, Tensor) else sigma
-        self.increments = torch.zeros(len(BOOKS), q.shape[0], dtype=q.dtype)  # rows as BOOKS
-        self.dissipated, self.injected, self.residual = self.increments.unbind(0)
-        self._noise = torch.empty_like(q)
-        self.potential, self.gradient = dynamics.potential.value_and_grad(q)
-        self.kinetic = self.mass.kinetic(v)
-        self._q_moved = self._v_moved = False
+        device, dtype = q.device, q.dtype
+        mass, sigma = dynamics.mass, dynamics.sigma
+        self.mass = Mass(mass.to(device, dtype) if isinstance(mass, Tensor) else mass)
+        self.sigma = sigma.to(device, dtype) if isinstance(sigma, Tensor) else sigma
+        self.increments = torch.zeros(len(BOOKS), q.shape[0], dtype=dtype, device=device)
+        self.dissipated, self.injected, self.residual = self.increments.unbind(0)  # rows as BOOKS
+        # the noise's buffers (empty without noise): the increment w, and its draw when that
+        # is in another dtype
+        shape = q.shape if self._has_noise else (0, q.shape[1])
+        draw = dtype if noise_dtype is None else noise_dtype
+        self._noise = torch.empty(shape, dtype=dtype, device=device)
+        self._draw = None if draw == dtype else torch.empty(shape, dtype=draw, device=device)
+        self.restart()
 
-    def step(self, t: float) -> None:
-        """Advance by one step from time t, setting the step's ledger increments."""
+    @property
+    def kinetic(self) -> Tensor:
+        """K = ½ vᵀMv of the current state (paths,)."""
+        return 0.5 * self.vmv
+
+    def step(self, t: float, settle: bool = True) -> None:
+        """Advance by one step from time t, setting the step's ledger increments.
+
+        settle=False may leave the change of K by the step's last kicks to be booked with the
+        next step's (one evaluation of K fewer); `kinetic`, `vmv` and the increments are then
+        those of a settled step only after the next settled one. (q, v) are the same either way.
+        """
         raise NotImplementedError
+
+    def restart(self) -> None:
+        """Evaluate L, ∇L and K at (q, v): at construction, and after q and v were overwritten
+        (a restored checkpoint). At the end of every step they are exactly these evaluations,
+        so a run restarted from (q, v) and the generator's state repeats itself.
+        """
+        self.potential, self.gradient = self.dynamics.potential.value_and_grad(self.q)
+        self.vmv = _sqnorm(self.mass, self.v)
+        self._q_moved = self._v_moved = False
 
     def _evaluate(self) -> None:
         """Refresh L and ∇L after drifts, booking the change of L into the residual."""
@@ -173,17 +228,22 @@ class Integrator:
 
     def _refresh_kinetic(self) -> None:
         """Refresh K after kicks, booking the change of K into the residual."""
-        kinetic = self.mass.kinetic(self.v)
-        self.residual.add_(kinetic - self.kinetic)
-        self.kinetic = kinetic
+        vmv = _sqnorm(self.mass, self.v)
+        self.residual.add_(vmv - self.vmv, alpha=0.5)
+        self.vmv = vmv
         self._v_moved = False
 
     def _draw_noise(self, scale: float | Tensor) -> Tensor:
-        """scale ⊙ ξ with ξ ~ N(0, Id), in a reused buffer."""
-        torch.randn(
-            self._noise.shape, out=self._noise, generator=self.generator, dtype=self._noise.dtype
-        )
-        return self._noise.mul_(scale)
+        """w = scale ⊙ ξ, ξ ~ N(0, Id), drawn in the noise dtype (a scalar scale as the
+        standard deviation of the draw) and widened into the state's, in a reused buffer."""
+        draw = self._noise if self._draw is None else self._draw
+        if isinstance(scale, Tensor):
+            draw.normal_(generator=self.generator)
+        else:
+            draw.normal_(0.0, scale, generator=self.generator)
+        if self._draw is not None:
+            self._noise.copy_(draw)
+        return self._noise.mul_(scale) if isinstance(scale, Tensor) else self._noise
 
 
 class SplittingIntegrator(Integrator):
@@ -197,9 +257,11 @@ class SplittingIntegrator(Integrator):
         v: Tensor,
         dt: float,
         generator: torch.Generator,
+        noise_dtype: torch.dtype | None = None,
     ):
-        super().__init__(dynamics, q, v, dt, generator)
+        super().__init__(dynamics, q, v, dt, generator, noise_dtype)
         self.scheme = scheme
+        self._tmp = torch.empty_like(self._noise)  # w + 2c v, for the injected energy
         substeps = scheme.substeps
         if scheme.hamiltonian and not dynamics.is_hamiltonian:
             substeps = _merge((("O", 0.5), *substeps, ("O", 0.5)))
@@ -219,16 +281,17 @@ class SplittingIntegrator(Integrator):
             else:
                 self._ops.append(partial(self._ou, *self._ou_constants(dynamics.gamma, tau)))
 
-    def step(self, t: float) -> None:
+    def step(self, t: float, settle: bool = True) -> None:
         self.increments.zero_()
         for op in self._ops:
             op(t)
         if self._q_moved:
             self._evaluate()
-        if self._v_moved:
+        if settle and self._v_moved:
             self._refresh_kinetic()
 
     def _kick(self, tau: float, t: float) -> None:
+        """B(τ): v ← v − τ M⁻¹∇L(θ), with ∇L current."""
         if self._q_moved:
             self._evaluate()
         inverse = self.mass.inverse
@@ -239,12 +302,13 @@ class SplittingIntegrator(Integrator):
         self._v_moved = True
 
     def _drift(self, tau: float, t: float) -> None:
+        """A(τ): θ ← θ + τ v (L and ∇L are refreshed before they are next read)."""
         self.q.add_(self.v, alpha=tau)
         self._q_moved = True
 
     def _ou_constants(self, gamma: float, tau: float) -> tuple[float, float, float | Tensor | None]:
         c, one_minus_c2, unit_scale = ou_coefficients(gamma, tau)
-        scale = self.sigma * unit_scale if self.dynamics.has_noise else None
+        scale = self.sigma * unit_scale if self._has_noise else None
         return c, one_minus_c2, scale
 
     def _ou_at(self, tau: float, offset: float, t: float) -> None:
@@ -252,16 +316,19 @@ class SplittingIntegrator(Integrator):
         self._ou(*self._ou_constants(self.dynamics.damping(t + offset), tau), t)
 
     def _ou(self, c: float, one_minus_c2: float, scale: float | Tensor | None, t: float) -> None:
+        """O: v ← c v + w, w = s ⊙ ξ; books D = ½(1 − c²) vᵀMv and N = ½ Σ m w (w + 2c v)."""
         if self._v_moved:
             self._refresh_kinetic()
-        self.dissipated.add_(self.kinetic, alpha=one_minus_c2)
-        self.v.mul_(c)
-        if scale is not None:
+        self.dissipated.add_(self.vmv, alpha=0.5 * one_minus_c2)
+        if scale is None:
+            self.v.mul_(c)
+        else:
             w = self._draw_noise(scale)
-            # N = Σ m (c v w + ½ w²), with v already scaled by c
-            self.injected.add_(self.mass.dot(self.v, w)).add_(self.mass.sqnorm(w), alpha=0.5)
-            self.v.add_(w)
-        self.kinetic = self.mass.kinetic(self.v)
+            # N = Σ m (c v w + ½ w²) = ½ Σ m w (w + 2c v), in a reused buffer; then v ← c v + w
+            product = torch.add(w, self.v, alpha=2 * c, out=self._tmp).mul_(w)
+            self.injected.add_(_mass_sum(self.mass, product), alpha=0.5)
+            torch.add(w, self.v, alpha=c, out=self.v)
+        self.vmv = _sqnorm(self.mass, self.v)
 
 
 class EulerIntegrator(Integrator):
@@ -274,36 +341,49 @@ class EulerIntegrator(Integrator):
     """
 
     def __init__(
-        self, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
+        self,
+        dynamics: Dynamics,
+        q: Tensor,
+        v: Tensor,
+        dt: float,
+        generator: torch.Generator,
+        noise_dtype: torch.dtype | None = None,
     ):
-        super().__init__(dynamics, q, v, dt, generator)
+        super().__init__(dynamics, q, v, dt, generator, noise_dtype)
         self._delta = torch.empty_like(q)
         self._heat = dynamics.noise_heat_rate(q.shape[1]) * dt
         self._noise_scale = self.sigma * math.sqrt(dt) if dynamics.has_noise else None
 
-    def step(self, t: float) -> None:
+    def step(self, t: float, settle: bool = True) -> None:
         h, v, delta = self.dt, self.v, self._delta
         gamma = self.dynamics.damping(t)
         self.increments.zero_()
         torch.mul(self.gradient, self.mass.inverse, out=delta).mul_(-h).add_(v, alpha=-h * gamma)
-        self.dissipated.add_(self.kinetic, alpha=2.0 * h * gamma)
+        self.dissipated.add_(self.vmv, alpha=h * gamma)
         if self._noise_scale is not None:
             w = self._draw_noise(self._noise_scale)
             self.injected.add_(self.mass.dot(v, w)).add_(self._heat)
             delta.add_(w)
         self.residual.add_(torch.linalg.vecdot(v, self.gradient), alpha=-h)
-        self.residual.add_(self.mass.sqnorm(delta), alpha=0.5).sub_(self._heat)
+        self.residual.add_(_sqnorm(self.mass, delta), alpha=0.5).sub_(self._heat)
         self.q.add_(v, alpha=h)
         v.add_(delta)
         self._evaluate()
-        self.kinetic = self.mass.kinetic(v)
+        self.vmv = _sqnorm(self.mass, v)
 
 
 def make_integrator(
-    method: str, dynamics: Dynamics, q: Tensor, v: Tensor, dt: float, generator: torch.Generator
+    method: str,
+    dynamics: Dynamics,
+    q: Tensor,
+    v: Tensor,
+    dt: float,
+    generator: torch.Generator,
+    noise_dtype: torch.dtype | None = None,
 ) -> Integrator:
-    """The integrator for a method name in `METHODS` (already resolved from "auto")."""
+    """The integrator for a method name in `METHODS` (already resolved from "auto"); noise is
+    drawn in `noise_dtype` (None: q's dtype)."""
     method = ALIASES.get(method, method)
     if method in SCHEMES:
-        return SplittingIntegrator(dynamics, SCHEMES[method], q, v, dt, generator)
-    return EulerIntegrator(dynamics, q, v, dt, generator)
+        return SplittingIntegrator(dynamics, SCHEMES[method], q, v, dt, generator, noise_dtype)
+    return EulerIntegrator(dynamics, q, v, dt, generator, noise_dtype)
