@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from inertia import COLUMNS, Dynamics, _distributed, simulate, systems, theory
+from inertia import COLUMNS, Dynamics, simulate, systems, theory
 from inertia.simulate import SimulationDiverged
 
 WORLD, PATHS = 2, 2001  # an odd P: the shares differ by one (1001 and 1000)
@@ -134,13 +134,6 @@ def test_a_blow_up_on_one_rank_is_raised_on_every_rank_with_the_global_step_and_
     potential = stiff()[0].potential  # (q, v) are the state at the failure, on every rank
     assert bool(potential.value(q).isfinite().all())  # rank 0: its paths rest at the minimum
     assert float(potential.value(other[4])[-1]) == math.inf
-
-
-def test_stream_seeds_differ_between_ranks_in_the_bits_every_generator_reads():
-    """The CPU generator reads the low 32 bits of a seed, CUDA's all 64."""
-    seeds = [_distributed.stream_seed(7, rank) for rank in range(4096)]
-    assert len({s % 2**32 for s in seeds}) == len(seeds) and all(0 <= s < 2**64 for s in seeds)
-    assert seeds == [_distributed.stream_seed(7, rank) for rank in range(4096)]
 
 
 def test_inertia_simulate_under_torchrun(tmp_path):
