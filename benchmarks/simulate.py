@@ -8,19 +8,21 @@ dθ = v dt, dv = −(γv + Aθ) dt + σ dW, γ = 1, σ = 0.5, h = 0.01.
    records every 100 steps); diffrax's Euler–Maruyama (jit, compiled beforehand; if installed:
    pip install jax diffrax) and torchsde's (pip install torchsde). Best of --repeats,
    interleaved so that machine load hits all alike; torchsde runs once, over --torchsde-steps
-   (scaled to the full run when fewer).
+   (scaled to the full run when fewer: a lower bound of its time, since its cost per step
+   grows over the first few hundred steps, about 7 ms at 100 steps, 19 ms from 400 on).
 2. Scaling: path-steps per second from 10³ to 10⁶ paths, float32 and float64 states:
    inertia.simulate in one process (all threads) and in two (torch.distributed gloo, paths
    sharded, one thread each), ledger recorded at the first and last step; the plain loop;
-   diffrax; torchsde. Each cell: the best of --cell-repeats runs of about --seconds (the step
-   count from a first run of 4 steps, whose own rate is taken when it was already longer); a
-   cell that would need more than half the free memory is skipped ("memory").
+   diffrax; torchsde. Each cell: the rate once running, n / (t(2n) − t(n)) with n steps
+   lasting about --seconds and t the best of --cell-repeats runs, so that allocating and first
+   touching the memory (seconds at 10⁶ paths) cancels; a cell that would need more than half
+   the free memory is skipped ("memory").
 
     python benchmarks/simulate.py [--quick] [--dim 64] [--paths 1024] [--steps 2000]
         [--repeats 3] [--torchsde-steps N] [--sizes 1e3,1e4,1e5,1e6] [--seconds 2]
         [--cell-repeats 2] [--threads N] [--skip-loop] [--skip-scaling]
 
---quick (a few minutes on 2 cores): --repeats 2 --torchsde-steps 200 --seconds 0.5
+--quick (a few minutes on 2 cores): --repeats 2 --torchsde-steps 400 --seconds 0.5
 --cell-repeats 1. The machine should be otherwise idle: with other jobs on its cores, torch's
 threads wait for each other and every figure degrades. Prints markdown tables.
 """
@@ -245,8 +247,8 @@ ARRAYS = {
     "diffrax": 12,
     "torchsde": 110,
 }
-#: torchsde's runs are capped at this many steps, which bounds its cache (ARRAYS).
-TORCHSDE_STEPS = 32
+#: torchsde's runs are capped at 2 × this many steps, which bounds its cache (ARRAYS).
+TORCHSDE_STEPS = 16
 
 
 def fits(kind: str, paths: int, dim: int) -> bool:
@@ -265,14 +267,14 @@ def rate(
     timer: Callable[[Callable[[], object]], float] = seconds,
     most: int = 10**6,
 ) -> float:
-    """Steps per second of run(steps): the best of `repeats` runs of about `target` seconds, the
-    step count from a first run of 4 steps (which also warms up); that first run's own rate when
-    it already took longer than `target`."""
+    """Steps per second of run(steps) once running: n / (t(2n) − t(n)), so that its setup
+    (allocation, first touch of the memory) cancels; t is the best of `repeats` timings, and n
+    (4 to `most`) lasts about `target` seconds by a first run of 4 steps, which also warms up."""
     probe = timer(lambda: run(4))
-    if probe > target:
-        return 4 / probe
-    steps = max(4, min(most, round(4 * target / probe)))
-    return steps / min(timer(lambda: run(steps)) for _ in range(repeats))
+    n = max(4, min(most, round(4 * target / probe)))
+    once = min(timer(lambda: run(n)) for _ in range(repeats))
+    twice = min(timer(lambda: run(2 * n)) for _ in range(repeats))
+    return n / max(twice - once, 1e-9)
 
 
 def scaling_run(kind: str, dtype: torch.dtype, paths: int, dim: int) -> Callable[[int], object]:
@@ -351,8 +353,8 @@ def scaling(args: argparse.Namespace) -> None:
             table[key]["inertia, 2 processes"] = value
     order = ["inertia, 1 process", "inertia, 2 processes", "plain loop", "diffrax", "torchsde"]
     print(
-        f"\npath-steps per second (millions), d = {args.dim}; inertia: BAOAB with the full "
-        "ledger (recorded at the first and last step), one process with "
+        f"\npath-steps per second (millions) once running, d = {args.dim}; inertia: BAOAB with "
+        "the full ledger (recorded at the first and last step), one process with "
         f"{torch.get_num_threads()} thread(s) or two (gloo, one thread each); the plain loop: "
         "BAOAB in place, no ledger, noise drawn in the state's dtype; diffrax and torchsde: "
         f"Euler–Maruyama; {os.cpu_count()} cores, torch {torch.__version__}; 'memory': "
@@ -391,7 +393,7 @@ def main() -> None:
     parser.add_argument("--skip-scaling", action="store_true")
     args = parser.parse_args()
     defaults = (
-        {"repeats": 2, "torchsde_steps": 200, "seconds": 0.5, "cell_repeats": 1}
+        {"repeats": 2, "torchsde_steps": 400, "seconds": 0.5, "cell_repeats": 1}
         if args.quick
         else {"repeats": 3, "torchsde_steps": args.steps, "seconds": 2.0, "cell_repeats": 2}
     )

@@ -435,8 +435,9 @@ def simulate(
     books = CompensatedSum((len(BOOKS), local), device=device)  # rows as the increments
     # The records, one float64 slab per column: vᵀMv (halved into K at the end), L, the books
     # D, N, R and I (= K + L, formed at the end); a record is two writes, (vᵀMv, L) and D, N, R.
+    # Only records written are ever read, so the table starts uninitialised.
     slots = ("kinetic", "potential", *BOOKS, "inertia")
-    table = torch.zeros(len(slots), len(marks), local, dtype=torch.float64, device=device)
+    table = torch.empty(len(slots), len(marks), local, dtype=torch.float64, device=device)
     energies, sums = table[:2], table[2:-1]
 
     def record(r: int) -> None:
