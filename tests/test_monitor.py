@@ -688,3 +688,25 @@ def test_the_metric_column_says_whether_kinetic_energy_is_in_a_diagonal_metric(m
     kinetic energy is Euclidean (metric 0)."""
     monitor, *_ = train(make, steps=3)
     assert monitor.ledger["metric"].tolist() == [metric] * 3
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_the_rows_kept_in_memory_are_bounded_by_default(tmp_path, monkeypatch, streamed):
+    """history=None keeps the last MEMORY_HISTORY rows, or STREAMED_HISTORY with a file sink:
+    never every row of a long run (each bound shrunk here to keep the run short)."""
+    from inertia.monitor import options
+
+    monkeypatch.setattr(options, "MEMORY_HISTORY", 5)
+    monkeypatch.setattr(options, "STREAMED_HISTORY", 3)
+    w = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([w], lr=0.1)
+    monitor = InertiaMonitor(opt, log_dir=tmp_path if streamed else None)
+    for _ in range(9):
+        loss = w.square().sum()
+        opt.zero_grad()
+        loss.backward()
+        monitor.observe(loss)
+        opt.step()
+    kept = 3 if streamed else 5
+    assert monitor.ledger["step"].tolist() == list(range(9 - kept, 9))
+    monitor.detach()

@@ -16,7 +16,7 @@ import torch
 
 from inertia import InertiaMonitor
 from inertia.monitor import GroupLayout, MicroBatch
-from inertia.monitor.noise import EUCLIDEAN
+from inertia.monitor.estimate import EUCLIDEAN
 from workloads import regression
 
 F64 = torch.float64

@@ -11,7 +11,8 @@ from .energy import BOOKS, COLUMNS, ENERGIES, CompensatedSum, Ledger, kinetic
 from .integrators import ALIASES, METHODS, SCHEMES, Scheme
 from .monitor import InertiaMonitor
 from .reporting import EnergyReport, ReportsEnergy
-from .simulate import Estimate, SimulationDiverged, Trajectory, simulate
+from .simulate import SimulationDiverged, simulate
+from .trajectory import Estimate, Trajectory
 
 __version__ = "0.1.0"
 

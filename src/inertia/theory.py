@@ -24,7 +24,7 @@ from ._checks import ArrayLike
 from .dynamics import Dynamics
 
 if TYPE_CHECKING:
-    from .simulate import Trajectory
+    from .trajectory import Trajectory
 
 __all__ = [
     "balance_residual",

@@ -11,7 +11,8 @@ import torch
 
 from .. import figures, systems
 from ..dynamics import Dynamics
-from ..simulate import Trajectory, simulate
+from ..simulate import simulate
+from ..trajectory import Trajectory
 from .checks import AtMost, Check
 from .core import DemoConfig, Experiment, Result
 from .measures import drift_ratio, relative_error

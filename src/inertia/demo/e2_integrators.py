@@ -12,7 +12,8 @@ import torch
 
 from .. import figures, systems
 from ..dynamics import Dynamics, Potential
-from ..simulate import SimulationDiverged, Trajectory, simulate
+from ..simulate import SimulationDiverged, simulate
+from ..trajectory import Trajectory
 from .checks import AtLeast, AtMost, Check, Within
 from .core import Array, DemoConfig, Experiment, Result
 from .measures import drift_ratio, order, relative_error

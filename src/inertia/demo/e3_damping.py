@@ -13,7 +13,8 @@ import torch
 
 from .. import figures, systems, theory
 from ..dynamics import Dynamics
-from ..simulate import Trajectory, simulate
+from ..simulate import simulate
+from ..trajectory import Trajectory
 from .checks import Check, Within
 from .core import Array, DemoConfig, Experiment, Result
 from .measures import fitted_rate

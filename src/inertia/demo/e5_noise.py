@@ -13,7 +13,8 @@ from torch import Tensor
 
 from .. import figures, systems, theory
 from ..dynamics import Dynamics
-from ..simulate import Estimate, Trajectory, simulate
+from ..simulate import simulate
+from ..trajectory import Estimate, Trajectory
 from .checks import AtMost, Check
 from .core import DemoConfig, Experiment, Result
 from .measures import max_z, stationary_mean

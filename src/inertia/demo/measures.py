@@ -7,7 +7,7 @@ import math
 import numpy as np
 from torch import Tensor
 
-from ..simulate import Estimate, Trajectory
+from ..trajectory import Estimate, Trajectory
 from .core import Array
 
 

@@ -3,10 +3,11 @@
 from .alarm import StabilityAlarm, two_step_curvature
 from .core import InertiaMonitor
 from .curvature import TopCurvature
+from .estimate import NoiseEstimate, NoiseEstimator
 from .floor import noise_floor
 from .layout import GroupLayout
 from .maps import GroupMap, group_maps
-from .noise import Fluctuation, MicroBatch, NoiseEstimate, NoiseEstimator, PerSample
+from .noise import Fluctuation, MicroBatch, PerSample
 from .row import MONITOR_COLUMNS, NONFINITE, OK, SKIPPED, Row
 from .sinks import CSVSink, JSONLSink, MLflowSink, Sink, TensorBoardSink, WandbSink
 

@@ -5,7 +5,7 @@ single class the monitor was before it had parts)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -13,9 +13,51 @@ from .alarm import StabilityAlarm
 from .books import Books
 from .maps import MapHistory
 from .noise_scale import NoiseScale
+from .probe import Probe
 
 VERSION = 4
 KEYS = ("step", "every", "last_row", "maps", "books", "probe", "alarm", "noise_scale")
+
+
+class Parts(NamedTuple):
+    """The monitor's parts that carry state from row to row."""
+
+    books: Books
+    maps: MapHistory
+    probe: Probe
+    alarm: StabilityAlarm | None
+    noise_scale: NoiseScale
+
+
+def save(step: int, every: int, last_row: int, parts: Parts) -> dict[str, Any]:
+    """The checkpoint of a monitor `step` steps in, booking every `every`, its last row at
+    `last_row` (layout `VERSION`; loads with weights_only=True)."""
+    return {
+        "version": VERSION,
+        "step": step,
+        "every": every,
+        "last_row": last_row,
+        "maps": parts.maps.state_dict(),
+        "books": parts.books.state_dict(),
+        "probe": parts.probe.state_dict(),
+        "alarm": None if parts.alarm is None else parts.alarm.state_dict(),
+        "noise_scale": parts.noise_scale.state_dict(),
+    }
+
+
+def load(
+    state: dict[str, Any], parts: Parts, groups: int, device: torch.device
+) -> tuple[int, int, int, Parts]:
+    """(step, every, last row) of `state`, upgraded, and fresh parts holding it (books of
+    `groups` groups on `device`); the probe, the one part kept, is loaded only once everything
+    else has been: a ValueError, and nothing of `parts` changed, if any of it cannot be read."""
+    state = upgrade(state)
+    parts.probe.check(state["probe"])
+    books, maps, scale = Books(groups, device), MapHistory(), NoiseScale()
+    alarm = None if parts.alarm is None else parts.alarm.fresh()
+    step, every, last = restore(state, books, maps, alarm, scale)
+    parts.probe.load_state_dict(state["probe"])  # checked above: it cannot fail
+    return step, every, last, Parts(books, maps, parts.probe, alarm, scale)
 
 
 def last_row(step: int, every: int) -> int:

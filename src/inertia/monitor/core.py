@@ -18,8 +18,6 @@ all-reduce under torch.distributed (`ranks`) → the alarm (`alarm`) → the boo
 from __future__ import annotations
 
 import math
-import warnings
-from collections import deque
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -34,18 +32,22 @@ from ..reporting import ReportsEnergy
 from . import checkpoint
 from .alarm import AlarmReading, StabilityAlarm, alarm_mode
 from .books import BOOKS, Books
+from .estimate import NoiseEstimate, Weighing, weighing
+from .failures import Failures
 from .floor import noise_floor
 from .hooks import StepArgs, wrap_closure
 from .layout import F64, GroupLayout, Segments
 from .maps import GroupMap, MapHistory, map_reader
-from .noise import KINDS, NoiseEstimate, estimator, weighing
+from .noise import estimator
 from .noise_scale import NoiseScale
+from .options import options
 from .probe import make_probe
+from .publish import Publisher
 from .ranks import Ranks
-from .row import NONFINITE, OK, SKIPPED, LossMean, Pack, Row, ledger_of, make_row, row_values
+from .row import OK, SKIPPED, LossMean, Pack, ledger_of, make_row, row_values
 from .scaler import ScalerWatch
 from .sharpness import Sharpness
-from .sinks import CSVSink, FileSink, Sink
+from .sinks import Sink
 
 NO_ALARM = AlarmReading(math.nan, raised=False, fired=False)
 
@@ -57,43 +59,34 @@ class InertiaMonitor:
     also come before `backward`). Rows go to `monitor.ledger` and to the sinks (a CSV file in
     `log_dir`, if given). See `inertia.monitor.maps` for each optimizer's map.
 
-    Args:
+    Args (docs/monitor.md has the details):
         optimizer: any `torch.optim.Optimizer`.
-        every: book a row every `every` steps; each row measures the velocity over the step
-            before it, and friction between rows is estimated by the trapezoid rule (exact
-            bookkeeping needs every = 1).
+        every: book a row every `every` steps (exact friction needs 1; between rows it is
+            estimated by the trapezoid rule).
         log_dir: folder for `ledger.csv`, streamed and flushed per row.
-        sinks: more `Sink`s (CSV, JSONL, TensorBoard).
-        on_nan: "flag" records a non-finite loss and carries on; "raise" raises
-            FloatingPointError before the optimizer step.
-        on_error: "warn": a failure of the monitor's own work inside the optimizer's step (a
-            sink's I/O, parameter groups added after attaching, an optimizer state it cannot
-            read) is one `RuntimeWarning` per kind of failure, the step goes unbooked and
-            training goes on (a sink that fails to write is dropped); "raise" raises it.
-        history: rows kept in memory; default all, or the last 10 000 when a file sink streams.
-        noise: None, "per_sample", "microbatch", "fluctuation" or "ranks" (DDP, with `model`
-            the DistributedDataParallel module; `inertia.monitor.noise`): the gradient-noise
-            estimate behind `noise_trace`, `noise_scale`, the injected heat ½h²·tr(M⁻¹C)/B per
-            step and `noise_floor()`.
-        alarm: compute the stability margin in the map's metric and the `regime` (stable,
-            edge, diverging), and raise the alarm (a `RuntimeWarning` and `on_alarm(row)`) once
-            the run has been diverging, the margin's evidence above 1 and the energy growing,
-            for `alarm_patience` rows (`inertia.monitor.alarm`: the curvature along the motion
-            from the steps' gradients without noise, from Hessian-vector products with
-            noise="per_sample"). Without a `noise` estimate the gradients are taken as exact:
-            with minibatches pass one, or their noise reads as curvature.
-        sharpness: with `alarm`, a closure returning a probe loss with its graph (e.g. the loss
-            of a fixed batch): the margin comes from the top eigenvalue of its Hessian in the
-            map's metric (`inertia.monitor.sharpness`: 20 Hessian-vector products the first
-            time, 5 after), measured every `sharpness_every` steps, and the `sharpness` column
-            holds the latest estimate; it sees a sharp direction before the motion does.
-        sharpness_every: steps between sharpness measurements (on booked rows).
-        by: per-layer books, "module" (each module of `model` that owns parameters) or
-            "group" (each parameter group): columns `kinetic/<layer>`, `step_size/<layer>`
-            (‖Δθ‖) and, with a noise estimate, `noise_trace/<layer>`.
-        model: the model whose modules `by="module"` names; with noise="ranks", the
-            DistributedDataParallel module whose communication hook reads the local gradients.
+        sinks: more `Sink`s (CSV, JSONL, TensorBoard, W&B, MLflow).
+        on_nan: "flag" a non-finite loss and carry on, or "raise" FloatingPointError.
+        on_error: "warn": a failure of the monitor's own work inside the optimizer's step is
+            one `RuntimeWarning` per kind, the step goes unbooked (a sink that cannot write is
+            dropped) and training goes on; "raise" raises it.
+        history: rows kept in memory (`monitor.ledger`); default the last 10 000 when a file
+            sink streams them, else the last 100 000 (about 70 MB without per-layer books).
+        noise: None, "per_sample", "microbatch", "fluctuation" or "ranks" (DDP, with `model`):
+            the gradient-noise estimate (`inertia.monitor.noise`) behind `noise_trace`,
+            `noise_scale`, the injected heat ½h²·tr(M⁻¹C)/B and `noise_floor()`.
+        alarm: the stability margin in the map's metric, the `regime` (stable, edge,
+            diverging) and the alarm (a `RuntimeWarning` and `on_alarm(row)`) once the run has
+            been diverging for `alarm_patience` rows (`inertia.monitor.alarm`). Without a
+            `noise` estimate gradients are taken as exact: with minibatches pass one.
+        sharpness: with `alarm`, a closure returning a probe loss with its graph: the margin
+            from the top Hessian eigenvalue in the map's metric every `sharpness_every` steps
+            (`inertia.monitor.sharpness`).
+        by: per-layer books, "module" (each module of `model` owning parameters) or "group":
+            columns `kinetic/<layer>`, `step_size/<layer>` and `noise_trace/<layer>`.
+        model: the model `by="module"` names; with noise="ranks", the DDP module.
         params: the parameters the per-layer books watch (default: all).
+        scaler: the `torch.amp.GradScaler` of a mixed-precision run: gradients are unscaled
+            and the iterations it skips are flagged.
     """
 
     def __init__(
@@ -117,38 +110,27 @@ class InertiaMonitor:
         params: Iterable[Tensor] | None = None,
         scaler: Any = None,
     ):
-        if not isinstance(optimizer, torch.optim.Optimizer):
-            raise _checks.fail("optimizer", "a torch.optim.Optimizer", optimizer)
-        self.every = _checks.integer("every", every, low=1)
-        if on_nan not in ("flag", "raise"):
-            raise _checks.fail("on_nan", "'flag' or 'raise'", on_nan)
-        if on_error not in ("warn", "raise"):
-            raise _checks.fail("on_error", "'warn' or 'raise'", on_error)
-        self.on_error, self._failures = on_error, set[str]()
-        self.sinks = list(sinks or [])
-        if not all(isinstance(s, Sink) for s in self.sinks):
-            raise _checks.fail("sinks", "a list of inertia.monitor sinks", sinks)
-        if history is not None:
-            history = _checks.integer("history", history, low=1)
-        if noise is not None and noise not in KINDS:
-            raise ValueError(f"noise must be None or one of {', '.join(KINDS)}; got {noise!r}")
-        self.alarm_patience = _checks.integer("alarm_patience", alarm_patience, low=1)
-        if sharpness is not None and not (alarm and callable(sharpness)):
-            raise _checks.fail(
-                "sharpness", "a callable returning a probe loss, with alarm=True", sharpness
-            )
-        self.sharpness_every = _checks.integer("sharpness_every", sharpness_every, low=1)
-        if on_alarm is not None and not callable(on_alarm):
-            raise _checks.fail("on_alarm", "a callable taking the ledger row", on_alarm)
+        o = options(
+            optimizer,
+            every=every,
+            log_dir=log_dir,
+            sinks=sinks,
+            on_nan=on_nan,
+            on_error=on_error,
+            history=history,
+            noise=noise,
+            alarm=alarm,
+            alarm_patience=alarm_patience,
+            on_alarm=on_alarm,
+            sharpness=sharpness,
+            sharpness_every=sharpness_every,
+        )
+        self.every, self.sinks, self.noise, self.alarm = o.every, o.sinks, o.noise, o.alarm
+        self.sharpness_every, self._failures = o.sharpness_every, Failures(o.on_error)
         layouts = [GroupLayout(g["params"]) for g in optimizer.param_groups]
         segments = Segments.of(by, layouts, model, params, optimizer.param_groups)
-        if log_dir is not None:
-            self.sinks.append(CSVSink(Path(log_dir) / "ledger.csv"))
-        if history is None and any(isinstance(s, FileSink) for s in self.sinks):
-            history = 10_000
         self._scaler = None if scaler is None else ScalerWatch(scaler, optimizer)
-        self.optimizer, self.on_nan, self.on_alarm = optimizer, on_nan, on_alarm
-        self.noise, self.alarm = noise, bool(alarm)
+        self.optimizer = optimizer
         self._groups, self._layers = len(layouts), [] if segments is None else segments.names
         device = self._device = layouts[0].device if layouts else torch.device("cpu")
         self._reports = isinstance(optimizer, ReportsEnergy)  # its maps are read after the step
@@ -156,29 +138,19 @@ class InertiaMonitor:
         self._probe = make_probe(optimizer, layouts, mode, noise, segments)
         replicated = self._probe.books_after_step or not any(x.sharded for x in layouts)
         self._ranks = Ranks.here(device, replicated=replicated, own_batch=noise != "fluctuation")
-        self._noise = estimator(
-            noise,
-            layouts,
-            segments,
-            model=model,
-            weigh=lambda: weighing(self.optimizer, self._read_maps()),
-        )
-        probe = None if sharpness is None else Sharpness(sharpness, layouts)
-        self._alarm = (
-            None
-            if mode is None
-            else StabilityAlarm(layouts, mode, self.alarm_patience, None, probe)
-        )
+        self._noise = estimator(noise, layouts, segments, model=model, weigh=self._weighing)
+        sharp = None if sharpness is None else Sharpness(sharpness, layouts)
+        watch = StabilityAlarm(layouts, mode, o.alarm_patience, sharpness=sharp) if mode else None
+        self._alarm = watch
         self._books = Books(self._groups, device)
         self._noise_scale = NoiseScale()
         self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
+        self._no_estimate = NoiseEstimate(self._nan, self._nan, self._nan)
         self._maps = MapHistory()
         self._read_maps = map_reader(optimizer)
         self._loss = LossMean(device)
-        self._rows: deque[Row] = deque(maxlen=history)
-        self._in_nonfinite_run = False  # the last row's loss was not finite
-        self.step = 0  # optimizer steps seen
-        self._last_row = 0  # the step of the last row booked
+        self._out = Publisher(o)
+        self.step, self._last_row = 0, 0  # optimizer steps seen; the step of the last row
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -218,7 +190,7 @@ class InertiaMonitor:
             steps = self._probe.steps() if self._probe.measured else None
             if self._noise is not None:
                 unscale = None if self._scaler is None else self._scaler.unscale()
-                metrics = weighing(self.optimizer, self._read_maps())
+                metrics = self._weighing()
                 self._noise.observe(per_sample, steps, metrics, batch=batch_size, unscale=unscale)
             if self._alarm is not None:
                 self._alarm.observe(per_sample, steps)
@@ -240,7 +212,7 @@ class InertiaMonitor:
     @property
     def ledger(self) -> Ledger:
         """The rows kept in memory as a `Ledger` (1-D float64 columns against `step`)."""
-        return ledger_of(self._rows)
+        return ledger_of(self._out.rows)
 
     def detach(self) -> None:
         """Remove the hooks, close the sinks and give attention back its kernels."""
@@ -255,33 +227,26 @@ class InertiaMonitor:
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue the same ledger after a restart: the step, and the
         state of each part (layout `checkpoint.VERSION`; loads with weights_only=True)."""
-        return {
-            "version": checkpoint.VERSION,
-            "step": self.step,
-            "every": self.every,
-            "last_row": self._last_row,
-            "maps": self._maps.state_dict(),
-            "books": self._books.state_dict(),
-            "probe": self._probe.state_dict(),
-            "alarm": None if self._alarm is None else self._alarm.state_dict(),
-            "noise_scale": self._noise_scale.state_dict(),
-        }
+        return checkpoint.save(self.step, self.every, self._last_row, self._parts())
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue the ledger saved by `state_dict` (same parameter groups and sizes; a
         checkpoint of an earlier release is upgraded): the sinks drop what they hold from the
         checkpoint's step on, which is booked again."""
-        state = checkpoint.upgrade(state)
-        self._probe.check(state["probe"])
-        books, maps = Books(self._groups, self._device), MapHistory()
-        alarm = None if self._alarm is None else self._alarm.fresh()
-        scale = NoiseScale()
-        self.step, self.every, self._last_row = checkpoint.restore(state, books, maps, alarm, scale)
-        self._probe.load_state_dict(state["probe"])  # checked above: it cannot fail
-        self._books, self._maps, self._alarm, self._noise_scale = books, maps, alarm, scale
-        self._rows.clear()
+        self.step, self.every, self._last_row, parts = checkpoint.load(
+            state, self._parts(), self._groups, self._device
+        )
+        self._books, self._maps, self._alarm, self._noise_scale = parts[:2] + parts[3:]
+        self._out.rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
             sink.truncate(self.step)
+
+    def _parts(self) -> checkpoint.Parts:
+        parts = self._books, self._maps, self._probe, self._alarm, self._noise_scale
+        return checkpoint.Parts(*parts)
+
+    def _weighing(self) -> list[Weighing]:
+        return weighing(self.optimizer, self._read_maps())
 
     def _before_step(
         self, optimizer: torch.optim.Optimizer, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -293,27 +258,13 @@ class InertiaMonitor:
         return wrapped
 
     def _guard(self, work: Callable[..., None], *args: Any) -> None:
-        """Run the monitor's `work` inside the optimizer's step: a failure (but a non-finite
-        loss under on_nan="raise") is one warning per kind, or raised with on_error="raise";
-        the step under way is then left unbooked."""
-        try:
-            work(*args)
-        except FloatingPointError:
-            raise
-        except Exception as error:
-            if self.on_error == "raise":
-                raise
-            self._loss.reset()
-            self._maps.under_way = None
-            kind = f"{type(error).__name__}: {error}"
-            if kind not in self._failures:
-                self._failures.add(kind)
-                warnings.warn(
-                    f"inertia: the monitor failed at step {self.step} ({kind}); the step is "
-                    "left unbooked and training goes on (on_error='raise' raises instead)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
+        """`work(*args)` inside the optimizer's step, under `on_error` (`failures`)."""
+        self._failures.guard(work, *args, undo=self._unbook, step=self.step)
+
+    def _unbook(self) -> None:
+        """Leave the step under way unbooked."""
+        self._loss.reset()
+        self._maps.under_way = None
 
     def _after_closure(self, loss: Any) -> None:
         if not self._loss.count and loss is not None:
@@ -322,11 +273,9 @@ class InertiaMonitor:
 
     def _open_step(self) -> None:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
-        if len(self.optimizer.param_groups) != self._groups:
-            raise RuntimeError(
-                f"the optimizer has {len(self.optimizer.param_groups)} parameter groups, the "
-                f"monitor was attached to {self._groups}: attach a new InertiaMonitor"
-            )
+        if (groups := len(self.optimizer.param_groups)) != self._groups:
+            attached = f"the monitor was attached to {self._groups}: attach a new InertiaMonitor"
+            raise RuntimeError(f"the optimizer has {groups} parameter groups, {attached}")
         if self._probe.books_after_step:  # booked after the step, from the optimizer's report
             return
         measured = (self.step + 1) % self.every == 0
@@ -370,13 +319,9 @@ class InertiaMonitor:
         on the device and brought to the host once; with `snapshot`, leave θ_step in the
         buffers for the step's velocity."""
         measured = self._probe.measure(now, snapshot=snapshot, after_step=flag != SKIPPED)
-        nan = self._nan
-        noise = self._noise
-        estimate = (
-            noise.take(weighing(self.optimizer, now)) if noise else NoiseEstimate(nan, nan, nan)
-        )
-        g = self._groups
-        spread, curvature = self._alarm.take(g, nan[0].device) if self._alarm else (nan, nan)
+        noise, alarm, nan = self._noise, self._alarm, self._nan
+        estimate = noise.take(weighing(self.optimizer, now)) if noise else self._no_estimate
+        spread, curvature = alarm.take(self._groups, self._device) if alarm else (nan, nan)
         if self._alarm is not None and self.step % self.sharpness_every == 0 and flag == OK:
             self._alarm.measure_sharpness(self.optimizer, now)
         pack = Pack(
@@ -397,49 +342,8 @@ class InertiaMonitor:
             reading = self._alarm.update(
                 now, last, values, host[2 + len(BOOKS) :], (host[0], injected)
             )
-        loss = values["loss"][0]
-        if not math.isfinite(host[1]):
-            flag = NONFINITE
-            if self.on_nan == "raise":
-                raise FloatingPointError(f"loss is {loss} at step {self.step}")
-            if not self._in_nonfinite_run:  # once per run of non-finite rows
-                warnings.warn(
-                    f"inertia: non-finite loss {loss} at step {self.step}; recorded and flagged"
-                    " (and so are the non-finite rows that follow it)",
-                    RuntimeWarning,
-                    stacklevel=3,
-                )
-        self._in_nonfinite_run = flag == NONFINITE
+        flag = self._out.flag(flag, values["loss"][0], self.step)
         batch = estimate.batch and estimate.batch * self._ranks.world
         scale = self._noise_scale
         row = make_row(self.step, now, values, host, reading, flag, self._layers, scale, batch)
-        self._rows.append(row)
-        self._publish(row, reading)
-
-    def _publish(self, row: Row, reading: AlarmReading) -> None:
-        """The row to the sinks (rank 0), and the alarm's warning and callback when it fires."""
-        writes = self._ranks.rank == 0 and self.sinks
-        record = row.as_dict() if writes or reading.fired else {}
-        if reading.fired:
-            warnings.warn(
-                f"inertia: the run is diverging at step {row.step}: the stability margin "
-                f"exceeds 1 (now {row.margin:.3g}) and the energy keeps growing",
-                RuntimeWarning,
-                stacklevel=4,
-            )
-            if self.on_alarm is not None:
-                self.on_alarm(record)
-        if writes:
-            for sink in list(self.sinks):
-                try:
-                    sink.write(record)
-                except OSError as error:  # a full disk, a deleted folder, a closed service
-                    if self.on_error == "raise":
-                        raise
-                    self.sinks.remove(sink)
-                    warnings.warn(
-                        f"inertia: {type(sink).__name__} could not write step {row.step} "
-                        f"({error}); it is dropped and the rows stay in monitor.ledger",
-                        RuntimeWarning,
-                        stacklevel=4,
-                    )
+        self._out.publish(row, reading, writes=self._ranks.rank == 0)

@@ -26,7 +26,6 @@ micro-batches of one step (independent batches) "per_sample" gives the estimate 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -34,98 +33,15 @@ from torch import Tensor
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 
 from . import reduce
+from .estimate import (
+    EUCLIDEAN,
+    NoiseEstimate,
+    NoiseEstimator,
+    Weighing,
+)
 from .layout import F64, GroupLayout, Segments
-from .maps import METRIC_KINDS, GroupMap, metric
 
 KINDS = ("per_sample", "microbatch", "fluctuation", "ranks")
-Values = list[Tensor]  # one 0-d float64 tensor per parameter group
-
-
-@dataclass(frozen=True)
-class Weighing:
-    """How a group's gradient noise is weighed: by M⁻¹ of each parameter tensor (`metrics`;
-    None: the identity). `known` is False where the map has a metric the optimizer has no
-    state for yet (Adam's first step): that group's estimate is NaN."""
-
-    metrics: list[reduce.Metric] | None = None
-    known: bool = True
-
-
-EUCLIDEAN = Weighing()
-
-
-@dataclass(frozen=True)
-class NoiseEstimate:
-    """Per group: `trace` = tr(M⁻¹C)/B, `along` = Δθᵀ(C/B)Δθ and `gradient` = ‖g_B‖²_{M⁻¹} of
-    the step's gradient (NaN where not estimated); `batch`, the samples behind the step where
-    known; `segments`: the trace per segment of the per-layer books, or None."""
-
-    trace: Values
-    along: Values
-    gradient: Values
-    batch: int | None = None
-    segments: Tensor | None = None
-
-
-def _square(x: Tensor, metric: reduce.Metric | None) -> list[Tensor]:
-    """Partial sums of ‖x‖² weighed by M⁻¹ (plain where None)."""
-    if metric is None:
-        return reduce.square_parts(x)
-    return reduce.weighted_square_parts(x, metric, inverse=True)
-
-
-def _metric(weighing: Weighing, j: int) -> reduce.Metric | None:
-    return None if weighing.metrics is None else weighing.metrics[j]
-
-
-class NoiseEstimator:
-    """Collects one booked step's gradients (`observe`, per micro-batch); `take` returns the
-    estimate at the row and resets."""
-
-    def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
-        self.layouts, self.segments = layouts, segments
-        self.device = layouts[0].device if layouts else torch.device("cpu")
-        self._nan = torch.full((), float("nan"), dtype=F64, device=self.device)
-        self._zero = torch.zeros((), dtype=F64, device=self.device)
-        self._batch: int | None = 0
-
-    def nan(self) -> Values:
-        return [self._nan] * len(self.layouts)
-
-    def observe(
-        self,
-        per_sample: Tensor | None,
-        steps: list[Tensor] | None,
-        weighing: list[Weighing],
-        *,
-        batch: int | None = None,
-        unscale: Tensor | None = None,
-    ) -> None:
-        """After (or, per_sample, before) a micro-batch's backward; `steps`: each group's last
-        step Δθ (flat, either sign), if one was measured; `weighing`: each group's metric;
-        `batch`: its samples, if known; `unscale`: 1/S where the gradients are still scaled by
-        a GradScaler's S."""
-        if batch is None or self._batch is None:
-            self._batch = None
-        else:
-            self._batch += batch
-
-    def take(self, weighing: list[Weighing]) -> NoiseEstimate:
-        """The estimate since the last row (`weighing`: each group's metric, for ‖g_B‖²)."""
-        raise NotImplementedError
-
-    def _gradient(self, weighing: list[Weighing]) -> Values:
-        """‖g_B‖²_{M⁻¹} of each group's gradient now (the step's, unscaled at the row)."""
-        out = []
-        for layout, w in zip(self.layouts, weighing, strict=True):
-            grads = layout.grads()
-            parts = [p for j, g in enumerate(grads) for p in _square(g, _metric(w, j))]
-            out.append(reduce.total(parts, self.device) if w.known else self._nan)
-        return out
-
-    def _batch_taken(self) -> int | None:
-        batch, self._batch = self._batch, 0
-        return batch or None
 
 
 class PerSample(NoiseEstimator):
@@ -167,7 +83,7 @@ class PerSample(NoiseEstimator):
                     centred = g.reshape(size, -1).to(F64)
                     centred = centred - centred.mean(0)
                     spread = centred.square().sum(0)
-                    metric = _metric(w, j)
+                    metric = w.metric(j)
                     if metric is not None:
                         spread = spread * metric.block(0, spread.numel(), inverse=True).to(F64)
                     trace = spread.sum() / (size - 1) / size
@@ -272,9 +188,7 @@ class MicroBatch(NoiseEstimator):
         metric nor per-layer books need them apart)."""
         if weighing.metrics is None and self.segments is None:
             return [reduce.total(reduce.square_parts(flat), self.device)]
-        return [
-            reduce.total(_square(v, _metric(weighing, t)), self.device) for t, v in enumerate(views)
-        ]
+        return [weighing.square(v, t, self.device) for t, v in enumerate(views)]
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
         """The estimate, with ‖g_B‖² of the accumulated gradient as the micro-batches left it
@@ -313,7 +227,7 @@ class Fluctuation(NoiseEstimator):
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
         per_tensor = [
-            [reduce.total(_square(g, _metric(w, j)), self.device) for j, g in enumerate(x.grads())]
+            [w.square(g, j, self.device) for j, g in enumerate(x.grads())]
             for x, w in zip(self.layouts, weighing, strict=True)
         ]
         groups = [
@@ -361,7 +275,7 @@ class TwoBatch(NoiseEstimator):
         for p, g in zip(bucket.parameters(), bucket.gradients(), strict=True):
             if p in self._where:
                 i, j = self._where[p]
-                square = reduce.total(_square(g, _metric(self._weighing[i], j)), self.device)
+                square = self._weighing[i].square(g, j, self.device)
                 self._local[i][j] = self._local[i][j] + square
         return allreduce_hook(self._group, bucket)
 
@@ -379,7 +293,7 @@ class TwoBatch(NoiseEstimator):
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
         global_ = [
-            [reduce.total(_square(g, _metric(w, j)), self.device) for j, g in enumerate(x.grads())]
+            [w.square(g, j, self.device) for j, g in enumerate(x.grads())]
             for x, w in zip(self.layouts, weighing, strict=True)
         ]
         gradient = [_sum(t, self._zero) for t in global_]
@@ -429,16 +343,3 @@ def estimator(
             raise ValueError("noise: 'ranks' needs at least 2 ranks; got 1")
         return TwoBatch(layouts, segments, model, weigh or (lambda: [EUCLIDEAN] * len(layouts)))
     return Fluctuation(layouts, segments)
-
-
-def weighing(optimizer: torch.optim.Optimizer, maps: list[GroupMap]) -> list[Weighing]:
-    """Each group's metric for its gradient noise: M⁻¹ of the state the step starts from for a
-    map with a metric (unknown before the optimizer has one), the identity otherwise."""
-    out = []
-    for group, m in zip(optimizer.param_groups, maps, strict=True):
-        if m.kind not in METRIC_KINDS:
-            out.append(EUCLIDEAN)
-            continue
-        metrics = metric(optimizer, group, m, before=True)
-        out.append(Weighing(metrics, known=metrics is not None))
-    return out

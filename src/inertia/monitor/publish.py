@@ -1,0 +1,76 @@
+"""Where a booked row goes: memory (the last `history` rows), the sinks (rank 0), and the
+warnings and callbacks it triggers: a non-finite loss (flagged, or raised with on_nan="raise")
+and the stability alarm firing."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import deque
+from typing import Any
+
+from .alarm import AlarmReading
+from .options import Options
+from .row import NONFINITE, Row
+
+
+class Publisher:
+    """Keeps and sends out the rows under the monitor's `Options`."""
+
+    def __init__(self, options: Options):
+        self.sinks, self.on_nan, self.on_alarm = options.sinks, options.on_nan, options.on_alarm
+        self.on_error = options.on_error
+        self.rows: deque[Row] = deque(maxlen=options.history)
+        self._in_nonfinite_run = False  # the last row's loss was not finite
+
+    def flag(self, flag: int, loss: float, step: int) -> int:
+        """The row's flag: NONFINITE for a non-finite loss, warned about once per run of such
+        rows (FloatingPointError with on_nan="raise"), `flag` otherwise."""
+        if not math.isfinite(loss):
+            if self.on_nan == "raise":
+                raise FloatingPointError(f"loss is {loss} at step {step}")
+            if not self._in_nonfinite_run:
+                warnings.warn(
+                    f"inertia: non-finite loss {loss} at step {step}; recorded and flagged"
+                    " (and so are the non-finite rows that follow it)",
+                    RuntimeWarning,
+                    stacklevel=4,
+                )
+            flag = NONFINITE
+        self._in_nonfinite_run = flag == NONFINITE
+        return flag
+
+    def publish(self, row: Row, reading: AlarmReading, *, writes: bool) -> None:
+        """Keep `row`; to the sinks if `writes` (rank 0); the alarm's warning and callback when
+        it fires."""
+        self.rows.append(row)
+        writes = writes and bool(self.sinks)
+        record = row.as_dict() if writes or reading.fired else {}
+        if reading.fired:
+            warnings.warn(
+                f"inertia: the run is diverging at step {row.step}: the stability margin "
+                f"exceeds 1 (now {row.margin:.3g}) and the energy keeps growing",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            if self.on_alarm is not None:
+                self.on_alarm(record)
+        if writes:
+            self._write(record, row.step)
+
+    def _write(self, record: dict[str, Any], step: int) -> None:
+        """`record` to each sink; one that cannot write (a full disk, a deleted folder, a closed
+        service: OSError) is dropped with a warning, unless on_error="raise"."""
+        for sink in list(self.sinks):
+            try:
+                sink.write(record)
+            except OSError as error:
+                if self.on_error == "raise":
+                    raise
+                self.sinks.remove(sink)
+                warnings.warn(
+                    f"inertia: {type(sink).__name__} could not write step {step} ({error}); it "
+                    "is dropped and the rows stay in monitor.ledger",
+                    RuntimeWarning,
+                    stacklevel=6,
+                )
