@@ -57,3 +57,15 @@ def test_the_checker_sees_a_private_import(tmp_path):
 
 def test_the_package_ships_its_type_information():
     assert (Path(inertia.__file__).parent / "py.typed").is_file()
+
+
+def test_modules_stay_small():
+    """docs/architecture.md: no module of the package over 400 lines, monitor/core.py under 350
+    (the hooks, observe and the assembly of a row; each other job in its own module)."""
+    package = ROOT / "src" / "inertia"
+    sizes = {
+        p.relative_to(package).as_posix(): len(p.read_text().splitlines())
+        for p in package.rglob("*.py")
+    }
+    over = {name: n for name, n in sizes.items() if n > (350 if name == "monitor/core.py" else 400)}
+    assert not over, over
