@@ -4,8 +4,13 @@ through `MlflowClient`)."""
 
 from __future__ import annotations
 
+import csv
+import errno
+import io
 import json
 import math
+import os
+import shutil
 import struct
 import sys
 import time
@@ -15,7 +20,7 @@ import pytest
 import torch
 
 from inertia import InertiaMonitor, Ledger
-from inertia.monitor import CSVSink, JSONLSink, TensorBoardSink
+from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, TensorBoardSink
 from inertia.monitor.sinks import MLflowSink, WandbSink, mlflow_name
 
 NAN, INF = float("nan"), float("inf")
@@ -241,3 +246,289 @@ def test_a_missing_framework_says_what_to_install(monkeypatch, module, make):
     monkeypatch.setitem(sys.modules, module, None)  # `import module` now fails
     with pytest.raises(ModuleNotFoundError, match=f"needs the {module} package: pip install"):
         make()
+
+
+# ------------------------------------------------- ledger files: never mixed, never silently lost
+
+
+def steps_in(path: Path) -> list[int]:
+    """The steps of a CSV or JSONL ledger file, every line whole and parsed."""
+    text = path.read_bytes().decode()
+    assert text.endswith("\n") or not text
+    if path.suffix == ".csv":
+        return [int(float(r["step"])) for r in csv.DictReader(io.StringIO(text, newline=""))]
+    return [int(json.loads(line)["step"]) for line in text.splitlines()]
+
+
+def train(monitor: InertiaMonitor, steps: int) -> None:
+    opt = monitor.optimizer
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum((p**2).sum() for g in opt.param_groups for p in g["params"])
+        loss.backward()
+        monitor.observe(loss)
+        opt.step()
+
+
+def optimizer() -> torch.optim.Optimizer:
+    theta = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
+    return torch.optim.SGD([theta], lr=0.1, momentum=0.9)
+
+
+class Disk:
+    """Fault injection: while `full`, `os.write` to a file under `folder` writes half its bytes
+    (a row cut short) and fails with ENOSPC, as a disk filling up does."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+        self.full, self.failures = False, 0
+        real = os.write
+
+        def write(fd: int, data: bytes) -> int:
+            mine = any(os.path.samestat(os.fstat(fd), p.stat()) for p in folder.iterdir())
+            if self.full and mine:
+                self.failures += 1
+                real(fd, bytes(data)[: len(data) // 2])
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real(fd, data)
+
+        monkeypatch.setattr(os, "write", write)
+
+
+def messages(caught, part: str) -> list[str]:
+    return [str(w.message) for w in caught if part in str(w.message)]
+
+
+def test_a_fresh_run_into_a_log_dir_with_a_ledger_starts_a_new_file_and_a_resume_continues_it(
+    tmp_path,
+):
+    first = InertiaMonitor(optimizer(), log_dir=tmp_path)
+    train(first, 5)
+    first.detach()
+    opt = optimizer()
+    second = InertiaMonitor(opt, log_dir=tmp_path)
+    with pytest.warns(RuntimeWarning, match=r"holds rows .* new file .*ledger-1\.csv") as caught:
+        train(second, 4)
+    assert len(messages(caught, "new file")) == 1
+    saved = second.state_dict()  # the second run's checkpoint at step 4; it goes on to 6
+    train(second, 2)
+    second.detach()
+    assert steps_in(tmp_path / "ledger.csv") == [0, 1, 2, 3, 4]
+    assert steps_in(tmp_path / "ledger-1.csv") == [0, 1, 2, 3, 4, 5]
+    resumed = InertiaMonitor(opt, log_dir=tmp_path)
+    resumed.load_state_dict(saved)  # continues the newest file of the series
+    train(resumed, 3)
+    resumed.detach()
+    assert steps_in(tmp_path / "ledger.csv") == [0, 1, 2, 3, 4]
+    assert steps_in(tmp_path / "ledger-1.csv") == [0, 1, 2, 3, 4, 5, 6]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ledger-1.csv", "ledger.csv"]
+
+
+@pytest.mark.parametrize("sink", [CSVSink, JSONLSink])
+def test_a_half_written_last_line_is_never_glued_to_a_new_runs_rows(tmp_path, sink):
+    path = tmp_path / f"ledger.{sink.format}"
+    out = sink(path)
+    for row in rows(range(3)):
+        out.write(row)
+    out.close()
+    with path.open("ab") as f:
+        f.write(b"3,0.5" if sink is CSVSink else b'{"step": 3, "kin')  # the crash, mid-row
+    before = path.read_bytes()
+    out = sink(path)
+    with pytest.warns(RuntimeWarning, match=f"new file .*ledger-1.{sink.format}"):
+        for row in rows():
+            out.write(row)
+    out.close()
+    assert path.read_bytes() == before  # the crashed run's file, as it was
+    assert steps_in(path.with_name(f"ledger-1.{sink.format}")) == [0, 1, 2, 3]
+    assert out.path == path.with_name(f"ledger-1.{sink.format}")
+
+
+@pytest.mark.parametrize("sink", [CSVSink, JSONLSink])
+def test_a_full_disk_is_warned_once_and_the_rows_are_written_when_it_frees(
+    tmp_path, monkeypatch, sink
+):
+    path = tmp_path / f"ledger.{sink.format}"
+    disk, out = Disk(monkeypatch, tmp_path), sink(path)
+    with pytest.warns(RuntimeWarning, match="could not write .*No space left") as caught:
+        for row in rows(range(3)):
+            out.write(row)
+        disk.full = True
+        for row in rows(range(3, 40)):
+            out.write(row)
+    assert len(messages(caught, "could not write")) == 1 and 1 < disk.failures < 37
+    disk.full = False
+    for row in rows(range(40, 100)):  # retried, without waiting for close
+        out.write(row)
+    assert steps_in(path) == list(range(100))  # no row cut short, none twice, none lost
+    out.close()
+
+
+def test_rows_beyond_the_backlog_are_reported_lost_and_close_reports_the_rest(
+    tmp_path, monkeypatch
+):
+    path = tmp_path / "ledger.csv"
+    disk, out = Disk(monkeypatch, tmp_path), CSVSink(path, backlog=4)
+    out.write({"step": 0, "x": 0.0})
+    disk.full = True
+    with pytest.warns(RuntimeWarning, match="could not write"):
+        for step in range(1, 11):
+            out.write({"step": step, "x": 1.0})
+    disk.full = False
+    with pytest.warns(RuntimeWarning, match=r"6 rows \(steps 1–6\) were lost"):
+        out.close()
+    assert steps_in(path) == [0, 7, 8, 9, 10]
+    out = CSVSink(tmp_path / "other.csv")
+    out.write({"step": 0, "x": 0.0})
+    disk.full = True
+    with pytest.warns(RuntimeWarning) as caught:
+        out.write({"step": 1, "x": 0.0})
+        out.write({"step": 2, "x": 0.0})
+        out.close()  # a last try, then what is lost is said
+    assert len(messages(caught, "could not write")) == 1
+    assert len(messages(caught, "steps 1–2 could not be written and are lost")) == 1
+    assert steps_in(tmp_path / "other.csv") == [0]
+
+
+def test_on_error_raise_raises_the_failed_write(tmp_path, monkeypatch):
+    disk = Disk(monkeypatch, tmp_path)
+    out = JSONLSink(tmp_path / "ledger.jsonl", on_error="raise")
+    out.write({"step": 0, "x": 0.0})
+    disk.full = True
+    with pytest.raises(OSError, match="No space"):
+        out.write({"step": 1, "x": 0.0})
+    disk.full = False
+    out.write({"step": 2, "x": 0.0})
+    out.close()
+    assert steps_in(tmp_path / "ledger.jsonl") == [0, 1, 2]  # the failed row waited
+
+
+def test_a_monitor_on_a_full_disk_keeps_its_sink_and_training_goes_on(tmp_path, monkeypatch):
+    disk = Disk(monkeypatch, tmp_path)
+    monitor = InertiaMonitor(optimizer(), log_dir=tmp_path)
+    train(monitor, 2)
+    disk.full = True
+    with pytest.warns(RuntimeWarning, match="could not write") as caught:
+        train(monitor, 10)
+    assert len(messages(caught, "inertia")) == 1 and len(monitor.sinks) == 1
+    disk.full = False
+    train(monitor, 3)
+    monitor.detach()
+    assert steps_in(tmp_path / "ledger.csv") == list(range(15))
+
+
+def test_a_deleted_log_dir_is_noticed_and_the_rows_go_on_in_a_new_file(tmp_path):
+    log_dir = tmp_path / "run"
+    monitor = InertiaMonitor(optimizer(), log_dir=log_dir, sinks=[JSONLSink(log_dir / "l.jsonl")])
+    train(monitor, 3)
+    shutil.rmtree(log_dir)
+    with pytest.warns(RuntimeWarning, match="was deleted or replaced; rows from step 3") as caught:
+        train(monitor, 3)
+    assert len(messages(caught, "deleted")) == 2  # one per file
+    monitor.detach()
+    assert steps_in(log_dir / "ledger.csv") == steps_in(log_dir / "l.jsonl") == [3, 4, 5]
+    header = (log_dir / "ledger.csv").read_text().splitlines()[0]
+    assert header.split(",") == list(MONITOR_COLUMNS)
+
+
+def written(path: Path, sink, steps) -> list[bytes]:
+    """The lines `sink` writes for `rows(steps)` (a CSV header first)."""
+    out = sink(path)
+    for row in rows(steps):
+        out.write(row)
+    out.close()
+    return path.read_bytes().splitlines(keepends=True)
+
+
+@pytest.mark.parametrize("sink", [CSVSink, JSONLSink])
+def test_resume_keeps_every_parseable_row_and_moves_the_others_aside(tmp_path, sink):
+    path = tmp_path / f"ledger.{sink.format}"
+    lines = written(tmp_path / "whole", sink, [0, 1, 2, 7, 9])
+    cut = {CSVSink: b"3,0.5", JSONLSink: b'{"step": 3, "kin'}[sink]  # a crash mid-row
+    bad = [b"\xff\xfe not UTF-8\n", cut + lines[-2], b"garbage\n"]  # ... glued to a row
+    path.write_bytes(b"".join(lines[:-2] + bad + lines[-2:]))
+    out = sink(path)
+    with pytest.warns(RuntimeWarning, match=r"3 lines that are not its rows \(line \d+: "):
+        out.truncate(8)  # rows 0, 1, 2, 7 are kept; 9 is booked again
+    out.write(next(rows([8])))
+    out.close()
+    assert steps_in(path) == [0, 1, 2, 7, 8]
+    assert path.with_name(path.name + ".rejected").read_bytes() == b"".join(bad)
+
+
+def test_a_resumed_csv_keeps_one_line_ending(tmp_path):
+    path = tmp_path / "ledger.csv"
+    lines = written(tmp_path / "whole", CSVSink, range(4))
+    path.write_bytes(b"".join(line.replace(b"\r\n", b"\n") for line in lines))  # LF, as an editor
+    out = CSVSink(path)
+    out.truncate(2)
+    for row in rows(range(2, 4)):
+        out.write(row)
+    out.close()
+    assert path.read_bytes() == b"".join(lines)  # every line ends "\r\n", as the writer ends them
+
+
+def test_a_non_utf8_jsonl_resumes_with_a_warning_and_the_sink_goes_on(tmp_path):
+    path = tmp_path / "ledger.jsonl"
+    opt = optimizer()
+    monitor = InertiaMonitor(opt, sinks=[JSONLSink(path)])
+    train(monitor, 3)
+    saved = monitor.state_dict()
+    train(monitor, 2)
+    monitor.detach()
+    text = path.read_bytes().splitlines(keepends=True)
+    path.write_bytes(b"".join([text[0], "é".encode("latin-1") + b"\n", *text[1:]]))
+    resumed = InertiaMonitor(opt, sinks=[JSONLSink(path)])
+    with pytest.warns(RuntimeWarning, match=r"1 lines that are not its rows \(line 2: 'utf-8'"):
+        resumed.load_state_dict(saved)
+    train(resumed, 2)
+    resumed.detach()
+    assert steps_in(path) == [0, 1, 2, 3, 4]
+
+
+def test_rows_an_earlier_run_booked_again_are_replaced_by_the_later_ones(tmp_path):
+    path = tmp_path / "ledger.csv"
+    lines = written(tmp_path / "whole", CSVSink, range(5))
+    path.write_bytes(b"".join(lines + lines[1:4]))  # steps 0–4 then 0–2: an old appended run
+    out = CSVSink(path)
+    with pytest.warns(RuntimeWarning, match="3 rows an earlier run booked again moved to"):
+        out.truncate(3)
+    out.close()
+    assert steps_in(path) == [0, 1, 2]
+
+
+def test_a_resumed_file_with_other_columns_is_left_as_it_is(tmp_path):
+    path = tmp_path / "ledger.csv"
+    written(path, CSVSink, range(4))
+    before = path.read_bytes()
+    out = CSVSink(path)
+    out.truncate(4)
+    with pytest.warns(RuntimeWarning, match="holds other columns; rows from step 4 on go to"):
+        out.write({"step": 4, "other": 1.0})
+    out.close()
+    assert path.read_bytes() == before
+    assert steps_in(tmp_path / "ledger-1.csv") == [4]
+
+
+def test_a_path_under_a_file_is_a_value_error(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="^path must be a file in a folder"):
+        CSVSink(tmp_path / "file" / "ledger.csv")
+
+
+def test_a_deleted_tensorboard_folder_is_noticed_and_scalars_go_on(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folder = tmp_path / "tb"
+    sink = TensorBoardSink(log_dir=folder)
+    for row in rows(range(2)):
+        sink.write(row)
+    sink.writer.flush()
+    shutil.rmtree(folder)
+    with pytest.warns(RuntimeWarning, match="tb was deleted; scalars from step 2 on go to a new"):
+        for row in rows(range(2, 4)):
+            sink.write(row)
+    sink.close()
+    events = EventAccumulator(str(folder))
+    events.Reload()
+    assert [e.step for e in events.Scalars("inertia/kinetic")] == [2, 3]

@@ -72,7 +72,7 @@ def options(
     kept = None if history is None else _checks.integer("history", history, low=1)
     streams = list(sinks or [])
     if log_dir is not None:
-        streams.append(CSVSink(Path(log_dir) / "ledger.csv"))
+        streams.append(CSVSink(Path(log_dir) / "ledger.csv", on_error=on_error))
     if kept is None:
         streamed = any(isinstance(s, FileSink) for s in streams)
         kept = STREAMED_HISTORY if streamed else MEMORY_HISTORY

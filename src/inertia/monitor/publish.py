@@ -59,8 +59,9 @@ class Publisher:
             self._write(record, row.step)
 
     def _write(self, record: dict[str, Any], step: int) -> None:
-        """`record` to each sink; one that cannot write (a full disk, a deleted folder, a closed
-        service: OSError) is dropped with a warning, unless on_error="raise"."""
+        """`record` to each sink; one that raises OSError (a closed service, a custom sink: the
+        file sinks keep failed rows and retry them themselves) is dropped with a warning,
+        unless on_error="raise"."""
         for sink in list(self.sinks):
             try:
                 sink.write(record)

@@ -5,13 +5,14 @@ Every sink passes on whatever columns a row has, the monitor's and any others (p
 `kinetic/<segment>`, `loss`, `regime`, …); within a run all rows have the same columns (a CSV
 file's header is that of its first row).
 
-File sinks append through the ledger's one writer (`inertia.ledger_io`) and flush every
-`flush_every` rows (default 1: every complete row is on disk when the process dies; with N, at
-most the last N − 1 rows are lost). When a run resumes from a checkpoint, `truncate(step)` drops
-the rows booked after it and any half-written last line, so the file continues without a gap
-or a duplicate step. The services' histories (W&B, MLflow) are append-only: after a resume
-their sinks skip the rows at steps they have already sent, and the service keeps the values
-it received first.
+File sinks (`file_sinks`, re-exported here) format rows through the ledger's one writer
+(`inertia.ledger_io`) and append them every `flush_every` rows (default 1: every complete row is
+on disk when the process dies; with N, at most the last N − 1 rows are lost). A file is never
+mixed: a new run starts a new file next to one that holds rows, a resume (`truncate(step)`)
+continues it without a gap or a duplicate step, and a write that fails is retried (see
+`FileSink`). The services' histories (W&B, MLflow) are append-only: after a resume their sinks
+skip the rows at steps they have already sent, and the service keeps the values it received
+first.
 
 The frameworks are imported when a sink is created, not before, so they are optional.
 """
@@ -20,92 +21,29 @@ from __future__ import annotations
 
 import importlib
 import math
+import os
 import posixpath
 import re
 import time
+import warnings
+from contextlib import suppress
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
 from .. import _checks
-from ..ledger_io import Format, RowWriter, line_time
+from .file_sinks import CSVSink, FileSink, JSONLSink, Sink
 
-
-class Sink:
-    """Receives each ledger row (a dict of plain numbers) in order."""
-
-    def write(self, row: dict[str, float]) -> None:
-        raise NotImplementedError
-
-    def truncate(self, step: int) -> None:
-        """Forget rows from `step` on (a run resumes there); the default keeps nothing to forget."""
-
-    def close(self) -> None:
-        """Flush and release; the default has nothing to release."""
-
-
-class FileSink(Sink):
-    """Rows appended to a file in `format`, the time column `step` first."""
-
-    format: Format
-
-    def __init__(self, path: str | Path, flush_every: int = 1) -> None:
-        self.path = Path(path)
-        self.flush_every = _checks.integer("flush_every", flush_every, low=1)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._open(resuming=self.path.exists() and self.path.stat().st_size > 0)
-
-    def _open(self, *, resuming: bool) -> None:
-        self._file = self.path.open("a", newline="")
-        self._writer = RowWriter(self._file, self.format, header=not resuming)
-        self._unflushed = 0
-
-    def write(self, row: dict[str, float]) -> None:
-        self._writer.write(row)
-        self._unflushed += 1
-        if self._unflushed >= self.flush_every:
-            self._file.flush()
-            self._unflushed = 0
-
-    def close(self) -> None:
-        if not self._file.closed:
-            self._file.close()
-
-    def truncate(self, step: int) -> None:
-        """Rewrite the file with its complete rows before `step` (atomically), then append."""
-        self._file.close()
-        kept = []
-        if self.path.exists():
-            with self.path.open(newline="") as f:
-                lines = f.read().splitlines(keepends=True)
-            for i, line in enumerate(lines):
-                if not line.endswith("\n"):
-                    break  # a row cut short by a crash
-                if i == 0 and self.format == "csv":
-                    kept.append(line)  # the header
-                    continue
-                try:
-                    if line_time(line, self.format, "step") < step:
-                        kept.append(line)
-                except (ValueError, KeyError, TypeError):
-                    break
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with tmp.open("w", newline="") as f:
-            f.write("".join(kept))
-        tmp.replace(self.path)
-        self._open(resuming=bool(kept))
-
-
-class CSVSink(FileSink):
-    """One CSV line per row, header first (not repeated when appending to a resumed file)."""
-
-    format = "csv"
-
-
-class JSONLSink(FileSink):
-    """One JSON object per line."""
-
-    format = "jsonl"
+__all__ = [
+    "CSVSink",
+    "FileSink",
+    "JSONLSink",
+    "MLflowSink",
+    "Sink",
+    "TensorBoardSink",
+    "WandbSink",
+    "mlflow_name",
+]
 
 
 class _ScalarWriter(Protocol):
@@ -116,24 +54,50 @@ class _ScalarWriter(Protocol):
 
 class TensorBoardSink(Sink):
     """Scalars `inertia/<column>` against the optimizer step, through a `SummaryWriter`
-    (given, or created on `log_dir`; needs the tensorboard package)."""
+    (given, or created on `log_dir`; needs the tensorboard package). When the folder of a
+    writer it created is deleted, the next row notices: a RuntimeWarning, and a new writer
+    on the folder made again; `close` closes such a writer (a given one is flushed)."""
 
     def __init__(
         self, writer: _ScalarWriter | None = None, *, log_dir: str | Path | None = None
     ) -> None:
+        self._folder: str | None = None  # the folder of a writer this sink created
         if writer is None:
-            from torch.utils.tensorboard import SummaryWriter
-
-            writer = SummaryWriter(log_dir=None if log_dir is None else str(log_dir))
+            writer = self._writer(None if log_dir is None else str(log_dir))
         self.writer = writer
 
+    def _writer(self, folder: str | None) -> _ScalarWriter:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=folder)
+        self._folder = writer.log_dir
+        return writer
+
     def write(self, row: dict[str, float]) -> None:
+        if self._folder is not None and not os.path.isdir(self._folder):
+            warnings.warn(
+                f"inertia: TensorBoardSink: {self._folder} was deleted; scalars from step "
+                f"{row['step']} on go to a new event file in it",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            with suppress(Exception):  # its writer thread failed on the missing file
+                self.writer.close()  # type: ignore[attr-defined]
+            self.writer = self._writer(self._folder)
         for name, value in row.items():
             if name != "step":
                 self.writer.add_scalar(f"inertia/{name}", value, row["step"])
 
     def close(self) -> None:
-        self.writer.flush()
+        try:
+            if self._folder is None:
+                self.writer.flush()
+            else:
+                self.writer.close()  # type: ignore[attr-defined]
+        except OSError as error:  # the folder deleted since the last row
+            warnings.warn(
+                f"inertia: TensorBoardSink could not flush ({error})", RuntimeWarning, stacklevel=2
+            )
 
 
 def _framework(module: str, sink: str) -> ModuleType:
