@@ -5,6 +5,12 @@ an InertiaMonitor (tests/test_monitor_scale.py runs it in fresh processes).
 
 Prints {"params": N, "peak_mb": VmHWM}, the peak over the steps after two warm-up steps
 (resident memory then, the monitor's buffers included, and what the steps add to it).
+
+    python tests/peak_memory.py report LEDGER.csv OUT
+
+runs `inertia report LEDGER.csv --out OUT` and prints {"status": exit status, "base_mb": resident
+memory with the modules imported, "peak_mb": VmHWM of the whole process, "seconds": wall time
+of the report} (tests/test_report.py).
 """
 
 from __future__ import annotations
@@ -25,7 +31,31 @@ def peak_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
+def reset_peak() -> float:
+    """Restart VmHWM from the resident memory now, and return that (MB)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+    with open("/proc/self/status") as status:
+        return next(int(s.split()[1]) / 1024 for s in status if s.startswith("VmRSS"))
+
+
+def report(ledger: str, out: str) -> None:
+    import time
+
+    import inertia.report  # noqa: F401  (the modules the report needs, in the base)
+    from inertia.cli import main as cli
+
+    base = reset_peak()
+    start = time.perf_counter()
+    status = cli(["report", ledger, "--out", out])
+    seconds = time.perf_counter() - start
+    print(json.dumps({"status": status, "base_mb": base, "peak_mb": peak_mb(), "seconds": seconds}))
+
+
 def main() -> None:
+    if sys.argv[1] == "report":
+        report(*sys.argv[2:4])
+        return
     config, micro = json.loads(sys.argv[1]), int(sys.argv[2])
     torch.set_num_threads(1)  # one allocation pattern: the peak does not depend on thread timing
     torch.manual_seed(0)

@@ -6,8 +6,12 @@
                      [--device DEV] [--out DIR] [--json]
     inertia report LEDGER.csv [--out DIR]
 
-Wrong input exits with status 2 and one line on stderr; a failed check (demo) or a blow-up
-(simulate) exits with status 1. Under torchrun (WORLD_SIZE > 1), `simulate` shards its paths
+Every failure is one line on stderr, never a traceback: wrong input (arguments, an output
+folder that cannot be created or written, a run too large for the memory available, a file that
+is not a ledger) exits with status 2 before any work; a failed check (demo), a blow-up (simulate,
+which writes the records kept up to it) or another failure of a run exits with status 1. Output
+folders are created and probed for writing before the work starts. INERTIA_DEBUG=1 shows the
+traceback of an unexpected failure. Under torchrun (WORLD_SIZE > 1), `simulate` shards its paths
 over the ranks (gloo, or NCCL with --device cuda); rank 0 prints and writes the pooled results.
 """
 
@@ -17,6 +21,9 @@ import argparse
 import json
 import os
 import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import NoReturn
 
@@ -90,36 +97,140 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SEEDS = 2**64  # seeds are integers in [0, SEEDS)
+NAME_MAX = 255  # bytes in one file name (Linux, macOS)
+#: Bytes a simulation holds per record and path (its table, the gathered copy, the CSV rows
+#: as Python floats, the figure's arrays), per coordinate and path (the state, the integrator's
+#: work arrays, the checkpoint) and per record (its time, its step).
+RECORD_BYTES, STATE_BYTES, MARK_BYTES = 400, 256, 64
+#: The options named in the library's argument errors, by the library's name.
+FLAGS = {n: "--" + n.replace("_", "-") for n in ("dt", "steps", "paths", "record_every", "seed")}
+FLAGS |= {n: f"--{n}" for n in ("dim", "gamma", "sigma", "mass", "method", "device", "system")}
+
+
+def _short(value: object, limit: int = 120) -> str:
+    """repr(str(value)), shortened to `limit` characters for a one-line message."""
+    text = repr(str(value))
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _number(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 40 else f"{text[:12]}… ({len(text)} digits)"
+
+
+def _check_seed(seed: int | None) -> None:
+    if seed is not None and not 0 <= seed < SEEDS:
+        raise UsageError(f"--seed must be an integer in [0, 2**64); got {_number(seed)}")
+
+
+def available_memory() -> int | None:
+    """Bytes this process may still allocate: the system's MemAvailable, capped by a cgroup
+    (v2) memory limit; None where neither can be read."""
+    found = []
+    try:
+        with open("/proc/meminfo") as info:
+            found += [int(s.split()[1]) * 1024 for s in info if s.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    if not found and hasattr(os, "sysconf"):
+        try:
+            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (OSError, ValueError):
+            pass
+    return min(found) if found else None
+
+
+def simulation_bytes(system: str, dim: int, steps: int, paths: int, record_every: int) -> int:
+    """An upper estimate of the memory `inertia simulate` needs, from its sizes alone."""
+    records = steps // record_every + 2
+    size = records * (paths * RECORD_BYTES + MARK_BYTES) + paths * dim * STATE_BYTES
+    if system in ("anharmonic-chain", "logistic"):  # a (d + 1) × d bond matrix, a d × d Hessian
+        size += 4 * 8 * (dim + 1) * dim + 200 * 8 * dim
+    return size
+
+
+def _check_memory(args: argparse.Namespace) -> None:
+    """UsageError before any work if the run cannot fit in the memory available."""
+    sizes = (args.dim, args.steps, args.paths, args.record_every)
+    if min(sizes) < 1:
+        return  # the library names the bad one
+    need, free = simulation_bytes(args.system, *sizes), available_memory()
+    if free is not None and need > free:
+        records = args.steps // args.record_every + 1
+        raise UsageError(
+            "--steps/--record-every/--paths/--dim: this run needs about "
+            f"{need / 2**30:.3g} GiB of memory ({_number(records)} records × "
+            f"{_number(args.paths)} paths, dimension {_number(args.dim)}), more than the "
+            f"{free / 2**30:.3g} GiB available; lower "
+            "--steps, --paths or --dim, or raise --record-every"
+        )
+
+
+@contextmanager
+def output_folder(path: Path, files: Sequence[str] = (), flag: str = "--out") -> Iterator[Path]:
+    """Create `path` (with its parents) and probe it by writing a file, before any work: a
+    UsageError naming `flag` if it cannot be (or one of `files` in it is a folder). The folders
+    it created are removed again (while empty) if the work fails with bad input."""
+    if any(len(os.fsencode(part)) > NAME_MAX for part in path.parts):
+        raise UsageError(f"{flag}: a name longer than {NAME_MAX} bytes in {_short(path)}")
+    created = [p for p in (path, *path.parents) if not p.exists()]
+    try:
+        if path.exists() and not path.is_dir():
+            raise UsageError(f"{flag}: {_short(path)} exists and is not a folder")
+        for name in files:
+            if (path / name).is_dir():
+                raise UsageError(f"{flag}: {_short(path / name)} is a folder")
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path) as probe:
+            probe.write(b"inertia")
+            probe.flush()
+    except OSError as err:
+        _remove_empty(created)
+        reason = err.strerror or type(err).__name__
+        raise UsageError(f"{flag}: cannot create or write {_short(path)} ({reason})") from None
+    try:
+        yield path
+    except (UsageError, ValueError):
+        _remove_empty(created)
+        raise
+
+
+def _remove_empty(folders: Sequence[Path]) -> None:
+    """Remove the folders, innermost first, while they are empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
 def _report(args: argparse.Namespace) -> int:
     from .report import ledger_report
 
-    if not args.ledger.is_file():
-        raise UsageError(f"LEDGER: no file {str(args.ledger)!r}")
-    out = _writable_folder(args.out or args.ledger.parent / "report")
-    path = ledger_report(args.ledger, out)
+    try:
+        found = args.ledger.is_file()
+    except OSError as err:  # a name too long, a loop of links
+        raise UsageError(f"LEDGER: cannot read {_short(args.ledger)} ({err.strerror})") from None
+    if not found:
+        raise UsageError(f"LEDGER: no file {_short(args.ledger)}")
+    out = args.out or args.ledger.parent / "report"
+    with output_folder(out, ("report.html",)):
+        path = ledger_report(args.ledger, out)
     print(f"wrote {path} and its figures")
     return 0
-
-
-def _writable_folder(path: Path) -> Path:
-    """`path` if it is, or can be created as, a writable folder; checked without creating it."""
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if existing == path and not path.is_dir():
-        raise UsageError(f"--out: {str(path)!r} exists and is not a folder")
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(
-            f"--out: cannot create or write {str(path)!r} "
-            f"({str(existing)!r} is not a writable folder)"
-        )
-    return path
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    if args.seed < 0:
-        raise UsageError(f"--seed must be an integer ≥ 0; got {args.seed}")
-    out = _writable_folder(args.out)
+    _check_seed(args.seed)
 
     def progress(i: int, n: int, key: str) -> None:
         bar = "#" * (4 * i) + "." * (4 * (n - i))
@@ -129,7 +240,8 @@ def _demo(args: argparse.Namespace) -> int:
             sys.stderr.write("\n")
         sys.stderr.flush()
 
-    outcomes = run_demo(out, quick=args.quick, seed=args.seed, progress=progress)
+    with output_folder(args.out, ("summary.json", "report.html")) as out:
+        outcomes = run_demo(out, quick=args.quick, seed=args.seed, progress=progress)
     rows = [("", "verdict", "check", "measured, and the bound it must meet")]
     for outcome in outcomes:
         for c in outcome.result.checks:
@@ -176,50 +288,57 @@ def _simulate(args: argparse.Namespace) -> int:
     from .figures import plot_ledger
     from .simulate import SimulationDiverged, resolve_device, simulate
 
+    _check_seed(args.seed)
+    _check_memory(args)  # before the system is built: a huge --dim is refused here
     potential, q0 = systems.named(args.system, args.dim)
     dynamics = Dynamics(potential, gamma=args.gamma, sigma=args.sigma, mass=args.mass)
-    out = _writable_folder(args.out)
     resolve_device(args.device, q0)  # a ValueError naming the device before any start
-    started, device = _start_distributed(args.device)
-    distributed = dist.is_initialized()
-    lead = not distributed or dist.get_rank() == 0  # the rank that prints and writes
-    try:
-        try:  # simulate checks its arguments before any step
-            trajectory = simulate(
-                dynamics,
-                q0,
-                dt=args.dt,
-                steps=args.steps,
-                method=args.method,
-                paths=args.paths,
-                record_every=args.record_every,
-                seed=args.seed,
-                device=device,
-                distributed=distributed,
-                progress=lead and sys.stderr.isatty() and not args.json,
-            )
-            status = 0
-        except SimulationDiverged as err:  # keep and write what was recorded before the blow-up
-            # simulate attaches .step, .path and .trajectory to the error (on every rank)
-            trajectory, status = err.trajectory, 1
-            step, path = err.step, err.path
-            if lead:
-                print(
-                    f"inertia: inertia became non-finite at step {step} on path {path}; "
-                    f"writing the ledger recorded up to step {trajectory.steps}",
-                    file=sys.stderr,
+    first = os.environ.get("RANK", "0") == "0"  # the rank that will write (rank 0)
+    files = ("ledger.csv", "summary.json", "ledger.png")
+    with output_folder(args.out, files) if first else nullcontext(args.out) as out:
+        started, device = _start_distributed(args.device)
+        distributed = dist.is_initialized()
+        lead = not distributed or dist.get_rank() == 0  # the rank that prints and writes
+        try:
+            try:  # simulate checks its arguments before any step
+                trajectory = simulate(
+                    dynamics,
+                    q0,
+                    dt=args.dt,
+                    steps=args.steps,
+                    method=args.method,
+                    paths=args.paths,
+                    record_every=args.record_every,
+                    seed=args.seed,
+                    device=device,
+                    distributed=distributed,
+                    progress=lead and sys.stderr.isatty() and not args.json,
                 )
-        summary = trajectory.summary()  # pooled over the ranks
-        everything = trajectory.gather()  # all paths, on the CPU (on rank 0 only)
-    finally:
-        if started:
-            dist.destroy_process_group()
+                status = 0
+            except SimulationDiverged as err:  # keep and write what was recorded before it
+                # simulate attaches .step, .path and .trajectory to the error (on every rank)
+                trajectory, status = err.trajectory, 1
+                step, path = err.step, err.path
+                if lead:
+                    print(
+                        f"inertia: inertia became non-finite at step {step} on path {path}; "
+                        f"writing the ledger recorded up to step {trajectory.steps}",
+                        file=sys.stderr,
+                    )
+            summary = trajectory.summary()  # pooled over the ranks
+            everything = trajectory.gather()  # all paths, on the CPU (on rank 0 only)
+        finally:
+            if started:
+                dist.destroy_process_group()
     if everything is None:
         return status
-    out.mkdir(parents=True, exist_ok=True)
-    everything.to_csv(out / "ledger.csv")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    plot_ledger(everything.ledger, out / "ledger.png", title=f"{args.system}, {trajectory.method}")
+    try:
+        everything.to_csv(out / "ledger.csv")
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        title = f"{args.system}, {trajectory.method}"
+        plot_ledger(everything.ledger, out / "ledger.png", title=title)
+    except OSError as err:
+        raise RunError(f"cannot write the results in {_short(out)} ({err.strerror})") from None
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
@@ -234,13 +353,44 @@ def _simulate(args: argparse.Namespace) -> int:
     return status
 
 
+class RunError(Exception):
+    """A run that failed after it started: reported in one line, exit status 1."""
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    text = " ".join(text.split("\n"))
+    return text if len(text) <= limit else f"{text[: limit - 1]}…"
+
+
+def _flagged(message: str) -> str:
+    """A library error naming an argument, with the argument's option instead."""
+    name, _, rest = message.partition(" ")
+    return f"{FLAGS[name]} {rest}" if name in FLAGS and rest else message
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; its exit status (0, 1 or 2), every failure one line on stderr."""
     try:
         args = build_parser().parse_args(argv)
         return {"demo": _demo, "simulate": _simulate, "report": _report}[args.command](args)
     except (UsageError, ValueError) as err:
-        print(f"inertia: error: {err}", file=sys.stderr)
+        print(f"inertia: error: {_one_line(_flagged(str(err)))}", file=sys.stderr)
         return 2
+    except RunError as err:
+        print(f"inertia: error: {_one_line(str(err))}", file=sys.stderr)
+        return 1
+    except MemoryError as err:
+        print(f"inertia: error: out of memory {_one_line(str(err))}".rstrip(), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("inertia: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a failure the checks above did not foresee: still one line
+        if os.environ.get("INERTIA_DEBUG"):
+            raise
+        what = _one_line(f"{type(err).__name__}: {err}")
+        print(f"inertia: error: the run failed ({what})", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
