@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -83,3 +85,42 @@ def test_noise_heat_rate_is_half_sum_of_m_sigma_squared():
     assert Dynamics(systems.DoubleWell(3), sigma=0.5).noise_heat_rate(3) == pytest.approx(
         0.5 * 3 * 0.25
     )
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda d: d.damping("soon"), "t"),
+        (lambda d: d.damping(math.nan), "t"),
+        (lambda d: d.noise_heat_rate("2"), "dim"),
+        (lambda d: d.noise_heat_rate(3), "dim"),  # the dynamics are 2-D
+        (lambda d: d.check("points"), "q"),
+        (lambda d: d.check(torch.ones(2)), "q"),
+        (lambda d: d.potential("theta"), "theta"),
+    ],
+)
+def test_methods_name_their_bad_arguments(call, name):
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        call(Dynamics(systems.DoubleWell(2), gamma=0.1, sigma=0.2))
+
+
+@pytest.mark.parametrize(
+    ("kw", "name"),
+    [
+        ({"mass": 10**400}, "mass"),  # was OverflowError
+        ({"sigma": [0.1, "x"]}, "sigma"),
+        ({"sigma": torch.tensor([0.1 + 1j, 0.2])}, "sigma"),
+        ({"gamma": None}, "gamma"),
+    ],
+)
+def test_hostile_parameters_fail_at_construction_with_value_error(kw, name):
+    with pytest.raises(ValueError, match=rf"^{name}"):
+        Dynamics(systems.DoubleWell(2), **kw)
+
+
+def test_parameter_tensors_that_require_grad_are_copied_detached():
+    sigma = torch.full((2,), 0.1, requires_grad=True)
+    dyn = Dynamics(systems.DoubleWell(2), gamma=0.5, sigma=sigma, mass=torch.ones(2) * 2)
+    assert not dyn.sigma.requires_grad
+    tr = simulate(dyn, torch.ones(2), dt=0.1, steps=5, seed=0)
+    assert bool(torch.isfinite(tr.inertia).all())

@@ -8,6 +8,7 @@ import itertools
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
@@ -309,3 +310,51 @@ def test_a_group_added_later_gets_its_checks_and_its_brake_state():
 def test_bad_arguments_are_named(kwargs, name):
     with pytest.raises(ValueError, match=name):
         InertiaSGD([torch.nn.Parameter(torch.ones(2))], **kwargs)
+
+
+def _leaf():
+    return torch.nn.Parameter(torch.ones(2))
+
+
+def _non_leaf():
+    return torch.ones(2, requires_grad=True) * 2
+
+
+_SHARED = torch.nn.Parameter(torch.ones(2))
+BAD_CONSTRUCTIONS = [
+    ({"params": None}, "params"),  # torch: TypeError
+    ({"params": torch.nn.Parameter(torch.ones(2))}, "params"),  # a bare tensor: TypeError
+    ({"params": []}, "params"),
+    ({"params": "ab"}, "params"),
+    ({"params": [1.0, 2.0]}, "params"),
+    ({"params": [{"lr": 0.1}]}, "param_group"),  # no 'params': KeyError
+    ({"params": [{"params": {_leaf()}}]}, "params"),  # a set: TypeError
+    ({"params": [torch.ones(2, dtype=torch.int64)]}, "params"),
+    ({"params": [_non_leaf()]}, "params"),
+    ({"params": [{"params": [_SHARED]}, {"params": [_SHARED]}]}, "params"),
+    ({"restart": "yes"}, "restart"),
+    ({"lr": "x"}, "lr"),
+    ({"lr": 10**400}, "lr"),  # OverflowError
+    ({"patience": 2.5}, "patience"),
+    ({"min_scale": 0.0}, "min_scale"),
+    ({"params": [{"params": [_leaf()], "momentum": math.inf}]}, "momentum"),
+]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    BAD_CONSTRUCTIONS,
+    ids=[f"{name}-{i}" for i, (_, name) in enumerate(BAD_CONSTRUCTIONS)],
+)
+def test_bad_constructor_arguments_raise_value_error_naming_them(kwargs, name):
+    """Issue 18: torch's own TypeError/KeyError for bad params become ValueErrors naming them."""
+    kwargs = {"params": [_leaf()], **kwargs}
+    with pytest.raises(ValueError, match=rf"^{name}\b"):
+        InertiaSGD(**kwargs)
+
+
+def test_checked_group_numbers_are_stored_as_plain_floats():
+    opt = InertiaSGD([_leaf()], lr=torch.tensor(0.01), momentum=np.float32(0.5))
+    group = opt.param_groups[0]
+    assert type(group["lr"]) is float and type(group["momentum"]) is float
+    assert group["lr"] == pytest.approx(0.01)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import re
 
+import pytest
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 import inertia
 from inertia import Dynamics, InertiaMonitor, simulate, systems, theory
 from inertia.cli import main
+from inertia.optim import InertiaSGD
 
 ANY_NUMBER = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
@@ -244,3 +247,268 @@ def test_cli_exits_0_1_or_2_with_one_line_on_bad_input(options, tmp_path_factory
     assert code in (0, 1, 2)
     if code == 2:
         assert err.count("\n") == 1 and err.startswith("inertia: error:")
+
+
+# ---- Hostile input, argument by argument (issue 18, item 5) ----------------------------------
+# Each public function gets its valid arguments with one or two replaced by something hostile:
+# numbers of every kind (NaN, ±inf, 1e-320, 1e308, integers past 2**64), strings, None, bools,
+# lists of the wrong length or depth, tensors of the wrong shape, odd objects. The only allowed
+# outcomes: ValueError naming a replaced argument, FloatingPointError naming the law (valid
+# input, result beyond float64), or a finite result.
+
+EDGES = (0.0, -0.0, -1.0, 0.5, 2.0, 1e-320, 5e-324, 1e-300, 1e300, 1e308, -1e308, 1.79e308)
+NASTY_FLOATS = st.one_of(st.sampled_from([*EDGES, math.nan, math.inf, -math.inf]), st.floats())
+NASTY_INTS = st.sampled_from(
+    [-1, 0, 1, 2, 3, 2**40, 2**62, 2**63, 2**64, 10**30, -(10**30), 10**400]
+)
+NASTY_TENSORS = st.builds(
+    lambda shape, fill: torch.full(shape, fill, dtype=torch.float64),
+    st.lists(st.integers(0, 3), max_size=3).map(tuple),
+    st.sampled_from([0.0, 1.0, -1.0, 1e308, math.nan, math.inf]),
+)
+HOSTILE = st.one_of(
+    NASTY_FLOATS,
+    NASTY_INTS,
+    st.text(max_size=3),
+    st.none(),
+    st.booleans(),
+    st.lists(NASTY_FLOATS, max_size=4),
+    st.lists(st.lists(NASTY_FLOATS, max_size=3), max_size=3),
+    NASTY_TENSORS,
+    st.sampled_from([object(), {"a": 1}, 1 + 2j, torch.tensor([1 + 2j]), b"x", (1.0, "x")]),
+)
+
+
+def assert_finite(out) -> None:
+    """Every number in a result (tensors, floats, tuples of them) is finite."""
+    if isinstance(out, tuple | list):
+        for x in out:
+            assert_finite(x)
+    elif isinstance(out, torch.Tensor):
+        assert bool(torch.isfinite(out).all()), out
+    elif isinstance(out, float):
+        assert math.isfinite(out), out
+
+
+def check_outcome(call, kwargs, replaced, law):
+    """Call; the outcome must be a ValueError naming a replaced argument, a FloatingPointError
+    naming `law`, or a finite result (checked by `assert_finite`, returned)."""
+    try:
+        out = call(**kwargs)
+    except ValueError as err:
+        assert any(name in str(err) for name in replaced), (replaced, str(err))
+        return None
+    except FloatingPointError as err:
+        assert law in str(err), (law, str(err))
+        return None
+    assert_finite(out)
+    return out
+
+
+def hostile_call(data, call, valid, optional=()):
+    """`valid` (and maybe some `optional` keywords) with one or two entries made hostile."""
+    kwargs = dict(valid)
+    for name, value in optional:
+        if data.draw(st.booleans(), label=f"give {name}"):
+            kwargs[name] = value
+    names = sorted(kwargs)
+    replaced = data.draw(st.lists(st.sampled_from(names), min_size=1, max_size=2, unique=True))
+    for name in replaced:
+        kwargs[name] = data.draw(HOSTILE, label=name)
+    return kwargs, replaced
+
+
+H2 = [[2.0, 0.5], [0.5, 1.0]]
+LAWS = {
+    "quadratic_inertia": (
+        {"hessian": H2, "q0": [1.0, 0.0], "v0": [0.0, 0.5], "gamma": 0.3, "t": [0.0, 1.0]},
+        [("mass", [1.0, 2.0]), ("center", [0.1, 0.2]), ("minimum", 0.5)],
+    ),
+    "expected_inertia": (
+        {"hessian": H2, "q0": [1.0, 0.0], "v0": [0.0, 0.5], "gamma": 0.3, "sigma": 0.2, "t": [1.0]},
+        [("mass", [1.0, 2.0]), ("center", [0.1, 0.2]), ("minimum", 0.5)],
+    ),
+    "heating": ({"inertia0": 1.0, "sigma": 0.2, "t": [0.0, 2.0], "dim": 2}, [("mass", 2.0)]),
+    "temperature": ({"gamma": 0.5, "sigma": 0.3}, [("mass", 2.0)]),
+    "stationary_inertia": (
+        {"dim": 2, "gamma": 0.5, "sigma": 0.3},
+        [("mass", 2.0), ("minimum", 1.0)],
+    ),
+    "envelope": ({"inertia0": 2.0, "gamma": 0.5, "t": [0.0, 1.0]}, [("minimum", 0.5)]),
+    "relaxation": (
+        {"inertia0": 2.0, "gamma": 0.5, "sigma": 0.3, "t": [0.0, 1.0], "dim": 2},
+        [("minimum", 0.5)],
+    ),
+    "decay_rate": ({"eigenvalues": [1.0, 3.0], "gamma": 0.5}, [("mass", [1.0, 2.0])]),
+    "critical_damping": ({"eigenvalues": [1.0, 3.0]}, [("mass", [1.0, 2.0])]),
+    "heavy_ball_margin": ({"curvature": 1.0, "momentum": 0.9}, [("variance", 0.5)]),
+    "heavy_ball_noise_floor": ({"h": 0.1, "noise_trace": [1.0, 2.0], "momentum": 0.9}, []),
+}
+
+
+@pytest.mark.parametrize("law", sorted(LAWS))
+@settings(max_examples=40)
+@given(data=st.data())
+def test_every_law_rejects_hostile_input_or_gives_a_finite_result(law, data):
+    valid, optional = LAWS[law]
+    kwargs, replaced = hostile_call(data, getattr(theory, law), valid, optional)
+    check_outcome(getattr(theory, law), kwargs, replaced, law)
+
+
+@pytest.mark.parametrize("law", sorted(LAWS))
+@settings(max_examples=30)
+@given(data=st.data())
+def test_every_law_at_extreme_finite_values_is_finite_or_raises_floating_point_error(law, data):
+    """Valid magnitudes from 5e-324 to 1.8e308 for every number: a finite result or a
+    FloatingPointError naming the law (a ValueError only for an out-of-domain value)."""
+    valid, optional = LAWS[law]
+    extreme = st.sampled_from([5e-324, 1e-320, 1e-300, 1e-8, 1.0, 1e8, 1e300, 1e308, 1.7e308])
+    kwargs = dict(valid) | dict(optional)
+    for name, value in list(kwargs.items()):
+        if isinstance(value, float) and data.draw(st.booleans(), label=f"extreme {name}"):
+            kwargs[name] = data.draw(extreme, label=name)
+    check_outcome(getattr(theory, law), kwargs, list(kwargs), law)
+
+
+SYSTEMS = {
+    "Quadratic": ({"hessian": H2}, [("center", [0.1, 0.2]), ("minimum", 0.5)]),
+    "Quadratic-eigenvalues": ({"eigenvalues": [1.0, 2.0]}, [("center", [0.1, 0.2])]),
+    "Rosenbrock": ({"dim": 2, "b": 100.0}, []),
+    "DoubleWell": ({"dim": 1, "barrier": 1.0, "width": 1.0}, []),
+    "AnharmonicChain": ({"n": 3, "beta": 1.0}, []),
+    "LogisticRegression": ({"samples": 20, "dim": 2, "l2": 0.01, "seed": 0}, []),
+    "TeacherStudentMLP": ({"input_dim": 2, "hidden": 2, "samples": 8, "seed": 0}, []),
+    "named": ({"name": "quadratic", "dim": 2}, []),
+}
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+@settings(max_examples=40)
+@given(data=st.data())
+def test_every_system_constructor_rejects_hostile_input_with_value_error(system, data):
+    valid, optional = SYSTEMS[system]
+    make = getattr(systems, system.split("-")[0])
+    kwargs, replaced = hostile_call(data, make, valid, optional)
+    try:
+        made = make(**kwargs)
+    except ValueError as err:
+        assert any(name in str(err) for name in replaced) or "system" in str(err), str(err)
+        return
+    loss = made[0] if isinstance(made, tuple) else made
+    assert math.isfinite(loss.minimum) and bool(torch.isfinite(loss.argmin).all())
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_dynamics_and_its_methods_reject_hostile_input_with_value_error(data):
+    valid = {"loss": systems.DoubleWell(2), "gamma": 0.1, "sigma": 0.2, "mass": 1.0}
+    kwargs, replaced = hostile_call(data, Dynamics, valid)
+    dynamics = check_outcome(Dynamics, kwargs, replaced, "Dynamics")
+    if dynamics is None:
+        return
+    for method, name in (("damping", "t"), ("noise_heat_rate", "dim"), ("check", "q")):
+        check_outcome(getattr(dynamics, method), {name: data.draw(HOSTILE)}, [name], method)
+
+
+SIM_VALID = {"dt": 0.1, "steps": 5, "q0": [1.0]}
+SIM_OPTIONAL = [
+    ("v0", [0.5]),
+    ("paths", 2),
+    ("record_every", 2),
+    ("seed", 3),
+    ("dtype", torch.float32),
+    ("noise_dtype", torch.float64),
+    ("method", "baoab"),
+    ("device", "cpu"),
+    ("t0", 1.0),
+    ("distributed", False),
+]
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_simulate_rejects_hostile_input_with_value_error_only(data):
+    kwargs, replaced = hostile_call(data, simulate, SIM_VALID, SIM_OPTIONAL)
+    dynamics = Dynamics(systems.DoubleWell(1), gamma=0.5, sigma=0.1)
+    try:
+        tr = simulate(dynamics, **kwargs)
+    except ValueError as err:
+        assert any(name in str(err) for name in replaced), (replaced, str(err))
+        return
+    except inertia.SimulationDiverged:  # a valid but unstable run (dt = 1e308, say): reported
+        return
+    assert bool(torch.isfinite(tr.inertia).all()) and bool(torch.isfinite(tr.t).all())
+
+
+OPTIM_VALID = {"lr": 0.1, "momentum": 0.9}
+OPTIM_OPTIONAL = [
+    ("restart", False),
+    ("weight_decay", 0.01),
+    ("tolerance", 0.5),
+    ("decrease", 0.5),
+    ("increase", 1.2),
+    ("patience", 3),
+    ("min_scale", 1e-3),
+]
+
+
+@settings(max_examples=60)
+@given(data=st.data(), params=st.one_of(st.none(), HOSTILE))
+def test_inertia_sgd_rejects_hostile_input_with_value_error(data, params):
+    kwargs, replaced = hostile_call(data, InertiaSGD, OPTIM_VALID, OPTIM_OPTIONAL)
+    if data.draw(st.booleans(), label="hostile params"):
+        kwargs["params"], replaced = params, [*replaced, "params"]
+    else:
+        kwargs["params"] = [torch.nn.Parameter(torch.ones(2))]
+    try:
+        opt = InertiaSGD(**kwargs)
+    except ValueError as err:
+        assert any(name in str(err) for name in replaced), (replaced, str(err))
+        return
+    assert all(math.isfinite(g["lr"]) for g in opt.param_groups)
+
+
+@settings(max_examples=60)
+@given(data=st.data())
+def test_energy_functions_reject_hostile_input_with_value_error(data):
+    columns = {name: torch.zeros(3) for name in inertia.COLUMNS}
+    for call, valid in (
+        (inertia.Ledger, {"t": torch.arange(3.0), "columns": columns, "time_name": "t"}),
+        (inertia.kinetic, {"v": torch.ones(2, 3), "mass": 2.0}),
+        (inertia.CompensatedSum, {"shape": (2, 3), "dtype": torch.float64, "device": "cpu"}),
+    ):
+        kwargs, replaced = hostile_call(data, call, valid)
+        check_outcome(call, kwargs, replaced, call.__name__)
+    total = inertia.CompensatedSum((2,))
+    check_outcome(total.add_, {"x": data.draw(HOSTILE)}, ["x"], "add_")
+
+
+COLUMNS3 = {name: torch.zeros(3) for name in inertia.COLUMNS}
+BAD_ENERGY_CALLS = [
+    (lambda: inertia.Ledger([0.0, 1.0, 2.0], COLUMNS3), "t"),
+    (lambda: inertia.Ledger(torch.arange(4.0), COLUMNS3), "columns['kinetic']"),
+    (lambda: inertia.Ledger(torch.arange(3.0), [("kinetic", 1)]), "columns"),
+    (lambda: inertia.Ledger(torch.arange(3.0), {**COLUMNS3, "x": "y"}), "columns['x']"),
+    (lambda: inertia.Ledger(torch.arange(3.0), COLUMNS3, time_name=None), "time_name"),
+    (lambda: inertia.kinetic([1.0, 2.0]), "v"),
+    (lambda: inertia.kinetic(torch.ones(3), mass=[1.0, 2.0]), "mass"),
+    (lambda: inertia.kinetic(torch.ones(3), mass="heavy"), "mass"),
+    (lambda: inertia.CompensatedSum("3"), "shape"),
+    (lambda: inertia.CompensatedSum((10**30,)), "shape"),
+    (lambda: inertia.CompensatedSum((2**40, 2**20)), "shape"),  # beyond memory
+    (lambda: inertia.CompensatedSum((3,), dtype=torch.int64), "dtype"),
+    (lambda: inertia.CompensatedSum((3,), device="nowhere"), "device"),
+    (lambda: inertia.CompensatedSum((3,)).add_(torch.ones(4)), "x"),
+]
+
+
+@pytest.mark.parametrize(("call", "name"), BAD_ENERGY_CALLS, ids=[n for _, n in BAD_ENERGY_CALLS])
+def test_energy_functions_name_their_bad_arguments(call, name):
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)}"):
+        call()
+
+
+def test_kinetic_energy_beyond_the_dtype_raises_floating_point_error():
+    with pytest.raises(FloatingPointError, match=r"^kinetic\("):
+        inertia.kinetic(torch.ones(3), mass=1e300)  # float32 velocities
+    assert float(inertia.kinetic(torch.ones(3, dtype=torch.float64), mass=1e300)) == 1.5e300

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import re
+
 import pytest
 import torch
 
@@ -86,3 +89,41 @@ def test_mlp_parameter_vector_drives_the_torch_module():
     with torch.no_grad():
         direct = pot.module(pot.inputs)[:, 0]
     torch.testing.assert_close(pot.predict(theta[None])[0], direct)
+
+
+BAD_CONSTRUCTIONS = [
+    (lambda: systems.Quadratic("x"), "hessian"),  # was TypeError
+    (lambda: systems.Quadratic([[1.0, None], [None, 1.0]]), "hessian"),
+    (lambda: systems.Quadratic([[1e308, 1e308], [1e308, 1e308]]), "hessian"),  # eigenvalue 2e308
+    (lambda: systems.Quadratic(eigenvalues="x"), "eigenvalues"),
+    (lambda: systems.Quadratic(eigenvalues=[1.0, 2.0], center="x"), "center"),
+    (lambda: systems.Quadratic(eigenvalues=[1.0, 2.0], center=[0.0, math.nan]), "center"),
+    (lambda: systems.Quadratic(eigenvalues=[1.0, 2.0], minimum=math.inf), "minimum"),
+    (lambda: systems.Rosenbrock(dim=10**30), "dim"),
+    (lambda: systems.Rosenbrock(b="steep"), "b"),
+    (lambda: systems.DoubleWell(dim=2**40), "dim"),  # 8 TiB for the minimiser alone
+    (lambda: systems.AnharmonicChain(n=10**7), "n"),  # an (n + 1) × n bond matrix
+    (lambda: systems.LogisticRegression(seed=2**64), "seed"),  # was RuntimeError
+    (lambda: systems.LogisticRegression(samples=10**7, dim=10**6), "samples/dim"),
+    (lambda: systems.TeacherStudentMLP(input_dim=10**12), "input_dim"),
+    (lambda: systems.named(["quadratic"], 2), "system"),  # was TypeError (unhashable)
+    (lambda: systems.named("quadratic", 10**6), "dim"),  # a 10⁶ × 10⁶ hessian
+    (lambda: systems.named("quadratic", 2**64), "dim"),
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "name"),
+    BAD_CONSTRUCTIONS,
+    ids=[f"{name}-{i}" for i, (_, name) in enumerate(BAD_CONSTRUCTIONS)],
+)
+def test_bad_constructor_arguments_raise_value_error_naming_them(make, name):
+    """Issue 18: every constructor names its bad argument, sizes beyond memory included,
+    before allocating anything."""
+    with pytest.raises(ValueError, match=rf"^{re.escape(name)}"):
+        make()
+
+
+def test_a_point_of_the_wrong_shape_is_named():
+    with pytest.raises(ValueError, match="^theta"):
+        systems.DoubleWell(2)("not a tensor")

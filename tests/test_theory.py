@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -354,3 +355,101 @@ def test_heavy_ball_noise_floor_is_the_small_margin_limit_of_the_exact_stationar
     for exact, floor in [(kinetic, total_k), (excess, total_l)]:
         assert 1.0 < exact / float(floor) <= 1.0 / (1.0 - float(margin.max())) + 1e-12
     assert kinetic / excess == pytest.approx(2 / (1 + mu), rel=1e-10)
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (
+            lambda: theory.expected_inertia(HESSIAN, Q0, V0, 0.5, 0.1, [1.0], mass=[1.0, 2.0]),
+            "mass",
+        ),
+        (lambda: theory.expected_inertia(HESSIAN, Q0, V0, 0.5, [0.1, 0.2], [1.0]), "sigma"),
+        (lambda: theory.quadratic_inertia(HESSIAN, Q0, V0, 0.5, [1.0], mass=[1.0] * 4), "mass"),
+        (lambda: theory.heating(1.0, 0.1, [1.0], dim=2, mass=[1.0, 2.0, 3.0]), "mass"),
+        (lambda: theory.heating(1.0, [0.1], [1.0], dim=2), "sigma"),
+        (lambda: theory.decay_rate([1.0, 2.0], 1.0, mass=[1.0, 2.0, 3.0]), "mass"),
+        (lambda: theory.critical_damping([1.0, 2.0], mass=[1.0, 2.0, 3.0]), "mass"),
+        (lambda: theory.stationary_inertia(10**400, 1.0, 1.0), "dim"),
+        (lambda: theory.heating(1.0, 0.1, [1.0], dim=2**62), "dim"),
+        (lambda: theory.temperature(1.0, 10**400), "sigma"),
+        (lambda: theory.heavy_ball_noise_floor("x", 1.0, 0.5), "h"),
+        (lambda: theory.heavy_ball_noise_floor(0.1, -1.0, 0.5), "noise_trace"),
+        (lambda: theory.heavy_ball_noise_floor(0.1, 1.0, 1.0), "momentum"),
+        (lambda: theory.heavy_ball_noise_floor(0.1, [1.0, 2.0], [0.1, 0.2, 0.3]), "h, noise_trace"),
+        (lambda: theory.balance_residual("ledger", Dynamics(systems.DoubleWell(1))), "trajectory"),
+    ],
+)
+def test_arguments_of_the_wrong_length_or_size_name_themselves(call, name):
+    """Issue 18: a mass or sigma of the wrong length raised RuntimeError (expand), a huge
+    integer OverflowError; each is now a ValueError naming the argument."""
+    with pytest.raises(ValueError, match=rf"^{name}"):
+        call()
+
+
+def test_balance_residual_refuses_dynamics_of_another_dimension():
+    well = Dynamics(systems.DoubleWell(2), gamma=0.5)
+    tr = simulate(well, torch.ones(2), dt=0.1, steps=4)
+    with pytest.raises(ValueError, match="^dynamics"):
+        theory.balance_residual(tr, Dynamics(systems.DoubleWell(3), gamma=0.5))
+
+
+@pytest.mark.parametrize(
+    ("call", "law", "shown"),
+    [
+        (lambda: theory.temperature(1e-320, 1), "temperature", "gamma=1e-320"),
+        (lambda: theory.temperature(1.0, 1e200), "temperature", "sigma=1e+200"),
+        (lambda: theory.stationary_inertia(2, 1e-320, 1), "stationary_inertia", "gamma=1e-320"),
+        (
+            lambda: theory.heavy_ball_margin(1e-320, 0.5, variance=1),
+            "heavy_ball_margin",
+            "curvature=1e-320",
+        ),
+        (lambda: theory.envelope(1e308, 0.0, [0.0], minimum=-1e308), "envelope", "inertia0"),
+        (lambda: theory.relaxation(1.0, 1e-320, 1.0, [1.0], dim=1), "relaxation", "gamma"),
+        (lambda: theory.critical_damping([1e308], mass=1e-10), "critical_damping", "mass"),
+        (lambda: theory.heating(1.0, 1e200, [1.0], dim=1), "heating", "sigma"),
+        (
+            lambda: theory.quadratic_inertia([[1.0]], [1e308], [1e308], 0.0, [0.0]),
+            "quadratic_inertia",
+            "q0",
+        ),
+        (
+            lambda: theory.expected_inertia([[1.0]], [1.0], [0.0], 0.0, 1e200, [1.0]),
+            "expected_inertia",
+            "sigma",
+        ),
+        (lambda: theory.heavy_ball_noise_floor(1e200, 1.0, 0.5), "heavy_ball_noise_floor", "h"),
+    ],
+)
+def test_a_result_beyond_float64_raises_floating_point_error_naming_law_and_inputs(
+    call, law, shown
+):
+    """Issue 18: these returned inf or NaN silently (or raised OverflowError)."""
+    with pytest.raises(FloatingPointError, match=rf"^{law}\(.*{re.escape(shown)}") as info:
+        call()
+    assert not isinstance(info.value, OverflowError)
+
+
+@pytest.mark.parametrize(
+    ("lam", "gamma"), [(1.0, 3.0), (0.25, 1.0), (4.0, 1.0), (1e-8, 10.0), (1e300, 1e-300)]
+)
+def test_decay_rate_is_the_slowest_mode_rate_without_cancellation(lam, gamma):
+    """γ − sqrt(γ² − 4λ) formed as 4λ/(γ + sqrt(γ² − 4λ)) when overdamped, γ when not."""
+    disc = gamma * gamma - 4 * lam
+    expected = gamma if disc <= 0 else 4 * lam / (gamma + math.sqrt(disc))
+    assert theory.decay_rate([lam, 1e300], gamma) == pytest.approx(expected, rel=1e-12)
+
+
+def test_decay_rate_is_right_where_gamma_squared_overflows():
+    """Issue 18: decay_rate([1e308], 1e308) was NaN; the slow overdamped rate is 2λ/γ = 2."""
+    assert theory.decay_rate([1e308], 1e308) == pytest.approx(2.0, rel=1e-12)
+    assert theory.decay_rate([1e308], 1e308, mass=1e-300) == 1e308  # underdamped: γ
+
+
+def test_relaxation_rises_to_the_minimum_plus_d_t():
+    """docs/theory.md (2.11): L* + dT at t → ∞ (the floor was dT, without L*)."""
+    gamma, sigma, minimum = 0.5, 0.3, 1.0
+    out = theory.relaxation(3.0, gamma, sigma, [0.0, 1e3], dim=2, minimum=minimum)
+    assert float(out[0]) == 3.0
+    assert float(out[1]) == pytest.approx(minimum + 2 * theory.temperature(gamma, sigma), rel=1e-12)

@@ -45,10 +45,13 @@ class Potential:
 
     def __call__(self, theta: Tensor) -> Tensor:
         """L(θ) for a single point θ of shape (d,) or a batch (paths, d)."""
+        if not isinstance(theta, Tensor) or theta.dim() not in (1, 2):
+            raise _checks.fail("theta", "a tensor of shape (d,) or (paths, d)", theta)
         return self.value(theta.unsqueeze(0))[0] if theta.dim() == 1 else self.value(theta)
 
     def check(self, q: Tensor) -> None:
         """Raise ValueError unless L and ∇L at the points q (paths, d) are finite, one per row."""
+        _points(q)
         if self.dim is not None and q.shape[-1] != self.dim:
             raise _checks.fail("q0", f"of dimension {self.dim} for this loss", q)
         value, grad = self.value_and_grad(q)
@@ -88,6 +91,7 @@ class CallablePotential(Potential):
         return super().value_and_grad(q)
 
     def check(self, q: Tensor) -> None:
+        _points(q)
         out = self.fn(q[0].clone())
         if not isinstance(out, Tensor) or out.dim() != 0 or not out.is_floating_point():
             shown = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
@@ -99,6 +103,13 @@ class CallablePotential(Potential):
         except Exception:  # vmap cannot trace it: fall back to row-by-row autograd, once
             self._vectorised = False
         super().check(q)
+
+
+def _points(q: object) -> None:
+    """ValueError naming q unless it is a non-empty floating-point tensor of shape (paths, d)."""
+    ok = isinstance(q, Tensor) and q.dim() == 2 and q.numel() > 0 and q.is_floating_point()
+    if not ok:
+        raise _checks.fail("q", "a floating-point tensor of shape (paths, d)", q)
 
 
 def as_potential(loss: Potential | Callable[[Tensor], Tensor]) -> Potential:
@@ -117,6 +128,9 @@ class Dynamics:
         gamma: friction γ ≥ 0, a number or a callable t ↦ γ(t) ≥ 0.
         sigma: noise σ ≥ 0, a number or a tensor of shape (d,) (per coordinate).
         mass: diagonal mass m > 0, a number or a tensor of shape (d,).
+
+    Tensors for sigma and mass are copied (detached: the dynamics are never differentiated
+    through). Bad arguments raise ValueError naming them.
     """
 
     def __init__(
@@ -157,17 +171,23 @@ class Dynamics:
         return not (self.has_friction or self.has_noise)
 
     def damping(self, t: float) -> float:
-        """γ(t), checked to be a finite number ≥ 0."""
+        """γ(t), checked to be a finite number ≥ 0 (t a finite number)."""
+        t = _checks.real("t", t)
         if not callable(self.gamma):
             return self.gamma
         return _checks.real(f"gamma(t) at t = {t:g}", self.gamma(t), low=0.0)
 
     def noise_heat_rate(self, dim: int) -> float:
-        """The Itô heating rate ½ Σᵢ mᵢ σᵢ² (energy per unit time injected on average)."""
+        """The Itô heating rate ½ Σᵢ mᵢ σᵢ² (energy per unit time injected on average) in
+        dimension `dim` (that of the dynamics, where they fix one)."""
+        dim = _checks.integer("dim", dim, low=1)
+        if self.dim is not None and dim != self.dim:
+            raise _checks.fail("dim", f"this dynamics' dimension {self.dim}", dim)
         return 0.5 * Mass(self.mass).total(torch.as_tensor(self.sigma) ** 2, dim)
 
     def check(self, q: Tensor) -> None:
         """Raise ValueError unless the dynamics accept points q of shape (paths, d)."""
+        _points(q)
         if self.dim is not None and q.shape[-1] != self.dim:
             raise _checks.fail("q0", f"of dimension d = {self.dim} (from loss, sigma or mass)", q)
         self.potential.check(q)

@@ -7,6 +7,7 @@ integrator residual (R): I_n − I_0 = −D_n + N_n + R_n.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -14,7 +15,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
-from . import ledger_io
+from . import _checks, ledger_io
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -68,8 +69,16 @@ class Mass:
 
 
 def kinetic(v: Tensor, mass: float | Tensor = 1.0) -> Tensor:
-    """K = ½ vᵀMv over the last axis of v."""
-    return Mass(mass).kinetic(v)
+    """K = ½ vᵀMv over the last axis of v (a floating-point tensor); mass a number > 0 or a
+    tensor of shape (d,). FloatingPointError if K is beyond the range of v's dtype."""
+    if not isinstance(v, Tensor) or v.dim() == 0 or not v.is_floating_point():
+        raise _checks.fail("v", "a floating-point tensor of shape (..., d)", v)
+    m = _checks.scalar_or_vector("mass", mass, low=0.0, strict=True)
+    if isinstance(m, Tensor):
+        if m.shape != v.shape[-1:]:
+            raise _checks.fail("mass", f"a number or a tensor of shape ({v.shape[-1]},)", m)
+        m = m.to(v.device, v.dtype)
+    return _checks.finite("kinetic", {"v": v, "mass": mass}, Mass(m).kinetic(v))
 
 
 class CompensatedSum:
@@ -85,12 +94,29 @@ class CompensatedSum:
         dtype: torch.dtype = torch.float64,
         device: torch.device | str = "cpu",
     ) -> None:
+        raw: object = shape
+        if isinstance(raw, int) and not isinstance(raw, bool):
+            raw = (raw,)
+        if not isinstance(raw, tuple | list | torch.Size) or len(raw) > 8:
+            raise _checks.fail("shape", "a tuple of integers ≥ 0", shape)
+        shape = tuple(_checks.integer("shape", n, low=0, high=2**62) for n in raw)
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise _checks.fail("dtype", "a floating-point torch.dtype", dtype)
+        try:
+            device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError):
+            raise _checks.fail("device", "a torch device", device) from None
+        size = dtype.itemsize * math.prod(shape)
+        _checks.memory("shape", 3 * size, f"a sum of shape {shape}", device)
         self.total = torch.zeros(shape, dtype=dtype, device=device)
         self.carry = torch.zeros(shape, dtype=dtype, device=device)
         self._tmp = torch.zeros(shape, dtype=dtype, device=device)
 
     def add_(self, x: Tensor) -> None:
-        """total += x, keeping the rounding error of the addition in the carry."""
+        """total += x (a tensor of the sum's shape), keeping the rounding error of the addition in
+        the carry."""
+        if not isinstance(x, Tensor) or x.shape != self.total.shape:
+            raise _checks.fail("x", f"a tensor of shape {tuple(self.total.shape)}", x)
         y = x - self.carry
         torch.add(self.total, y, out=self._tmp)
         torch.sub(self._tmp, self.total, out=self.carry).sub_(y)
@@ -131,9 +157,22 @@ class Ledger(Mapping[str, Tensor]):
     """
 
     def __init__(self, t: Tensor, columns: Mapping[str, Tensor], *, time_name: str = "t") -> None:
+        if not isinstance(t, Tensor) or t.dim() != 1:
+            raise _checks.fail("t", "a 1-D tensor of times", t)
+        if not isinstance(time_name, str) or not time_name:
+            raise _checks.fail("time_name", "a non-empty string", time_name)
+        if not isinstance(columns, Mapping):
+            raise _checks.fail("columns", "a mapping of names to tensors", columns)
         missing = [name for name in COLUMNS if name not in columns]
         if missing:
             raise ValueError(f"columns: missing {missing}")
+        for name, column in columns.items():
+            if not isinstance(name, str) or name in (time_name, "path"):
+                raise _checks.fail("columns", f"names other than '{time_name}' and 'path'", name)
+            if not isinstance(column, Tensor) or column.dim() not in (1, 2):
+                raise _checks.fail(f"columns['{name}']", "a 1-D or 2-D tensor", column)
+            if column.shape[0] != len(t):
+                raise _checks.fail(f"columns['{name}']", f"{len(t)} rows (one per time)", column)
         self.t, self.time_name = t, time_name
         self._columns = dict(columns)
 

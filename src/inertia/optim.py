@@ -124,10 +124,15 @@ class InertiaSGD(torch.optim.Optimizer):
         patience: int = 5,
         min_scale: float = 1e-4,
     ):
+        if isinstance(params, Tensor | dict | str) or not isinstance(params, Iterable):
+            raise _checks.fail("params", "an iterable of tensors or of parameter groups", params)
+        groups: list[Any] = list(params)
+        if not groups:
+            raise ValueError("params: the optimizer got an empty parameter list")
         defaults = {
             "lr": lr,
             "momentum": momentum,
-            "restart": bool(restart),
+            "restart": restart,
             "weight_decay": weight_decay,
             "tolerance": tolerance,
             "decrease": decrease,
@@ -136,14 +141,32 @@ class InertiaSGD(torch.optim.Optimizer):
             "min_scale": min_scale,
         }
         self._flats: dict[int, tuple[tuple[int, ...], list[_Flat]]] = {}
-        super().__init__(params, defaults)  # checks each group in add_param_group
+        super().__init__(groups, defaults)  # checks each group in add_param_group
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As torch's, plus each group's checks (before it is added) and its brake's state."""
-        for key, bounds in _BOUNDS.items():
-            _checks.real(key, param_group.get(key, self.defaults[key]), **bounds)
-        _checks.integer("patience", param_group.get("patience", self.defaults["patience"]), low=0)
-        super().add_param_group(param_group)
+        """As torch's, plus each group's checks (before it is added: ValueError naming the
+        bad entry) and its brake's state."""
+        if not isinstance(param_group, dict) or "params" not in param_group:
+            raise _checks.fail("param_group", "a dict with 'params'", param_group)
+        checked: dict[str, Any] = {
+            key: _checks.real(key, param_group.get(key, self.defaults[key]), **bounds)
+            for key, bounds in _BOUNDS.items()
+        }
+        patience = param_group.get("patience", self.defaults["patience"])
+        checked["patience"] = _checks.integer("patience", patience, low=0)
+        checked["restart"] = _checks.boolean(
+            "restart", param_group.get("restart", self.defaults["restart"])
+        )
+        params = param_group["params"]
+        if isinstance(params, set | str | dict) or not isinstance(params, Tensor | Iterable):
+            raise _checks.fail("params", "a tensor or a list of tensors", params)
+        tensors = [params] if isinstance(params, Tensor) else list(params)
+        if not tensors or not all(isinstance(p, Tensor) and p.is_floating_point() for p in tensors):
+            raise _checks.fail("params", "a non-empty list of floating-point tensors", tensors)
+        try:
+            super().add_param_group({**param_group, **checked, "params": tensors})
+        except (TypeError, ValueError) as err:  # torch's: a non-leaf tensor, one in two groups
+            raise ValueError(f"params: {err}") from None
         group = self.param_groups[-1]
         h = math.sqrt(group["lr"])
         for key, value in (

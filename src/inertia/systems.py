@@ -27,6 +27,10 @@ __all__ = [
 ]
 
 
+#: Sizes (dimensions, samples) are below this; seeds below _SEEDS.
+_MAX_DIM, _SEEDS = 2**62, 2**64
+
+
 def _like(x: Tensor, q: Tensor) -> Tensor:
     """x in q's dtype (no copy when it already is)."""
     return x if x.dtype == q.dtype else x.to(q.dtype)
@@ -55,18 +59,27 @@ class Quadratic(Potential):
         if eigenvalues is not None:
             lam = _checks.scalar_or_vector("eigenvalues", eigenvalues, low=0.0, strict=False)
             lam = torch.as_tensor(lam, dtype=torch.float64).reshape(-1)
+            _checks.memory("eigenvalues", 8 * len(lam) ** 2, f"a ({len(lam)}, {len(lam)}) hessian")
             self._diagonal: Tensor | None = lam
             self.hessian = torch.diag(lam)
             self.eigenvalues = lam
         else:
-            a = torch.as_tensor(hessian, dtype=torch.float64)
+            a = _checks.tensor("hessian", hessian, "a square (d, d) matrix")
             if a.dim() != 2 or a.shape[0] != a.shape[1] or a.numel() == 0:
                 raise _checks.fail("hessian", "a square (d, d) matrix", a)
-            scale = float(a.abs().max()) or 1.0
-            if not bool(torch.isfinite(a).all()) or float((a - a.T).abs().max()) > 1e-10 * scale:
+            if not bool(torch.isfinite(a).all()):
                 raise _checks.fail("hessian", "a finite symmetric matrix", a)
-            a = 0.5 * (a + a.T)
-            self.eigenvalues = torch.linalg.eigvalsh(a)
+            scale = float(a.abs().max()) or 1.0
+            unit = a / scale  # checked and decomposed at scale 1: nothing overflows
+            if float((unit - unit.T).abs().max()) > 1e-10:
+                raise _checks.fail("hessian", "a finite symmetric matrix", a)
+            a = (0.5 * (unit + unit.T)) * scale
+            try:
+                self.eigenvalues = torch.linalg.eigvalsh(0.5 * (unit + unit.T)) * scale
+            except RuntimeError:  # no convergence: an extreme spread of scales
+                raise _checks.fail("hessian", "a matrix with an eigen-decomposition", a) from None
+            if not bool(torch.isfinite(a).all() and torch.isfinite(self.eigenvalues).all()):
+                raise _checks.fail("hessian", "a matrix with eigenvalues within float64", a)
             if float(self.eigenvalues.min()) < -1e-12 * scale:
                 raise ValueError(
                     "hessian must be positive semi-definite; smallest eigenvalue "
@@ -75,13 +88,15 @@ class Quadratic(Potential):
             self._diagonal = None
             self.hessian = a
         self.dim = self.hessian.shape[0]
+        source = "hessian" if eigenvalues is None else "eigenvalues"
+        allowed = f"a finite tensor of shape ({self.dim},), as {source}"
         self.center = (
             torch.zeros(self.dim, dtype=torch.float64)
             if center is None
-            else torch.as_tensor(center, dtype=torch.float64).clone()
+            else _checks.tensor("center", center, allowed).detach().clone()
         )
-        if self.center.shape != (self.dim,):
-            raise _checks.fail("center", f"a tensor of shape ({self.dim},)", self.center)
+        if self.center.shape != (self.dim,) or not bool(torch.isfinite(self.center).all()):
+            raise _checks.fail("center", allowed, self.center)
         self.minimum = _checks.real("minimum", minimum)
         self.argmin = self.center
 
@@ -107,8 +122,9 @@ class Rosenbrock(Potential):
     argmin: Tensor
 
     def __init__(self, dim: int = 2, b: float = 100.0) -> None:
-        self.dim = _checks.integer("dim", dim, low=2)
+        self.dim = _checks.integer("dim", dim, low=2, high=_MAX_DIM)
         self.b = _checks.real("b", b, low=0.0, strict=True)
+        _checks.memory("dim", 8 * self.dim, f"a point of dimension {self.dim}")
         self.minimum = 0.0
         self.argmin = torch.ones(self.dim, dtype=torch.float64)
 
@@ -137,9 +153,10 @@ class DoubleWell(Potential):
     argmin: Tensor
 
     def __init__(self, dim: int = 1, barrier: float = 1.0, width: float = 1.0) -> None:
-        self.dim = _checks.integer("dim", dim, low=1)
+        self.dim = _checks.integer("dim", dim, low=1, high=_MAX_DIM)
         self.barrier = _checks.real("barrier", barrier, low=0.0, strict=True)
         self.width = _checks.real("width", width, low=0.0, strict=True)
+        _checks.memory("dim", 8 * self.dim, f"a point of dimension {self.dim}")
         self.minimum = 0.0
         self.argmin = torch.full((self.dim,), self.width, dtype=torch.float64)
 
@@ -164,8 +181,9 @@ class AnharmonicChain(Potential):
     argmin: Tensor
 
     def __init__(self, n: int = 8, beta: float = 1.0) -> None:
-        self.dim = _checks.integer("n", n, low=1)
+        self.dim = _checks.integer("n", n, low=1, high=_MAX_DIM)
         self.beta = _checks.real("beta", beta, low=0.0)
+        _checks.memory("n", 8 * (self.dim + 1) * self.dim, f"a chain of n = {self.dim}")
         self.minimum = 0.0
         self.argmin = torch.zeros(self.dim, dtype=torch.float64)
         # r = θ @ Dᵀ with D (n + 1, n) the bond-difference matrix; ∇L = V'(r) @ D
@@ -200,10 +218,12 @@ class LogisticRegression(Potential):
     def __init__(
         self, samples: int = 200, dim: int = 5, *, l2: float = 1e-2, seed: int = 0
     ) -> None:
-        self.samples = _checks.integer("samples", samples, low=1)
-        self.dim = _checks.integer("dim", dim, low=1)
+        self.samples = _checks.integer("samples", samples, low=1, high=_MAX_DIM)
+        self.dim = _checks.integer("dim", dim, low=1, high=_MAX_DIM)
         self.l2 = _checks.real("l2", l2, low=0.0, strict=True)
-        gen = torch.Generator().manual_seed(_checks.integer("seed", seed, low=0))
+        gen = torch.Generator().manual_seed(_checks.integer("seed", seed, low=0, high=_SEEDS))
+        need = 8 * (4 * self.samples * self.dim + 4 * self.dim * self.dim)
+        _checks.memory("samples/dim", need, f"{self.samples} samples of dimension {self.dim}")
         self.features = torch.randn(self.samples, self.dim, generator=gen, dtype=torch.float64)
         teacher = 2.0 * torch.randn(self.dim, generator=gen, dtype=torch.float64) / self.dim**0.5
         p = torch.sigmoid(self.features @ teacher)
@@ -256,10 +276,12 @@ class TeacherStudentMLP(Potential):
     def __init__(
         self, input_dim: int = 3, hidden: int = 4, samples: int = 64, *, seed: int = 0
     ) -> None:
-        input_dim = _checks.integer("input_dim", input_dim, low=1)
-        hidden = _checks.integer("hidden", hidden, low=1)
-        self.samples = _checks.integer("samples", samples, low=1)
-        gen = torch.Generator().manual_seed(_checks.integer("seed", seed, low=0))
+        input_dim = _checks.integer("input_dim", input_dim, low=1, high=_MAX_DIM)
+        hidden = _checks.integer("hidden", hidden, low=1, high=_MAX_DIM)
+        self.samples = _checks.integer("samples", samples, low=1, high=_MAX_DIM)
+        gen = torch.Generator().manual_seed(_checks.integer("seed", seed, low=0, high=_SEEDS))
+        need = 8 * (4 * (input_dim + 3) * hidden + 2 * self.samples * (input_dim + 1))
+        _checks.memory("input_dim/hidden/samples", need, "this network and its data")
         self.module = nn.Sequential(
             nn.Linear(input_dim, hidden), nn.Tanh(), nn.Linear(hidden, 1)
         ).to(torch.float64)
@@ -324,6 +346,10 @@ def named(name: str, dim: int) -> tuple[Potential, Tensor]:
     double-well: start 1.6 per coordinate (over the barrier); anharmonic-chain: its lowest
     mode, amplitude 1; logistic: 200 generated samples, start 0.
     """
-    if name not in _NAMED:
+    if not isinstance(name, str) or name not in _NAMED:
         raise _checks.fail("system", f"one of {', '.join(NAMES)}", name)
-    return _NAMED[name](_checks.integer("dim", dim, low=1))
+    dim = _checks.integer("dim", dim, low=1, high=_MAX_DIM)
+    square = name in ("quadratic", "anharmonic-chain", "logistic")  # a (d, d) matrix or more
+    need = 32 * dim + (32 * dim * dim if square else 0)
+    _checks.memory("dim", need, f"the system {name} of dimension {dim}")
+    return _NAMED[name](dim)

@@ -14,7 +14,6 @@ exponential whose eigenvalues have real part ≤ 0: stable for any t, exact at c
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -22,9 +21,7 @@ from torch import Tensor
 from . import _checks
 from ._checks import ArrayLike
 from .dynamics import Dynamics
-
-if TYPE_CHECKING:
-    from .trajectory import Trajectory
+from .trajectory import Trajectory
 
 __all__ = [
     "balance_residual",
@@ -53,32 +50,34 @@ def _times(t: ArrayLike) -> Tensor:
     return times
 
 
-def _finite(name: str, out: Tensor) -> Tensor:
-    """`out`, or FloatingPointError if finite inputs gave a value beyond float64's range."""
-    if not bool(torch.isfinite(out).all()):
-        raise FloatingPointError(f"{name}: the result overflows float64 for these arguments")
-    return out
-
-
 def _vector(name: str, x: ArrayLike, dim: int) -> Tensor:
-    v = _checks.tensor(name, x, f"a finite tensor of shape ({dim},)")
+    allowed = f"a finite tensor of shape ({dim},), as hessian"
+    v = _checks.tensor(name, x, allowed)
     if v.shape != (dim,) or not bool(torch.isfinite(v).all()):
-        raise _checks.fail(name, f"a finite tensor of shape ({dim},)", v)
+        raise _checks.fail(name, allowed, v)
     return v
 
 
-def _per_coordinate(name: str, x: ArrayLike, dim: int, *, low: float, strict: bool) -> Tensor:
+def _per_coordinate(
+    name: str, x: ArrayLike, dim: int, *, low: float, strict: bool, of: str = "hessian"
+) -> Tensor:
+    """A number or a tensor of shape (dim,) (`dim` set by argument `of`), expanded to (dim,)."""
     value = _checks.scalar_or_vector(name, x, low=low, strict=strict)
-    out = torch.as_tensor(value, dtype=F64).expand(dim)
-    if out.shape != (dim,):
-        raise _checks.fail(name, f"a number or a tensor of shape ({dim},)", value)
-    return out
+    if isinstance(value, Tensor) and value.shape != (dim,):
+        raise _checks.fail(name, f"a number or a tensor of shape ({dim},) as {of}", value)
+    return torch.as_tensor(value, dtype=F64).expand(dim)
 
 
 def _modes(
-    hessian: ArrayLike, q0: ArrayLike, v0: ArrayLike, mass: ArrayLike, center: ArrayLike | None
+    law: str,
+    hessian: ArrayLike,
+    q0: ArrayLike,
+    v0: ArrayLike,
+    mass: ArrayLike,
+    center: ArrayLike | None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """Eigenvalues λ of M^{−½}AM^{−½} and the start (x₀, u₀) in its normal modes."""
+    """Eigenvalues λ of M^{−½}AM^{−½} and the start (x₀, u₀) in its normal modes;
+    FloatingPointError (naming `law`) if they are beyond float64's range."""
     a = _checks.tensor("hessian", hessian, "a square (d, d) matrix")
     if a.dim() != 2 or a.shape[0] != a.shape[1] or a.numel() == 0:
         raise _checks.fail("hessian", "a square (d, d) matrix", a)
@@ -86,15 +85,23 @@ def _modes(
     if not bool(torch.isfinite(a).all()) or not torch.allclose(a, a.T, rtol=1e-10, atol=0):
         raise _checks.fail("hessian", "a finite symmetric matrix", a)
     root_m = _per_coordinate("mass", mass, dim, low=0.0, strict=True).sqrt()
-    lam, basis = torch.linalg.eigh(0.5 * (a + a.T) / root_m[:, None] / root_m[None, :])
+    c = torch.zeros(dim, dtype=F64) if center is None else _vector("center", center, dim)
+    q, v = _vector("q0", q0, dim), _vector("v0", v0, dim)
+    inputs = {"hessian": a, "q0": q, "v0": v, "mass": mass}
+    scaled = _checks.finite(law, inputs, (0.5 * a + 0.5 * a.T) / root_m[:, None] / root_m[None, :])
+    top = float(scaled.abs().max()) or 1.0  # eigh of the matrix scaled to 1: no overflow inside
+    try:
+        lam, basis = torch.linalg.eigh(scaled / top)
+    except RuntimeError:  # did not converge (an extreme spread of scales)
+        raise FloatingPointError(f"{law}: no eigen-decomposition of the scaled hessian") from None
+    lam = _checks.finite(law, inputs, lam * top)
     if float(lam.min()) < -1e-12 * max(1.0, float(lam.abs().max())):
         raise ValueError(
             f"hessian must be positive semi-definite; smallest eigenvalue {float(lam.min()):.3g}"
         )
     lam = lam.clamp(min=0.0)
-    c = torch.zeros(dim, dtype=F64) if center is None else _vector("center", center, dim)
-    x0 = basis.T @ (root_m * (_vector("q0", q0, dim) - c))
-    u0 = basis.T @ (root_m * _vector("v0", v0, dim))
+    x0 = _checks.finite(law, inputs, basis.T @ (root_m * (q - c)))
+    u0 = _checks.finite(law, inputs, basis.T @ (root_m * v))
     return lam, basis, root_m, x0, u0
 
 
@@ -117,7 +124,7 @@ def quadratic_inertia(
     """
     gamma = _checks.real("gamma", gamma, low=0.0)
     minimum = _checks.real("minimum", minimum)
-    lam, _, _, x0, u0 = _modes(hessian, q0, v0, mass, center)
+    lam, _, _, x0, u0 = _modes("quadratic_inertia", hessian, q0, v0, mass, center)
     times = _times(t)
     f = torch.zeros(len(lam), 2, 2, dtype=F64)
     f[:, 0, 1], f[:, 1, 0], f[:, 1, 1] = 1.0, -lam, -gamma
@@ -126,7 +133,9 @@ def quadratic_inertia(
         @ torch.stack([x0, u0], -1)[..., None]
     )
     x, u = z[..., 0, 0], z[..., 1, 0]
-    return _finite("quadratic_inertia", 0.5 * (u * u + lam * x * x).sum(-1) + minimum)
+    inputs = {"hessian": hessian, "q0": q0, "v0": v0, "gamma": gamma, "t": times}
+    out: Tensor = 0.5 * (u * u + lam * x * x).sum(-1) + minimum
+    return _checks.finite("quadratic_inertia", inputs, out)
 
 
 def expected_inertia(
@@ -151,9 +160,11 @@ def expected_inertia(
     """
     gamma = _checks.real("gamma", gamma, low=0.0)
     minimum = _checks.real("minimum", minimum)
-    lam, basis, root_m, x0, u0 = _modes(hessian, q0, v0, mass, center)
+    law = "expected_inertia"
+    lam, basis, root_m, x0, u0 = _modes(law, hessian, q0, v0, mass, center)
     sigma = _per_coordinate("sigma", sigma, len(lam), low=0.0, strict=False)
-    power = (basis * basis).T @ (root_m * sigma) ** 2
+    inputs = {"hessian": hessian, "q0": q0, "v0": v0, "gamma": gamma, "sigma": sigma}
+    power = _checks.finite(law, inputs, (basis * basis).T @ (root_m * sigma) ** 2)
     times = _times(t)
     # [s'; 0] = [[B, (0, 0, 1)], [0, 0]] [s; 1] with a unit forcing; the moments are linear in
     # the noise power D, so the forced part is scaled by D afterwards (no overflow inside exp)
@@ -164,7 +175,9 @@ def expected_inertia(
     e = torch.linalg.matrix_exp(times[:, None, None, None] * b)
     start = torch.stack([x0 * x0, x0 * u0, u0 * u0], -1)[..., None]
     s = e[..., :3, :3] @ start + e[..., :3, 3:] * power[:, None, None]
-    return _finite("expected_inertia", 0.5 * (s[..., 2, 0] + lam * s[..., 0, 0]).sum(-1) + minimum)
+    inputs["t"] = times
+    out: Tensor = 0.5 * (s[..., 2, 0] + lam * s[..., 0, 0]).sum(-1) + minimum
+    return _checks.finite(law, inputs, out)
 
 
 def heating(
@@ -173,10 +186,14 @@ def heating(
     """E[I(t)] = I(0) + ½ Σᵢ mᵢσᵢ² t at γ = 0: exact for any loss (Itô; noise heats;
     docs/theory.md (2.5))."""
     inertia0 = _checks.real("inertia0", inertia0)
-    dim = _checks.integer("dim", dim, low=1)
-    m = _per_coordinate("mass", mass, dim, low=0.0, strict=True)
-    s = _per_coordinate("sigma", sigma, dim, low=0.0, strict=False)
-    return _finite("heating", inertia0 + 0.5 * float((m * s * s).sum()) * _times(t))
+    dim = _checks.integer("dim", dim, low=1, high=2**62)
+    m = _per_coordinate("mass", mass, dim, low=0.0, strict=True, of="dim")
+    s = _per_coordinate("sigma", sigma, dim, low=0.0, strict=False, of="dim")
+    times = _times(t)
+    inputs = {"inertia0": inertia0, "sigma": sigma, "t": times, "dim": dim, "mass": mass}
+    shared = m.stride(0) == 0 and s.stride(0) == 0  # both numbers: no (dim,) product formed
+    power = float(m[0] * s[0] * s[0]) * dim if shared else float((m * s * s).sum())
+    return _checks.finite("heating", inputs, inertia0 + 0.5 * power * times)
 
 
 def temperature(gamma: float, sigma: float, *, mass: float = 1.0) -> float:
@@ -184,7 +201,9 @@ def temperature(gamma: float, sigma: float, *, mass: float = 1.0) -> float:
     (docs/theory.md (1.3))."""
     gamma = _checks.real("gamma", gamma, low=0.0, strict=True)
     sigma = _checks.real("sigma", sigma, low=0.0)
-    return _checks.real("mass", mass, low=0.0, strict=True) * sigma**2 / (2.0 * gamma)
+    mass = _checks.real("mass", mass, low=0.0, strict=True)
+    inputs = {"gamma": gamma, "sigma": sigma, "mass": mass}
+    return _checks.finite("temperature", inputs, mass * sigma * (sigma / (2.0 * gamma)))
 
 
 def stationary_inertia(
@@ -196,8 +215,14 @@ def stationary_inertia(
     E[K]∞ = dT/2 holds for any loss with a stationary Gibbs state; E[L − L*] = dT/2 only for
     quadratics, so for other losses this is the small-T limit near a non-degenerate minimum.
     """
-    dim = _checks.integer("dim", dim, low=1)
-    return _checks.real("minimum", minimum) + dim * temperature(gamma, sigma, mass=mass)
+    dim = _checks.integer("dim", dim, low=1, high=2**62)
+    minimum = _checks.real("minimum", minimum)
+    inputs = {"dim": dim, "gamma": gamma, "sigma": sigma, "mass": mass, "minimum": minimum}
+    try:
+        floor = temperature(gamma, sigma, mass=mass)
+    except FloatingPointError:
+        floor = math.inf  # named below, as this law's
+    return _checks.finite("stationary_inertia", inputs, minimum + dim * floor)
 
 
 def envelope(inertia0: float, gamma: float, t: ArrayLike, *, minimum: float = 0.0) -> Tensor:
@@ -210,7 +235,11 @@ def envelope(inertia0: float, gamma: float, t: ArrayLike, *, minimum: float = 0.
     """
     inertia0, minimum = _checks.real("inertia0", inertia0), _checks.real("minimum", minimum)
     gamma = _checks.real("gamma", gamma, low=0.0)
-    return (inertia0 - minimum) * torch.exp(-gamma * _times(t)) + minimum
+    times = _times(t)
+    inputs = {"inertia0": inertia0, "gamma": gamma, "t": times, "minimum": minimum}
+    return _checks.finite(
+        "envelope", inputs, (inertia0 - minimum) * torch.exp(-gamma * times) + minimum
+    )
 
 
 def relaxation(
@@ -223,9 +252,16 @@ def relaxation(
     `stationary_inertia`); in between it inherits the envelope's staircase error, and for
     overdamped modes it relaxes far too fast (see `envelope`). M = 1.
     """
-    floor = stationary_inertia(dim, gamma, sigma) - _checks.real("minimum", minimum)
-    decay = torch.exp(-gamma * _times(t))
-    return minimum + (_checks.real("inertia0", inertia0) - minimum) * decay + floor * (1 - decay)
+    inertia0, minimum = _checks.real("inertia0", inertia0), _checks.real("minimum", minimum)
+    gamma, times = _checks.real("gamma", gamma, low=0.0, strict=True), _times(t)
+    inputs = {"inertia0": inertia0, "gamma": gamma, "sigma": sigma, "t": times, "dim": dim}
+    try:
+        floor = stationary_inertia(dim, gamma, sigma)  # d·T (L* is added once, below)
+    except FloatingPointError:
+        floor = math.inf  # named below, as this law's
+    decay = torch.exp(-gamma * times)
+    out = minimum + (inertia0 - minimum) * decay + floor * (1 - decay)
+    return _checks.finite("relaxation", inputs, out)
 
 
 def decay_rate(eigenvalues: ArrayLike, gamma: float, *, mass: ArrayLike = 1.0) -> float:
@@ -237,14 +273,24 @@ def decay_rate(eigenvalues: ArrayLike, gamma: float, *, mass: ArrayLike = 1.0) -
     """
     gamma = _checks.real("gamma", gamma, low=0.0)
     omega2 = _eigen_over_mass(eigenvalues, mass)
-    return float((gamma - (gamma * gamma - 4.0 * omega2).clamp(min=0.0).sqrt()).min())
+    # r = 2 sqrt(λ/m); overdamped (r < γ): γ − sqrt(γ² − r²) = r²/(γ + sqrt((γ − r)(γ + r))),
+    # formed with halves so that nothing overflows for any finite γ and λ/m (λ/m = inf: r ≥ γ)
+    r = 2.0 * omega2.sqrt()
+    half = 0.5 * gamma
+    root = (gamma - r).clamp(min=0.0).sqrt() * (half + 0.5 * r).sqrt() * math.sqrt(2.0)
+    slow = r * ((0.5 * r) / (half + 0.5 * root))
+    rate = torch.where(r >= gamma, torch.full_like(r, gamma), slow)
+    inputs = {"eigenvalues": eigenvalues, "gamma": gamma, "mass": mass}
+    return _checks.finite("decay_rate", inputs, float(rate.min()))
 
 
 def critical_damping(eigenvalues: ArrayLike, *, mass: ArrayLike = 1.0) -> float:
     """γ* = 2 sqrt(minᵢ λᵢ/mᵢ): critical damping of the slowest mode, the γ that maximises
     `decay_rate` (below it every mode decays at γ; above it the slowest mode slows down;
     docs/theory.md (2.8))."""
-    return 2.0 * math.sqrt(float(_eigen_over_mass(eigenvalues, mass).min()))
+    slowest = float(_eigen_over_mass(eigenvalues, mass).min())
+    inputs = {"eigenvalues": eigenvalues, "mass": mass}
+    return _checks.finite("critical_damping", inputs, 2.0 * math.sqrt(slowest))
 
 
 def heavy_ball_margin(curvature: float, momentum: float, *, variance: float = 0.0) -> float:
@@ -264,7 +310,10 @@ def heavy_ball_margin(curvature: float, momentum: float, *, variance: float = 0.
     x = _checks.real("curvature", curvature, low=0.0, strict=True)
     mu = _checks.real("momentum", momentum, low=0.0, high=1.0, strict_high=True)
     v = _checks.real("variance", variance, low=0.0)
-    return x / (2.0 * (1.0 + mu)) + v / (2.0 * (1.0 - mu) * x)
+    inputs = {"curvature": x, "momentum": mu, "variance": v}
+    return _checks.finite(
+        "heavy_ball_margin", inputs, x / (2.0 * (1.0 + mu)) + v / (2.0 * (1.0 - mu)) / x
+    )
 
 
 def heavy_ball_noise_floor(
@@ -280,9 +329,29 @@ def heavy_ball_noise_floor(
     limit of small h²λ: on a quadratic, each eigenmode's exact stationary values are these,
     for its own share of tr(C)/B, divided by 1 − h²λᵢ/(2(1 + μ)) (docs/theory.md (4.12)).
     """
-    step_h, trace, mu = (torch.as_tensor(x, dtype=F64) for x in (h, noise_trace, momentum))
-    step = step_h * step_h * trace
-    return step / (2.0 * (1.0 - mu * mu)), step / (4.0 * (1.0 - mu))
+    step_h = _bounded("h", h, high=None)
+    trace = _bounded("noise_trace", noise_trace, high=None)
+    mu = _bounded("momentum", momentum, high=1.0)
+    try:  # elementwise, broadcast
+        step = step_h * step_h * trace
+        kinetic, excess = step / (2.0 * (1.0 - mu * mu)), step / (4.0 * (1.0 - mu))
+    except RuntimeError:
+        shown = [tuple(x.shape) for x in (step_h, trace, mu)]
+        raise ValueError(f"h, noise_trace, momentum: shapes {shown} do not broadcast") from None
+    inputs = {"h": h, "noise_trace": noise_trace, "momentum": momentum}
+    law = "heavy_ball_noise_floor"
+    return _checks.finite(law, inputs, kinetic), _checks.finite(law, inputs, excess)
+
+
+def _bounded(name: str, x: ArrayLike, high: float | None) -> Tensor:
+    """A float64 tensor (any shape) of finite values ≥ 0 (and < high when given)."""
+    allowed = "finite values ≥ 0" + ("" if high is None else f" and < {high:g}")
+    t = _checks.tensor(name, x, f"a number or a tensor of {allowed}")
+    if not bool(torch.isfinite(t).all()) or bool((t < 0).any()):
+        raise _checks.fail(name, f"a number or a tensor of {allowed}", t)
+    if high is not None and bool((t >= high).any()):
+        raise _checks.fail(name, f"a number or a tensor of {allowed}", t)
+    return t
 
 
 def _eigen_over_mass(eigenvalues: ArrayLike, mass: ArrayLike) -> Tensor:
@@ -290,7 +359,7 @@ def _eigen_over_mass(eigenvalues: ArrayLike, mass: ArrayLike) -> Tensor:
         _checks.scalar_or_vector("eigenvalues", eigenvalues, low=0.0, strict=False), dtype=F64
     )
     lam = lam.reshape(-1)
-    return lam / _per_coordinate("mass", mass, len(lam), low=0.0, strict=True)
+    return lam / _per_coordinate("mass", mass, len(lam), low=0.0, strict=True, of="eigenvalues")
 
 
 def balance_residual(trajectory: Trajectory, dynamics: Dynamics) -> Tensor:
@@ -302,8 +371,13 @@ def balance_residual(trajectory: Trajectory, dynamics: Dynamics) -> Tensor:
     for σ = 0, any loss and any γ(t); for σ > 0 each path keeps the martingale ∫vᵀMσ dW, zero
     in mean over paths.
     """
+    if not isinstance(trajectory, Trajectory):
+        raise _checks.fail("trajectory", "an inertia.Trajectory (from simulate)", trajectory)
     if not isinstance(dynamics, Dynamics):
         raise _checks.fail("dynamics", "an inertia.Dynamics", dynamics)
+    dim = trajectory.q.shape[-1]
+    if dynamics.dim is not None and dynamics.dim != dim:
+        raise _checks.fail("dynamics", f"of the trajectory's dimension {dim}", dynamics)
     t: Tensor = trajectory.t
     kinetic: Tensor = trajectory.kinetic
     rate = torch.tensor([dynamics.damping(float(s)) for s in t], dtype=F64)
@@ -316,4 +390,7 @@ def balance_residual(trajectory: Trajectory, dynamics: Dynamics) -> Tensor:
     )
     heat = dynamics.noise_heat_rate(trajectory.q.shape[1]) * (t - t[0])
     inertia: Tensor = trajectory.inertia
-    return inertia - inertia[0] + dissipated - heat[:, None]
+    inputs = {"trajectory": trajectory.inertia, "dynamics": dynamics}
+    return _checks.finite(
+        "balance_residual", inputs, inertia - inertia[0] + dissipated - heat[:, None]
+    )
