@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 
 import pytest
 import torch
@@ -42,6 +43,17 @@ BAD_CALLS = [
     ({"device": "meta"}, "device"),
     ({"distributed": True}, "distributed"),  # no process group is initialised here
     ({"distributed": 1}, "distributed"),
+    # issue 18: each of these raised another exception (or failed after work)
+    ({"q0": torch.zeros(2, requires_grad=True)}, "q0"),  # RuntimeError at step 1
+    ({"v0": torch.zeros(2, requires_grad=True)}, "v0"),
+    ({"q0": torch.zeros(2, dtype=torch.complex128)}, "q0"),
+    ({"steps": 10**30}, "steps"),  # OverflowError
+    ({"record_every": 10**30}, "record_every"),
+    ({"paths": 2**63}, "paths"),
+    ({"paths": 10**12}, "paths"),  # the allocator's RuntimeError
+    ({"seed": 10**30}, "seed"),
+    ({"dt": 1e308}, "dt"),  # the times t0 + n·dt overflow
+    ({"t0": 10**400}, "t0"),
 ]
 
 
@@ -69,6 +81,32 @@ def test_arguments_are_checked_before_any_loss_evaluation():
     with pytest.raises(ValueError, match="^steps"):
         simulate(Dynamics(loss), torch.zeros(2), dt=0.1, steps=0)
     assert calls == []
+
+
+def test_a_start_that_requires_grad_is_refused_before_any_loss_evaluation():
+    """Decided in issue 18: refused (ValueError naming q0 and the remedy), not silently
+    detached: simulate never differentiates through its steps."""
+    calls = []
+
+    def loss(theta):
+        calls.append(1)
+        return (theta**2).sum()
+
+    q0 = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match=r"^q0 must be a tensor that does not require grad"):
+        simulate(Dynamics(loss), q0, dt=0.1, steps=3)
+    assert calls == []
+    tr = simulate(Dynamics(loss), q0.detach(), dt=0.1, steps=3)
+    assert tr.steps == 3
+
+
+@pytest.mark.parametrize(
+    "change", [{"paths": 10**12}, {"steps": 10**15}, {"steps": 10**14, "paths": 1000}]
+)
+def test_records_and_state_beyond_memory_are_refused_up_front_with_the_bytes_needed(well, change):
+    kw = {"q0": torch.zeros(2), "dt": 0.1, "steps": 10, **change}
+    with pytest.raises(ValueError, match=r"^paths/steps/record_every: .* needs about [\d,]+ bytes"):
+        simulate(well, **kw)
 
 
 def test_records_step_zero_every_k_and_the_last(well):
@@ -322,5 +360,5 @@ def test_the_command_line_names_a_device_that_does_not_exist(capsys, tmp_path):
     args = ["simulate", "--system", "quadratic", "--device", "gpu", "--out", str(tmp_path / "x")]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert err.startswith("inertia: error: device must be") and err.count("\n") == 1
+    assert re.match(r"inertia: error: (--)?device must be", err) and err.count("\n") == 1
     assert not (tmp_path / "x").exists()

@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from . import _checks
+from . import _checks, kernels
 from .dynamics import Dynamics
 from .energy import BOOKS, Mass
 
@@ -161,9 +161,10 @@ NOISE_DTYPES = (torch.float32, torch.float64)
 class Integrator:
     """Advances paths (q, v) in place, one step of size dt at a time.
 
-    Keeps L(q), ∇L(q) and K(v) current (no evaluation is wasted) and, per step, the ledger
-    increments `dissipated`, `injected`, `residual` of shape (paths,). K is kept as
-    `vmv` = vᵀMv = 2K (the factor ½ is exact in binary and is applied where K is read). Every
+    Keeps L(q), ∇L(q) and K(v) current (no evaluation is wasted; `kernels.evaluation` may
+    reuse their buffers, so copy `potential` and `gradient` to keep them across a step) and,
+    per step, the ledger increments `dissipated`, `injected`, `residual` of shape (paths,).
+    K is kept as `vmv` = vᵀMv = 2K (the factor ½ is exact in binary, applied where K is read). Every
     buffer lives on q's device and in q's dtype. The increment s ⊙ ξ is drawn in `noise_dtype`
     (default: q's) and widened into q's dtype (exactly, float32 → float64); the ledger books
     the increment that is added to v, so it closes whatever the draw's dtype.
@@ -194,6 +195,8 @@ class Integrator:
         draw = dtype if noise_dtype is None else noise_dtype
         self._noise = torch.empty(shape, dtype=dtype, device=device)
         self._draw = None if draw == dtype else torch.empty(shape, dtype=draw, device=device)
+        self._scratch = torch.empty_like(q)  # free between sub-steps
+        self._evaluation = kernels.evaluation(dynamics.potential, q, self._scratch)
         self.restart()
 
     @property
@@ -215,13 +218,13 @@ class Integrator:
         (a restored checkpoint). At the end of every step they are exactly these evaluations,
         so a run restarted from (q, v) and the generator's state repeats itself.
         """
-        self.potential, self.gradient = self.dynamics.potential.value_and_grad(self.q)
+        self.potential, self.gradient = self._evaluation(self.q)
         self.vmv = _sqnorm(self.mass, self.v)
         self._q_moved = self._v_moved = False
 
     def _evaluate(self) -> None:
         """Refresh L and ∇L after drifts, booking the change of L into the residual."""
-        potential, self.gradient = self.dynamics.potential.value_and_grad(self.q)
+        potential, self.gradient = self._evaluation(self.q)
         self.residual.add_(potential - self.potential)
         self.potential = potential
         self._q_moved = False
@@ -261,7 +264,6 @@ class SplittingIntegrator(Integrator):
     ):
         super().__init__(dynamics, q, v, dt, generator, noise_dtype)
         self.scheme = scheme
-        self._tmp = torch.empty_like(self._noise)  # w + 2c v, for the injected energy
         substeps = scheme.substeps
         if scheme.hamiltonian and not dynamics.is_hamiltonian:
             substeps = _merge((("O", 0.5), *substeps, ("O", 0.5)))
@@ -325,7 +327,7 @@ class SplittingIntegrator(Integrator):
         else:
             w = self._draw_noise(scale)
             # N = Σ m (c v w + ½ w²) = ½ Σ m w (w + 2c v), in a reused buffer; then v ← c v + w
-            product = torch.add(w, self.v, alpha=2 * c, out=self._tmp).mul_(w)
+            product = torch.add(w, self.v, alpha=2 * c, out=self._scratch).mul_(w)
             self.injected.add_(_mass_sum(self.mass, product), alpha=0.5)
             torch.add(w, self.v, alpha=c, out=self.v)
         self.vmv = _sqnorm(self.mass, self.v)

@@ -10,6 +10,7 @@ with its own noise stream, and the ensemble statistics are pooled over the ranks
 from __future__ import annotations
 
 import bisect
+import math
 import sys
 from collections.abc import Callable
 
@@ -80,7 +81,10 @@ def _initial_state(
     name: str, x: object, paths: int, dtype: torch.dtype, device: torch.device
 ) -> tuple[Tensor, bool]:
     """x checked as a finite start of shape (d,) or (paths, d), as a (1, d) or (paths, d)
-    tensor of dtype on device, and whether it is one start shared by every path."""
+    tensor of dtype on device, and whether it is one start shared by every path. A tensor that
+    requires grad is refused (simulate does not differentiate through its steps)."""
+    if isinstance(x, Tensor) and x.requires_grad:
+        raise _checks.fail(name, f"a tensor that does not require grad ({name}.detach())", x)
     t = _checks.tensor(name, x, "a tensor of shape (d,) or (paths, d)", dtype)
     shared = t.dim() == 1 and t.numel() > 0
     if shared:
@@ -90,6 +94,18 @@ def _initial_state(
     if not bool(torch.isfinite(t).all()):
         raise _checks.fail(name, "finite", t)
     return t.to(device=device), shared
+
+
+def _check_size(
+    records: int, paths: int, dim: int, dtype: torch.dtype, device: torch.device
+) -> None:
+    """ValueError naming paths/steps/record_every if the records and the state cannot fit in
+    the memory available: 7 float64 columns and ~100 bytes of marks per record and path, a
+    dozen (paths, d) buffers of the state's dtype and the books per path."""
+    size = torch.empty(0, dtype=dtype).element_size()
+    need = records * (56 * paths + 100) + paths * (12 * dim * size + 160)
+    what = f"this simulation ({records:,} records × {paths:,} paths, d = {dim})"
+    _checks.memory("paths/steps/record_every", need, what, device)
 
 
 def _rows(t: Tensor, shared: bool, offset: int, count: int) -> Tensor:
@@ -195,20 +211,21 @@ def simulate(
     if not isinstance(dynamics, Dynamics):
         raise _checks.fail("dynamics", "an inertia.Dynamics", dynamics)
     dt = _checks.real("dt", dt, low=0.0, strict=True)
-    steps = _checks.integer("steps", steps, low=1)
-    paths = _checks.integer("paths", paths, low=1)
-    record_every = _checks.integer("record_every", record_every, low=1)
+    steps = _checks.integer("steps", steps, low=1, high=2**63)
+    paths = _checks.integer("paths", paths, low=1, high=2**63)
+    record_every = _checks.integer("record_every", record_every, low=1, high=2**63)
     t0 = _checks.real("t0", t0)
-    if seed is not None and _checks.integer("seed", seed, low=0) >= 2**64:
-        raise _checks.fail("seed", "an integer in [0, 2**64)", seed)
+    if not math.isfinite(t0 + steps * dt):
+        raise ValueError(f"dt/steps/t0: the last time {t0:g} + {steps}·{dt:g} is beyond float64")
+    if seed is not None:
+        _checks.integer("seed", seed, low=0, high=2**64)
     if dtype not in (torch.float32, torch.float64):
         raise _checks.fail("dtype", "torch.float32 or torch.float64", dtype)
     if noise_dtype not in NOISE_DTYPES:
         raise _checks.fail("noise_dtype", "torch.float32 or torch.float64", noise_dtype)
     method = resolve_method(method, dynamics)
     device = resolve_device(device, q0)
-    if not isinstance(distributed, bool):
-        raise _checks.fail("distributed", "True or False", distributed)
+    distributed = _checks.boolean("distributed", distributed)
     if distributed and not _distributed.initialized():
         raise ValueError(
             "distributed=True needs an initialised torch.distributed process group "
@@ -223,6 +240,7 @@ def simulate(
         v_start, v_shared = _initial_state("v0", v0, paths, dtype, device)
         if v_start.shape[1] != q_start.shape[1]:
             raise _checks.fail("v0", f"of the same dimension as q0 ({q_start.shape[1]})", v_start)
+    _check_size(steps // record_every + 2, local, q_start.shape[1], dtype, device)
     _check_dynamics(dynamics, q_start, device)  # every path's start, on every rank
     dynamics.damping(t0)
     q = _rows(q_start, q_shared, offset, local)
@@ -244,8 +262,9 @@ def simulate(
     table = torch.empty(len(slots), len(marks), local, dtype=torch.float64, device=device)
     energies, sums = table[:2], table[2:-1]
 
-    def record(r: int) -> None:
-        torch.stack((integrator.vmv, integrator.potential), out=energies[:, r])
+    def record(r: int) -> None:  # row copies: a few µs fewer than a stack into the slab
+        energies[0, r].copy_(integrator.vmv)
+        energies[1, r].copy_(integrator.potential)
         sums[:, r].copy_(books.total)
 
     def advance(n: int, settle: bool = True) -> None:
