@@ -526,9 +526,12 @@ def clip_factor(grad_norm: np.ndarray, clip: float) -> np.ndarray:
 
 def predicted_floors(ledger: Ledger) -> tuple[np.ndarray, np.ndarray]:
     """Per row: (E[L − L*], E[K]) the monitor's law predicts, μ = 1 − γh (as noise_floor)."""
-    h, gamma = ledger["h"], ledger["gamma"]
-    kinetic, excess = heavy_ball_noise_floor(h, ledger["noise_trace"], 1.0 - gamma * h)
-    return excess.numpy(), kinetic.numpy()
+    h, gamma, trace = ledger["h"], ledger["gamma"], ledger["noise_trace"]
+    ok = trace.isfinite()
+    excess, kinetic = np.full(len(h), np.nan), np.full(len(h), np.nan)
+    k, e = heavy_ball_noise_floor(h[ok], trace[ok], 1.0 - gamma[ok] * h[ok])
+    excess[ok.numpy()], kinetic[ok.numpy()] = e.numpy(), k.numpy()
+    return excess, kinetic
 
 
 def analyse(res: Results) -> dict[str, Any]:

@@ -9,12 +9,17 @@ name."""
 from __future__ import annotations
 
 import copy
+import math
+import re
 from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from inertia import InertiaMonitor
+from inertia.monitor.checkpoint import VERSION
 
 F64 = torch.float64
 DATA = Path(__file__).parent / "data" / "monitor_state_v1.pt"
@@ -107,7 +112,7 @@ def test_the_current_layout_resumes_bit_for_bit_through_torch_save(name, tmp_pat
         tmp_path / "ckpt.pt",
     )
     checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    assert checkpoint["monitor"]["version"] == 4
+    assert checkpoint["monitor"]["version"] == VERSION
     second = resume(saved, config, checkpoint, run["batches"][6:])
     for column in run["rows"]:
         got, expected = second.ledger[column], whole[column][6:]
@@ -144,7 +149,7 @@ def test_a_failed_load_leaves_the_monitor_as_it_was():
     state = monitor.state_dict()
     damaged = {**state, "books": {**state["books"], "last_kinetic": "x"}}
     fresh = InertiaMonitor(opt, alarm=True)
-    with pytest.raises(ValueError, match="not a checkpoint of this monitor"):
+    with pytest.raises(ValueError, match=r"books\.last_kinetic must be a list"):
         fresh.load_state_dict(damaged)
     assert fresh.step == 0 and fresh.state_dict()["books"]["last_inertia"] is None
     no_alarm = InertiaMonitor(opt).state_dict()  # saved without the alarm: a fresh alarm
@@ -163,3 +168,329 @@ def test_a_report_checkpoint_into_a_monitor_with_buffers_says_so():
     reported = InertiaMonitor(opt)
     with pytest.raises(ValueError, match="report"):
         InertiaMonitor(opt, alarm=True).load_state_dict(reported.state_dict())
+
+
+# ------------------------------------------------- every field checked before anything is applied
+
+NULLABLE = re.compile(
+    r"^(layout|alarm|noise_scale|books\.last_inertia|maps\.(last|before)|probe\.previous\[\d+\]"
+    r"|alarm\.(last_secant\[\d+\]|last_energy|vector|tracked))$"
+)
+"""Fields where None is a value a healthy run saves (nothing yet, or not kept)."""
+NAN_ALLOWED = re.compile(
+    r"^(books\.last_inertia|books\.last_\w+\[\d+\]"
+    r"|maps\.\w+\[\d+\]\.(lr|h|momentum|weight_decay|decoupled)"
+    r"|probe\.(kinetic|grad_dot_before|cross_before)\[\d+\]|probe\.norms\[\d+\]\[\d+\]"
+    r"|alarm\.(ema\[\d+\]\[\d+\]|last_secant\[\d+\]\[\d+\]|floor|last_energy\[\d+\]|sharp\[\d+\]))$"
+)
+"""Numbers that are NaN in a healthy run (a noise estimate not yet taken, an overflowed
+gradient's power); tensors and counts never are."""
+VARIABLE_LENGTH = ("alarm.tracked",)  # up to two directions: one fewer is a valid state
+
+
+def make_run(config: str, seed: int = 0):
+    """A small model in two parameter groups (weights with decay, biases without), its
+    optimizer and a monitor with every part holding state: AdamW with per-sample losses, the
+    Hessian alarm and the sharpness probe, or SGD with Nesterov and the two-step alarm."""
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    x, y = torch.randn(16, 3), torch.randn(16, 1)
+    weights = [p for name, p in model.named_parameters() if name.endswith("weight")]
+    biases = [p for name, p in model.named_parameters() if name.endswith("bias")]
+    groups = [{"params": weights, "weight_decay": 0.01}, {"params": biases, "weight_decay": 0.0}]
+
+    def probe_loss() -> torch.Tensor:
+        return ((model(x) - y) ** 2).mean()
+
+    if config == "adamw":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=0.01)
+        extra = {"noise": "per_sample", "sharpness": probe_loss, "sharpness_every": 2}
+        monitor = InertiaMonitor(opt, alarm=True, **extra)
+    else:
+        opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
+        monitor = InertiaMonitor(opt, alarm=True)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            opt.zero_grad()
+            losses = ((model(x) - y) ** 2).squeeze(1)
+            loss = losses.mean()
+            if config == "adamw":
+                monitor.observe(loss, per_sample=losses)
+                loss.backward()
+            else:
+                loss.backward()
+                monitor.observe(loss)
+            opt.step()
+
+    steps(4)
+    return monitor, steps
+
+
+def paths(value, path: str = ""):
+    """(path, value) of every field of a state, containers before what they hold."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            where = f"{path}.{key}" if path else str(key)
+            yield where, item
+            yield from paths(item, where)
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            yield f"{path}[{i}]", item
+            yield from paths(item, f"{path}[{i}]")
+
+
+def parent_and_key(state, path: str):
+    """The container holding the field `path`, and its key or index there."""
+    parts = re.findall(r"[^.\[\]]+|\[\d+\]", path)
+    node = state
+    for part in parts[:-1]:
+        node = node[int(part[1:-1])] if part.startswith("[") else node[part]
+    last = parts[-1]
+    return node, int(last[1:-1]) if last.startswith("[") else last
+
+
+def mutated(state, path: str, change):
+    """A deep copy of `state` with the field at `path` replaced (`change(old)`), or deleted
+    (`change` None); tuples on the way become lists."""
+    copy_ = copy.deepcopy(state)
+    copy_ = _lists(copy_)
+    node, key = parent_and_key(copy_, path)
+    if change is None:
+        del node[key]
+    else:
+        node[key] = change(node[key])
+    return copy_
+
+
+def _lists(value):
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
+
+
+def nan_like(old):
+    return torch.full_like(old, math.nan) if isinstance(old, torch.Tensor) else math.nan
+
+
+MUTATIONS = {
+    "none": lambda old: None,
+    "string": lambda old: "x",
+    "wrong_shape_tensor": lambda old: torch.zeros(7),
+    "nan": nan_like,
+    "negative": lambda old: -5,
+    "wrong_dtype": lambda old: old.to(torch.float16),
+    "list_of_floats": lambda old: [0.0] * old.numel(),
+}
+
+
+def cases(config: str):
+    """(path, mutation, the field the error names) for every field of the config's state."""
+    monitor, _ = make_run(config)
+    state = monitor.state_dict()
+    monitor.detach()
+    out = []
+    for path, value in paths(state):
+        parent = re.sub(r"\[\d+\]$", "", path)
+        if path.endswith("]"):  # one entry fewer: the list's length is wrong
+            if parent not in VARIABLE_LENGTH:
+                out.append((path, "delete", parent))
+        else:
+            out.append((path, "delete", path))
+        for name in ("none", "string", "wrong_shape_tensor"):
+            if not (name == "none" and NULLABLE.match(path)):
+                out.append((path, name, path))
+        if not NAN_ALLOWED.match(path):
+            out.append((path, "nan", path))
+        if isinstance(value, int) and not isinstance(value, bool):
+            out.append((path, "negative", path))
+        if isinstance(value, torch.Tensor):
+            out.extend([(path, "wrong_dtype", path), (path, "list_of_floats", path)])
+    return out
+
+
+CASES = [(config, *case) for config in ("adamw", "sgd") for case in cases(config)]
+
+
+@pytest.fixture(scope="module")
+def runs():
+    """One monitor per config: a failed load changes nothing, so the cases share it."""
+    made = {config: make_run(config)[0] for config in ("adamw", "sgd")}
+    yield made
+    for monitor in made.values():
+        monitor.detach()
+
+
+def assert_same(a, b, path: str = "") -> None:
+    """Equal states: every tensor torch.equal (dtype and shape too), NaN equal to NaN."""
+    assert type(a) is type(b), path
+    if isinstance(a, dict):
+        assert list(a) == list(b), path
+        for key in a:
+            assert_same(a[key], b[key], f"{path}.{key}")
+    elif isinstance(a, list | tuple):
+        assert len(a) == len(b), path
+        for i, (x, y) in enumerate(zip(a, b, strict=True)):
+            assert_same(x, y, f"{path}[{i}]")
+    elif isinstance(a, torch.Tensor):
+        assert a.dtype == b.dtype and torch.equal(a, b), path
+    elif isinstance(a, float) and math.isnan(a):
+        assert math.isnan(b), path
+    else:
+        assert a == b, path
+
+
+def test_every_part_of_the_state_holds_something(runs):
+    """The cases below mutate states in which every part has left its initial values."""
+    adamw, sgd = runs["adamw"].state_dict(), runs["sgd"].state_dict()
+    for state in (adamw, sgd):
+        assert state["books"]["last_inertia"] is not None
+        assert state["maps"]["last"] is not None and state["maps"]["before"] is not None
+        assert float(state["books"]["sums"]["total"].abs().sum()) > 0
+        assert len(state["layout"]) == 2 and state["probe"]["has_delta"]
+    assert len(adamw["alarm"]["tracked"]) == 2 and adamw["alarm"]["vector"] is not None
+    assert adamw["noise_scale"]["rows"] > 0 and adamw["maps"]["last"][0]["decoupled"] > 0
+    assert all(t is not None for t in sgd["probe"]["previous"])
+    assert all(s is not None for s in sgd["alarm"]["last_secant"])
+
+
+@pytest.mark.parametrize(("config", "path", "mutation", "named"), CASES)
+def test_a_damaged_field_is_named_and_changes_nothing(runs, config, path, mutation, named):
+    monitor = runs[config]
+    before = monitor.state_dict()
+    change = None if mutation == "delete" else MUTATIONS[mutation]
+    damaged = mutated(before, path, change)
+    with pytest.raises(ValueError, match=rf"^state: {re.escape(named)}( |$)"):
+        monitor.load_state_dict(damaged)
+    assert_same(monitor.state_dict(), before)
+    assert monitor.step == 4
+
+
+@pytest.mark.parametrize("config", ["adamw", "sgd"])
+def test_after_every_failed_load_the_ledger_continues_as_without_it(config):
+    """Every damaged state of the cases above is refused by a monitor in mid-run, which then
+    books the rows an undisturbed monitor books, bit for bit."""
+    reference, more = make_run(config)
+    more(3)
+    monitor, steps = make_run(config)
+    state = monitor.state_dict()
+    for _, path, mutation, _ in [c for c in CASES if c[0] == config]:
+        damaged = mutated(state, path, None if mutation == "delete" else MUTATIONS[mutation])
+        with pytest.raises(ValueError):
+            monitor.load_state_dict(damaged)
+    steps(3)
+    got, expected = monitor.ledger, reference.ledger
+    assert len(got["step"]) == 7
+    for column in expected:
+        assert torch.equal(got[column].nan_to_num(), expected[column].nan_to_num()), column
+        assert torch.equal(got[column].isnan(), expected[column].isnan()), column
+    monitor.detach()
+    reference.detach()
+
+
+def test_the_cases_the_issue_lists(runs):
+    """`every=0`, `step=-5`, a NaN buffer, a wrong dtype, a list for a tensor, a missing key of
+    each part, and states whose last row is past their step."""
+    monitor = runs["adamw"]
+    state = monitor.state_dict()
+    bad = {
+        "every": {**state, "every": 0},
+        "step": {**state, "step": -5},
+        "last_row": {**state, "step": 2},
+        "probe.steps[1]": mutated(state, "probe.steps[1]", nan_like),
+        "probe.steps[0]": mutated(state, "probe.steps[0]", lambda t: t.double()),
+        "alarm.vector[2]": mutated(state, "alarm.vector[2]", lambda t: t.tolist()),
+    }
+    for key in ("books", "maps", "probe", "alarm", "noise_scale"):
+        name = next(iter(state[key]))
+        bad[f"{key}.{name}"] = mutated(state, f"{key}.{name}", None)
+    for field, damaged in bad.items():
+        with pytest.raises(ValueError, match=rf"^state: {re.escape(field)} "):
+            monitor.load_state_dict(damaged)
+    assert_same(monitor.state_dict(), state)
+
+
+def _monitor_of(shapes: list[list[tuple[int, ...]]]) -> InertiaMonitor:
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(s)) for s in g]} for g in shapes]
+    return InertiaMonitor(torch.optim.AdamW(groups, lr=0.01), noise="per_sample", alarm=True)
+
+
+@pytest.mark.parametrize(
+    ("shapes", "message"),
+    [
+        ([[(3, 4), (4, 1)], [(4,), (1,)]], r"layout\[0\]\[0\] is a parameter of shape \[4, 3\]"),
+        ([[(16,)], [(4,), (1,)]], r"layout\[0\] holds 2 parameters"),
+        ([[(4, 3), (1, 4), (4,), (1,)]], "layout holds 2 parameter groups"),
+    ],
+)
+def test_a_state_of_another_model_with_the_same_sizes_is_refused(runs, shapes, message):
+    """Same parameter count (and per group the same sizes), another layout: the shapes per
+    tensor, the tensors per group, the groups."""
+    other = _monitor_of(shapes)
+    before = other.state_dict()
+    with pytest.raises(ValueError, match=rf"^state: {message}"):
+        other.load_state_dict(runs["adamw"].state_dict())
+    assert_same(other.state_dict(), before)
+
+
+def test_older_layouts_are_read_and_checked(runs):
+    """Layout 4 (no shapes) loads and continues; damaged states of layouts 1 and 2 name the
+    field, where they used to fail on a KeyError or divide by zero."""
+    monitor = runs["sgd"]
+    state = monitor.state_dict()
+    fresh, _ = make_run("sgd", seed=1)
+    layout_4 = {k: v for k, v in state.items() if k != "layout"} | {"version": 4}
+    fresh.load_state_dict(layout_4)
+    assert_same(fresh.state_dict(), state)
+    with pytest.raises(ValueError, match="^state: every must be an integer ≥ 1"):
+        fresh.load_state_dict({**state, "version": 2, "every": 0})
+    saved = torch.load(DATA, weights_only=True)["two_step_alarm"]["checkpoint"]["monitor"]
+    for key in ("buffers", "step", "maps_before"):
+        with pytest.raises(ValueError, match=f"^state: {key} is missing"):
+            fresh.load_state_dict({k: v for k, v in saved.items() if k != key})
+    with pytest.raises(ValueError, match="^state: version is missing"):
+        fresh.load_state_dict({k: v for k, v in state.items() if k != "version"})
+    assert_same(fresh.state_dict(), state)
+    fresh.detach()
+
+
+VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=3),
+    st.lists(st.floats(allow_nan=True), max_size=4),
+    st.builds(
+        lambda shape, fill, dtype: torch.full(shape, fill, dtype=dtype),
+        st.lists(st.integers(0, 5), max_size=2).map(tuple),
+        st.sampled_from([0.0, 1.0, math.nan, math.inf]),
+        st.sampled_from([torch.float32, torch.float64, torch.float16]),
+    ),
+    st.builds(torch.ones, st.integers(0, 30), dtype=st.just(torch.int64)),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_any_damage_is_a_value_error_or_loads(data):
+    """A field replaced by anything, or deleted: the load either works or raises a ValueError
+    naming a field, and a refused state changes nothing."""
+    monitor = _SHARED.setdefault("sgd", make_run("sgd")[0])
+    state = _SHARED.setdefault("state", monitor.state_dict())
+    path, _ = data.draw(st.sampled_from(list(paths(state))))
+    value = data.draw(st.one_of(st.just(None), VALUES.map(lambda v: (v,))))
+    damaged = mutated(state, path, None if value is None else (lambda old: value[0]))
+    try:
+        monitor.load_state_dict(damaged)
+    except ValueError as error:
+        assert str(error).startswith("state: ")
+        assert_same(monitor.state_dict(), state)
+    else:
+        monitor.load_state_dict(state)  # back to the state the other examples damage
+        assert_same(monitor.state_dict(), state)
+
+
+_SHARED: dict = {}

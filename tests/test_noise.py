@@ -44,10 +44,13 @@ def assert_floor(monitor: InertiaMonitor, measured: float, stderr: float) -> Non
     assert floor["kinetic"] == pytest.approx(floor["measured_kinetic"], rel=max(kinetic_rel, rel))
 
 
-def train_regression(make_opt, batch, noise, *, steps=1200, chains=64, micro=1, every=1):
+def train_regression(
+    make_opt, batch, noise, *, steps=1200, chains=64, micro=1, every=1, clip=None, norms=None
+):
     """Minibatch linear regression with label noise, `chains` copies from the least-squares
     solution; returns the monitor and the excess loss ½δᵀHδ over the later half of the run,
-    summed over chains, with its standard error."""
+    summed over chains, with its standard error. With `clip`, the gradient's norm is clipped
+    to it before each step (`torch.nn.utils.clip_grad_norm_`; its norms appended to `norms`)."""
     x, y, best = regression()
     hessian = x.T @ x / len(y)
     theta = torch.nn.Parameter(best.repeat(chains, 1))
@@ -66,6 +69,10 @@ def train_regression(make_opt, batch, noise, *, steps=1200, chains=64, micro=1, 
             loss.backward()
             if noise != "per_sample":
                 monitor.observe(loss * micro, accumulate=micro > 1)
+        if clip is not None:
+            norm = torch.nn.utils.clip_grad_norm_([theta], clip)
+            if norms is not None:
+                norms.append(float(norm))
         monitor.optimizer.step()
         if k >= steps // 2:
             delta = theta.detach() - best
@@ -250,6 +257,27 @@ def test_injected_heat_is_half_h_squared_noise_trace_per_step():
     heat = 0.5 * led["h"][:-1] ** 2 * led["noise_trace"][:-1]
     expected = torch.cat([torch.zeros(1, dtype=F64), heat.cumsum(0)])
     torch.testing.assert_close(led["injected"], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_clipped_steps_book_their_factor_heat_and_floor():
+    """Clipping g to c·g makes the step that of the learning rate c·η with the noise c·ξ: the
+    `clip` column is c = min(1, max_norm/‖g‖) as clip_grad_norm_ applies it, each step
+    injects ½h²c²·tr(C)/B, and the floor predicted with c (E[L − L*] × c, E[K] × c²) meets
+    the measured plateau, where the unclipped law would be 1/c too high."""
+    opt = sgd(0.01, 0.9)
+    free = train_regression(opt, 32, "microbatch", micro=4, steps=200)[0]
+    typical = float(free.ledger["noise_trace"][100:].mean().sqrt())  # ‖ξ‖ at the plateau
+    norms: list[float] = []
+    monitor, measured, stderr = train_regression(
+        opt, 32, "microbatch", micro=4, clip=0.5 * typical, norms=norms
+    )
+    led = monitor.ledger
+    expected = torch.tensor([min(1.0, 0.5 * typical / (n + 1e-6)) for n in norms], dtype=F64)
+    torch.testing.assert_close(led["clip"], expected, rtol=1e-5, atol=0)
+    assert 0.3 < float(led["clip"][600:].mean()) < 0.7  # clipping is at work
+    heat = 0.5 * led["h"][:-1] ** 2 * led["clip"][:-1] ** 2 * led["noise_trace"][:-1]
+    torch.testing.assert_close(led["injected"][1:].diff(), heat[1:], rtol=1e-9, atol=1e-15)
+    assert_floor(monitor, measured, stderr)
 
 
 def test_rows_every_3_steps_inject_3_steps_of_heat():

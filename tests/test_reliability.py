@@ -239,3 +239,83 @@ def test_bad_observe_calls_raise_at_the_call_and_change_nothing():
     monitor.detach()
     with pytest.raises(ValueError, match="observe: the monitor is detached"):
         monitor.observe(torch.tensor(1.0))
+
+
+@pytest.mark.parametrize("optimizer", ["SparseAdam", "SGD", "SGD-momentum"])
+@pytest.mark.parametrize("config", [{}, {"alarm": True}, {"noise": "microbatch"}])
+def test_sparse_embedding_gradients_are_booked_and_never_stop_training(optimizer, config):
+    """nn.Embedding(sparse=True) gives sparse gradients: the monitor reads them as dense ones,
+    books every row without a warning, and the optimizer steps as it does unmonitored."""
+    import warnings
+
+    def run(monitored: bool):
+        torch.manual_seed(0)
+        emb = torch.nn.Embedding(10, 3, sparse=True)
+        params = list(emb.parameters())
+        if optimizer == "SparseAdam":
+            opt: torch.optim.Optimizer = torch.optim.SparseAdam(params, lr=0.01)
+        else:
+            opt = torch.optim.SGD(params, lr=0.1, momentum=0.9 if "momentum" in optimizer else 0)
+        monitor = InertiaMonitor(opt, **config) if monitored else None
+        for _ in range(4):
+            opt.zero_grad()
+            loss = emb(torch.tensor([1, 2, 3])).pow(2).sum()
+            loss.backward()
+            if monitor is not None:
+                monitor.observe(loss, accumulate="noise" in config)
+            opt.step()
+        return emb.weight.detach(), monitor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        weight, monitor = run(monitored=True)
+    assert torch.equal(weight, run(monitored=False)[0])
+    ledger = monitor.ledger
+    assert ledger["step"].tolist() == [0, 1, 2, 3] and ledger["flag"].eq(0).all()
+    assert ledger["kinetic"][1:].gt(0).all() and ledger["residual"].isfinite().all()
+    monitor.detach()
+
+
+def test_observe_after_detach_raises_every_time_and_changes_nothing():
+    theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = torch.optim.SGD([theta], lr=0.1)
+    monitor = InertiaMonitor(opt)
+    _quadratic_steps(opt, monitor, 2)
+    monitor.detach()
+    for loss in (torch.tensor(1.0), 2.0):
+        with pytest.raises(ValueError, match="observe: the monitor is detached"):
+            monitor.observe(loss)
+    other = InertiaMonitor(opt)
+    with pytest.raises(ValueError, match="^loss must be a scalar"):
+        other.observe(torch.ones(2, 2))
+    other.detach()
+    opt.zero_grad()
+    (theta**2).sum().backward()
+    opt.step()  # the detached monitor's hooks are gone: the step goes on unbooked
+    assert len(monitor.ledger["step"]) == 2
+
+
+def test_a_tensorboard_folder_deleted_mid_run_warns_and_training_goes_on(tmp_path):
+    pytest.importorskip("torch.utils.tensorboard")
+    import shutil
+
+    from inertia.monitor import TensorBoardSink
+
+    folder = tmp_path / "tb"
+    theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = torch.optim.SGD([theta], lr=0.1, momentum=0.9)
+    sink = TensorBoardSink(log_dir=folder)
+    monitor = InertiaMonitor(opt, sinks=[sink])
+    _quadratic_steps(opt, monitor, 2)
+    sink.writer.flush()
+    shutil.rmtree(folder)
+    with pytest.warns(RuntimeWarning):
+        _quadratic_steps(opt, monitor, 3)
+        monitor.detach()
+    assert monitor.ledger["step"].tolist() == [0, 1, 2, 3, 4]
+    reference = torch.ones(3, dtype=torch.float64)
+    velocity = torch.zeros(3, dtype=torch.float64)
+    for _ in range(5):  # the optimizer's steps, as unmonitored
+        velocity = 0.9 * velocity + 2 * reference
+        reference = reference - 0.1 * velocity
+    assert torch.allclose(theta.detach(), reference, rtol=0, atol=1e-15)

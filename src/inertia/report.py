@@ -217,8 +217,9 @@ class _Run:
 
 def _floor(c: dict[str, Array]) -> tuple[Array, Array] | None:
     """The heavy ball's E[K] and E[L − L*] in the map's metric (docs/theory.md §4) on the rows
-    where the law applies: a noise estimate and friction (γ > 0, 0 ≤ μ = 1 − γh < 1); None on
-    none (a generic optimizer has γ = 0, μ = 1)."""
+    where the law applies: a noise estimate and friction (γ > 0, 0 ≤ μ = 1 − γh < 1), with
+    clipped steps (`clip` c) as `inertia.monitor.noise_floor` takes them; None on none (a
+    generic optimizer has γ = 0, μ = 1)."""
     if not all(name in c for name in ("noise_trace", "gamma", "h")):
         return None
     h, noise, gamma = c["h"], c["noise_trace"], c["gamma"]
@@ -226,8 +227,13 @@ def _floor(c: dict[str, Array]) -> tuple[Array, Array] | None:
     applies = np.isfinite(noise) & np.isfinite(h) & (gamma > 0) & (mu >= 0) & (mu < 1)
     if not applies.any():
         return None
-    kinetic, loss = heavy_ball_noise_floor(h, noise, np.where(applies, mu, 0.0))
-    return np.where(applies, kinetic.numpy(), np.nan), np.where(applies, loss.numpy(), np.nan)
+    kinetic, loss = np.full(len(h), np.nan), np.full(len(h), np.nan)
+    k, excess = heavy_ball_noise_floor(h[applies], noise[applies], mu[applies])
+    kinetic[applies], loss[applies] = k.numpy(), excess.numpy()
+    if "clip" in c:  # steps scaled by c: the learning rate c·h², the noise c·ξ
+        clip = np.where(np.isfinite(c["clip"]), c["clip"], 1.0)
+        kinetic, loss = kinetic * clip * clip, loss * clip
+    return kinetic, loss
 
 
 def _segments(c: dict[str, Array], calm: int) -> dict[str, list[str]]:

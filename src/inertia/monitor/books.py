@@ -20,9 +20,14 @@ the exact dissipation of the shadow energy H̃ = I − ½⟨Δθ_{k−1}, g_k + 
 the residual then holds the change of that shadow term (it does not accumulate), the
 moving metric and what is not quadratic. Rows n steps apart (`every`) book n steps by the
 trapezoid rule; a skipped iteration's row and the retry at the same parameters are 0 steps
-apart. The books live on the parameters' device: a row whose potential is not finite books
-nothing and leaves the last energies as they were, decided there (no host synchronisation);
-the totals are compensated sums (`inertia.energy.CompensatedSum`).
+apart.
+
+The books are kept in Python floats (IEEE float64, the same operations in the same order as
+on a float64 tensor) from the row's values once they are on the host: the row's one transfer
+(`inertia.monitor.row.Pack.fetch`) is the only synchronisation, and booking launches no
+device work. A row whose potential is not finite books nothing and leaves the last energies
+as they were; the totals are Kahan-compensated sums, y = x − c, t = s + y, c = (t − s) − y,
+s = t (`inertia.energy.CompensatedSum`'s recurrence).
 """
 
 from __future__ import annotations
@@ -31,169 +36,185 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
 
 from ..energy import CompensatedSum
 from .layout import F64
-from .maps import NESTEROV, MapHistory
-from .row import Pack
+from .maps import NESTEROV, GroupMap, MapHistory
 
 BOOKS = ("dissipated", "injected", "residual", "decay", "schedule")
+_PER_GROUP = (
+    "last_kinetic",
+    "last_power",
+    "last_damping",
+    "last_theta_grad",
+    "last_noise",
+    "last_clip",
+)
+Floats = list[float]
 
 
 class Books:
-    """Running totals (`BOOKS`) and the last finite row's energies."""
+    """Running totals (`BOOKS`) and the last finite row's energies, as host floats."""
 
-    def __init__(self, groups: int, device: torch.device):
-        self._sums = CompensatedSum((len(BOOKS),), device=device)
-        self.device = device
-        self._zero = torch.zeros((), dtype=F64, device=device)
-        self._booked = torch.zeros((), dtype=torch.bool, device=device)  # a finite row exists
-        self.last_inertia = self._zero
-        self.last_kinetic = torch.zeros(groups, dtype=F64, device=device)
-        self.last_power = torch.zeros(groups, dtype=F64, device=device)
-        self.last_damping = torch.zeros(groups, dtype=F64, device=device)
-        self.last_theta_grad = torch.zeros(groups, dtype=F64, device=device)
-        self.last_noise = torch.full((groups,), math.nan, dtype=F64, device=device)  # tr(C)/B
-
-    @property
-    def totals(self) -> Tensor:
-        """The running totals of `BOOKS`, on the device."""
-        return self._sums.total
+    def __init__(self, groups: int):
+        self._total, self._carry = [0.0] * len(BOOKS), [0.0] * len(BOOKS)
+        self._booked = False  # a finite row exists
+        self.last_inertia = 0.0
+        self.last_kinetic, self.last_power = [0.0] * groups, [0.0] * groups
+        self.last_damping, self.last_theta_grad = [0.0] * groups, [0.0] * groups
+        self.last_noise = [math.nan] * groups  # tr(C)/B
+        self.last_clip = [1.0] * groups  # c² of the step's gradient (clipping), 1 if unknown
 
     def book(
         self,
-        pack: Pack,
-        inertia: Tensor,
+        values: dict[str, Floats],
+        inertia: float,
         maps: MapHistory,
         *,
-        finite: Tensor,
+        finite: bool,
         steps: int,
-    ) -> None:
-        """Book a row (`pack`: its values per group) `steps` optimizer steps after the last
-        one: the change of I since the last `finite` row (none before the first), with the
-        friction, heat, decay work and schedule energy of those steps; a row whose potential
-        is not finite books nothing and is not remembered."""
-        kinetic, power, noise = pack["kinetic"], pack["power"], pack["noise"]
-        theta_grad = pack["theta_grad"]
+    ) -> Floats:
+        """Book a row (`values`: its floats per group by name) `steps` optimizer steps after
+        the last one: the change of I since the last `finite` row (none before the first),
+        with the friction, heat, decay work and schedule energy of those steps; a row whose
+        potential is not finite books nothing and is not remembered. Returns the totals."""
+        kinetic, power = values["kinetic"], values["power"]
+        theta_grad, delta_sq = values["theta_grad"], values["delta_sq"]
+        gd, gdb = values["grad_dot"], values["grad_dot_before"]
+        noise = values.get("noise", [math.nan] * len(kinetic))
+        clip = [c if math.isfinite(c) else 1.0 for c in values.get("clip", [1.0] * len(kinetic))]
         # ⟨Δθ_{k−1}, G_k − G_{k−1}⟩, G = g + wd θ the gradient Nesterov's look-ahead takes
-        damping = pack["grad_dot_before"] - pack["grad_dot"]
+        damping = [b - a for a, b in zip(gd, gdb, strict=True)]
         decayed = [m.weight_decay if m.kind == NESTEROV else 0.0 for m in maps.last or ()]
         if any(decayed):  # wd ⟨Δθ_{k−1}, θ_k − θ_{k−1}⟩ = wd ‖Δθ_{k−1}‖²
-            damping = damping + self._coefficients(decayed) * pack["delta_sq"]
-        dissipated, schedule = self._friction(kinetic, power, damping, maps, steps)
+            damping = [d + c * s for d, c, s in zip(damping, decayed, delta_sq, strict=True)]
+        dissipated, schedule = self._friction(kinetic, power, damping, maps.last, maps, steps)
         if maps.before is None and maps.last is not None and steps == 1:  # the first step's
             # look-ahead acts on G_0 − G_{−1} = G_0: ½μ⟨Δθ_0, G_0⟩ = −½μ⟨−Δθ_0, G_0⟩, with
             # wd ⟨−Δθ_0, θ_0⟩ = wd ⟨−Δθ_0, θ_1⟩ + wd ‖Δθ_0‖² = P_1 − ⟨−Δθ_0, g_1⟩ + wd ‖Δθ_0‖²
             first = [-0.5 * m.momentum if m.kind == NESTEROV else 0.0 for m in maps.last]
-            lead = pack["grad_dot_before"]
+            lead = list(gdb)
             if any(decayed):
-                lead = lead + power - pack["grad_dot"]
-                lead = lead + self._coefficients(decayed) * pack["delta_sq"]
-            dissipated = dissipated + (self._coefficients(first) * lead).sum()
-        injected = self._injection(maps, steps)
-        decay = self._decay(theta_grad, power, maps, steps)
+                lead = [x + p - g for x, p, g in zip(lead, power, gd, strict=True)]
+                lead = [x + c * s for x, c, s in zip(lead, decayed, delta_sq, strict=True)]
+            dissipated = dissipated + _sum(f * x for f, x in zip(first, lead, strict=True))
+        injected = self._injection(maps.last, steps)
+        decay = self._decay(theta_grad, power, maps.last, steps)
         change = inertia - self.last_inertia
         residual = change + dissipated + decay - injected - schedule
-        step = torch.stack((dissipated, injected, residual, decay, schedule))
-        self._sums.add_(torch.where(finite & self._booked, step, self._zero))
-        self.last_inertia = torch.where(finite, inertia, self.last_inertia)
-        self.last_kinetic = torch.where(finite, kinetic, self.last_kinetic)
-        self.last_power = torch.where(finite, power, self.last_power)
-        self.last_damping = torch.where(finite, damping, self.last_damping)
-        self.last_theta_grad = torch.where(finite, theta_grad, self.last_theta_grad)
-        self.last_noise = torch.where(finite, noise, self.last_noise)
-        self._booked = self._booked | finite
+        step = (dissipated, injected, residual, decay, schedule)
+        self._add([x if finite and self._booked else 0.0 for x in step])
+        if finite:
+            self.last_inertia = inertia
+            self.last_kinetic, self.last_power = list(kinetic), list(power)
+            self.last_damping, self.last_theta_grad = damping, list(theta_grad)
+            self.last_noise, self.last_clip = list(noise), clip
+        self._booked = self._booked or finite
+        return list(self._total)
 
-    def _decay(self, theta_grad: Tensor, power: Tensor, maps: MapHistory, steps: int) -> Tensor:
+    def _add(self, x: Floats) -> None:
+        """total += x, compensated (the recurrence of `CompensatedSum.add_`)."""
+        for j, value in enumerate(x):
+            y = value - self._carry[j]
+            t = self._total[j] + y
+            self._carry[j] = (t - self._total[j]) - y
+            self._total[j] = t
+
+    def _decay(self, theta_grad: Floats, power: Floats, last: Any, steps: int) -> float:
         """Work a decoupled decay's displacement −ηλθ_k did against L since the last row, by
         the trapezoid rule: ½ηλ(⟨θ_k, g_k⟩ + ⟨θ_k, g_{k+1}⟩), with
         ⟨θ_k, g_{k+1}⟩ = (⟨θ_{k+1}, g_{k+1}⟩ + P_{k+1})/(1 − ηλ)."""
-        if maps.last is None or steps == 0 or not any(m.decoupled for m in maps.last):
-            return self._zero
-        rate = self._coefficients([m.decoupled for m in maps.last])
+        if last is None or steps == 0 or not any(m.decoupled for m in last):
+            return 0.0
+        rate = [m.decoupled for m in last]
+        before = self.last_theta_grad
         if steps > 1:
-            return (steps * 0.5 * rate * (self.last_theta_grad + theta_grad)).sum()
-        after = (theta_grad + power) / (1.0 - rate)
-        return (0.5 * rate * (self.last_theta_grad + after)).sum()
-
-    def _coefficients(self, values: list[float]) -> Tensor:
-        return torch.tensor(values, dtype=F64).to(self.device, non_blocking=True)
+            return _sum(
+                steps * 0.5 * r * (a + b) for r, a, b in zip(rate, before, theta_grad, strict=True)
+            )
+        after = [(t + p) / (1.0 - r) for t, p, r in zip(theta_grad, power, rate, strict=True)]
+        return _sum(0.5 * r * (a + b) for r, a, b in zip(rate, before, after, strict=True))
 
     def _friction(
         self,
-        kinetic_now: Tensor,
-        power_now: Tensor,
-        damping_now: Tensor,
+        kinetic_now: Floats,
+        power_now: Floats,
+        damping_now: Floats,
+        last: list[GroupMap] | None,
         maps: MapHistory,
         steps: int,
-    ) -> tuple[Tensor, Tensor]:
+    ) -> tuple[float, float]:
         """(friction, schedule energy) since the last row."""
-        if maps.last is None or steps == 0:
-            return self._zero, self._zero
-        mu = self._coefficients([m.momentum for m in maps.last])
+        if last is None or steps == 0:
+            return 0.0, 0.0
+        mu = [m.momentum for m in last]
         # Nesterov: ½μ(1 + μ)⟨Δθ_{k−1}, g_k − g_{k−1}⟩, the work of its look-ahead force
-        look = self._coefficients(
-            [
-                0.5 * m.momentum * (1.0 + m.momentum) if m.kind == NESTEROV else 0.0
-                for m in maps.last
-            ]
-        )
+        look = [0.5 * m.momentum * (1.0 + m.momentum) if m.kind == NESTEROV else 0.0 for m in last]
+        k, p, d = self.last_kinetic, self.last_power, self.last_damping
         if steps > 1:  # the trapezoid rule between the two rows' friction per step
-            start = (1.0 - mu * mu) * self.last_kinetic + 0.5 * (1.0 - mu) * self.last_power
-            end = (1.0 - mu * mu) * kinetic_now + 0.5 * (1.0 - mu) * power_now
-            start, end = start + look * self.last_damping, end + look * damping_now
-            return steps * 0.5 * (start + end).sum(), self._zero
+            total = 0.0
+            for j, u in enumerate(mu):
+                start = (1.0 - u * u) * k[j] + 0.5 * (1.0 - u) * p[j] + look[j] * d[j]
+                end = (1.0 - u * u) * kinetic_now[j] + 0.5 * (1.0 - u) * power_now[j]
+                end = end + look[j] * damping_now[j]
+                total = total + (start + end) if j else start + end
+            return steps * 0.5 * total, 0.0
         # a velocity kept as Δθ/η is rescaled by q = h_k/h_{k−1} (r = q), and so is the shadow
         # term ½P (w = q²): schedule energy (q² − 1)(K + ½P), then friction on q²K and q²P; a
         # physical one is not (r = 1), but its power is q·P (w = q): schedule ½(q − 1)P
-        rescale, weight = [], []
-        for m, b in zip(maps.last, maps.before or maps.last, strict=True):
+        friction, schedule = [], []
+        for j, (m, b) in enumerate(zip(last, maps.before or last, strict=True)):
             q = m.h / b.h if b.h > 0 else 1.0
-            rescale.append(1.0 if m.physical_velocity else q * q)
-            weight.append(q if m.physical_velocity else q * q)
-        r2, w = self._coefficients(rescale), self._coefficients(weight)
-        kinetic, power = self.last_kinetic, self.last_power
-        friction = (1.0 - mu * mu) * r2 * kinetic + 0.5 * (1.0 - mu) * w * power
-        friction = friction + look * self.last_damping
-        return friction.sum(), ((r2 - 1.0) * kinetic + 0.5 * (w - 1.0) * power).sum()
+            r2 = 1.0 if m.physical_velocity else q * q
+            w = q if m.physical_velocity else q * q
+            u = mu[j]
+            f = (1.0 - u * u) * r2 * k[j] + 0.5 * (1.0 - u) * w * p[j]
+            friction.append(f + look[j] * d[j])
+            schedule.append((r2 - 1.0) * k[j] + 0.5 * (w - 1.0) * p[j])
+        return _sum(friction), _sum(schedule)
 
-    def _injection(self, maps: MapHistory, steps: int) -> Tensor:
-        """Heat injected by gradient noise since the last row: ½ h² tr(M⁻¹C)/B per step."""
-        if maps.last is None or steps == 0:
-            return self._zero
-        heat = self._coefficients([0.5 * m.h * m.h for m in maps.last]) * self.last_noise
-        return torch.where(self.last_noise.isfinite(), heat, self._zero).sum() * steps
+    def _injection(self, last: list[GroupMap] | None, steps: int) -> float:
+        """Heat injected by gradient noise since the last row: ½ h² c² tr(M⁻¹C)/B per step,
+        c the factor by which the step's gradient was scaled (clipping: its noise is c·ξ)."""
+        if last is None or steps == 0:
+            return 0.0
+        heat = [
+            0.5 * m.h * m.h * n * c if math.isfinite(n) else 0.0
+            for m, n, c in zip(last, self.last_noise, self.last_clip, strict=True)
+        ]
+        return _sum(heat) * steps
 
     def state_dict(self) -> dict[str, Any]:
-        """Plain numbers (one host synchronisation, at checkpoint time only)."""
-        head = torch.stack([self._booked.to(F64), self.last_inertia])
-        per_group = {name: getattr(self, name) for name in _PER_GROUP}
-        floats = torch.cat([head, *per_group.values()]).tolist()
-        n = self.last_kinetic.numel()
+        """Plain numbers (the totals and carries as float64 tensors)."""
         state: dict[str, Any] = {
-            "sums": self._sums.state_dict(),
-            "last_inertia": floats[1] if floats[0] else None,
+            "sums": {
+                "total": torch.tensor(self._total, dtype=F64),
+                "carry": torch.tensor(self._carry, dtype=F64),
+            },
+            "last_inertia": self.last_inertia if self._booked else None,
         }
-        for j, name in enumerate(per_group):
-            state[name] = floats[2 + j * n : 2 + (j + 1) * n]
+        for name in _PER_GROUP:
+            state[name] = list(getattr(self, name))
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        sums = state["sums"]
-        total, carry = sums["total"], sums["carry"]
-        if total.numel() < len(BOOKS):  # three books before decay and schedule were booked
-            pad = torch.zeros(len(BOOKS) - total.numel(), dtype=total.dtype)
-            sums = {"total": torch.cat([total, pad]), "carry": torch.cat([carry, pad])}
-        self._sums.load_state_dict(sums)
+        """A state in the current layout (`inertia.monitor.checkpoint` upgrades and checks it)."""
+        checked = CompensatedSum((len(BOOKS),))  # checks shape and dtype, ValueError if not
+        checked.load_state_dict(state["sums"])
         booked = state["last_inertia"] is not None
-        self._booked = torch.tensor(booked, device=self.device)
-        last = state["last_inertia"] if booked else 0.0
-        self.last_inertia = torch.tensor(last, dtype=F64, device=self.device)
-        n = len(state["last_kinetic"])
-        for name in _PER_GROUP:  # books of earlier layouts have no power, damping, ⟨θ, g⟩
-            values = state.get(name, [0.0] * n)
-            setattr(self, name, torch.tensor(values, dtype=F64, device=self.device))
+        per_group = {name: [float(x) for x in state[name]] for name in _PER_GROUP}
+        self._total, self._carry = checked.total.tolist(), checked.carry.tolist()
+        self._booked = booked
+        self.last_inertia = float(state["last_inertia"]) if booked else 0.0
+        self.last_kinetic, self.last_power = per_group["last_kinetic"], per_group["last_power"]
+        self.last_damping = per_group["last_damping"]
+        self.last_theta_grad = per_group["last_theta_grad"]
+        self.last_noise, self.last_clip = per_group["last_noise"], per_group["last_clip"]
 
 
-_PER_GROUP = ("last_kinetic", "last_power", "last_damping", "last_theta_grad", "last_noise")
+def _sum(values: Any) -> float:
+    """Σ of floats left to right (0.0 for none)."""
+    total = 0.0
+    for j, x in enumerate(values):
+        total = total + x if j else x
+    return total

@@ -142,7 +142,7 @@ class InertiaMonitor:
         sharp = None if sharpness is None else Sharpness(sharpness, layouts)
         watch = StabilityAlarm(layouts, mode, o.alarm_patience, sharpness=sharp) if mode else None
         self._alarm = watch
-        self._books = Books(self._groups, device)
+        self._books = Books(self._groups)
         self._noise_scale = NoiseScale()
         self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
         self._no_estimate = NoiseEstimate(self._nan, self._nan, self._nan)
@@ -233,10 +233,9 @@ class InertiaMonitor:
         """Continue the ledger saved by `state_dict` (same parameter groups and sizes; a
         checkpoint of an earlier release is upgraded): the sinks drop what they hold from the
         checkpoint's step on, which is booked again."""
-        self.step, self.every, self._last_row, parts = checkpoint.load(
-            state, self._parts(), self._groups, self._device
-        )
-        self._books, self._maps, self._alarm, self._noise_scale = parts[:2] + parts[3:]
+        step, every, last, parts = checkpoint.load(state, self._parts(), self._groups)
+        self.step, self.every, self._last_row = step, every, last
+        self._books, self._maps, _, self._alarm, self._noise_scale = parts
         self._out.rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
             sink.truncate(self.step)
@@ -329,12 +328,14 @@ class InertiaMonitor:
         )
         if self._ranks.world > 1:
             pack.tensor = self._ranks.reduce(pack.tensor, pack.layout)
-        potential = pack["loss"][0] + pack["penalty"][0]
-        inertia = pack["kinetic"].sum() + potential
-        last_noise = self._books.last_noise  # the alarm's secant reads the last row's noise
+        last_noise = self._books.last_noise  # the alarm's secant reads the last row's
         steps, self._last_row = self.step - self._last_row, self.step
-        self._books.book(pack, inertia, self._maps, finite=potential.isfinite(), steps=steps)
-        values, host = pack.fetch(inertia, potential, self._books.totals, last_noise)
+        values = pack.fetch()  # the row's one transfer; the books are kept on the host
+        potential = values["loss"][0] + values["penalty"][0]
+        inertia = math.fsum(values["kinetic"]) + potential
+        finite = math.isfinite(potential)
+        totals = self._books.book(values, inertia, self._maps, finite=finite, steps=steps)
+        host = [inertia, potential, *totals, *last_noise]
         reading = NO_ALARM
         if self._alarm is not None:
             last = self._maps.last if self._probe.has_delta else None

@@ -49,14 +49,18 @@ EUCLIDEAN = Weighing()
 @dataclass(frozen=True)
 class NoiseEstimate:
     """Per group: `trace` = tr(M⁻¹C)/B, `along` = Δθᵀ(C/B)Δθ and `gradient` = ‖g_B‖²_{M⁻¹} of
-    the step's gradient (NaN where not estimated); `batch`, the samples behind the step where
-    known; `segments`: the trace per segment of the per-layer books, or None."""
+    the step's gradient as the backward passes left it (NaN where not estimated); `batch`, the
+    samples behind the step where known; `segments`: the trace per segment of the per-layer
+    books, or None; `clip`: c² = ‖g‖²_{M⁻¹}/‖g_B‖²_{M⁻¹}, the square of the factor by which
+    the gradient the step used (`.grad` at the step: after clipping) differs from g_B, so that
+    the step's noise is c·ξ and its heat c² times that of g_B's (None: not measured, 1)."""
 
     trace: Values
     along: Values
     gradient: Values
     batch: int | None = None
     segments: Tensor | None = None
+    clip: Values | None = None
 
 
 class NoiseEstimator:

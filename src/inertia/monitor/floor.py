@@ -30,8 +30,10 @@ def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | in
     noise estimate is finite. The law is that of the heavy ball in the map's metric M (the
     ledger's `metric` column): E[K] = h²·tr(M⁻¹C)/(2B(1 − μ²)), E[L − L*] ≈ h²·tr(M⁻¹C)/(4B(1 − μ)),
     with M the identity for SGD and diag(sqrt(v̂) + ε) for Adam and RMSprop, taken as fixed over
-    the window (`law` names it). Standard errors treat rows as independent (an underestimate
-    for correlated rows)."""
+    the window (`law` names it). Where gradients were clipped (the ledger's `clip` column c, the
+    factor by which the step's gradient was scaled, `noise="microbatch"`) the step is that of
+    the learning rate c·h² with the noise c·ξ: E[K] × c², E[L − L*] × c, row by row. Standard
+    errors treat rows as independent (an underestimate for correlated rows)."""
     rows = len(ledger["step"])
     if rows < 4:
         raise ValueError(f"noise_floor needs at least 4 rows; got {rows}")
@@ -39,9 +41,14 @@ def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | in
     window = slice(max(0, rows - last), rows)
     trace, h, gamma = ledger["noise_trace"][window], ledger["h"][window], ledger["gamma"][window]
     ok = trace.isfinite() & (ledger["flag"][window] == OK)
-    kinetic, excess = heavy_ball_noise_floor(h, trace, 1.0 - gamma * h)
-    excess_mean, excess_se = _mean_se(excess[ok])
-    kinetic_mean, kinetic_se = _mean_se(kinetic[ok])
+    if not ok.any():
+        raise ValueError("noise_floor: no row of the window has a finite noise estimate")
+    kinetic, excess = heavy_ball_noise_floor(h[ok], trace[ok], 1.0 - gamma[ok] * h[ok])
+    if "clip" in ledger:  # steps scaled by c: the learning rate c·h², the noise c·ξ
+        c = ledger["clip"][window][ok].nan_to_num(1.0)
+        kinetic, excess = kinetic * c * c, excess * c
+    excess_mean, excess_se = _mean_se(excess)
+    kinetic_mean, kinetic_se = _mean_se(kinetic)
     potential, potential_se = _mean_se(ledger["potential"][window][ok])
     measured_k, measured_k_se = _mean_se(ledger["kinetic"][window][ok])
     metric = "metric" in ledger and bool((ledger["metric"][window] > 0).any())

@@ -51,10 +51,16 @@ class GroupLayout:
         return [local(p).detach() for p in self.params]
 
     def grads(self) -> list[Tensor]:
-        """The (local shards of the) gradients, zeros where a parameter has none."""
+        """The (local shards of the) gradients, zeros where a parameter has none; a sparse
+        gradient (`nn.Embedding(sparse=True)`) as a dense one, the shape of its parameter."""
         return [
-            local(p.grad) if p.grad is not None else torch.zeros_like(local(p)) for p in self.params
+            _dense(local(p.grad)) if p.grad is not None else torch.zeros_like(local(p))
+            for p in self.params
         ]
+
+
+def _dense(grad: Tensor) -> Tensor:
+    return grad.to_dense() if grad.layout != torch.strided else grad
 
 
 class Segments:

@@ -65,6 +65,7 @@ class GroupMap:
 NO_MAP = GroupMap("none", math.nan, math.nan, 0.0)  # the row of an optimizer with no groups
 METRIC_KINDS = ("adam", "rmsprop")  # the maps whose kinetic energy is in a diagonal metric
 NESTEROV = "sgd-nesterov"  # its look-ahead adds Hessian-driven damping μ(g_k − g_{k−1})
+KINDS = ("sgd", NESTEROV, "adam", "rmsprop", "generic", "reported", "none")  # every map's kind
 
 
 def _sgd(group: Group, state: State) -> GroupMap:

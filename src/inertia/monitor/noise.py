@@ -200,6 +200,7 @@ class MicroBatch(NoiseEstimator):
             self._reset()
             return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
         traces, alongs, tensors, gradient = [], [], [], []
+        used = self._gradient(weighing)  # ‖g‖² of `.grad` as the step takes it
         for i, views in enumerate(self._views):  # the buffer holds G_m = Σ d_j
             totals = self._squares(views, self._buffers[i], weighing[i])
             if self._unscale is not None:
@@ -218,8 +219,9 @@ class MicroBatch(NoiseEstimator):
             along = m * (second - first * first / m) / (m - 1)
             alongs.append(along if self._along else self._nan)
         segments = None if self.segments is None else self.segments.sum(tensors)
+        clip = [u / g for u, g in zip(used, gradient, strict=True)]
         self._reset()
-        return NoiseEstimate(traces, alongs, gradient, batch, segments)
+        return NoiseEstimate(traces, alongs, gradient, batch, segments, clip)
 
 
 class Fluctuation(NoiseEstimator):

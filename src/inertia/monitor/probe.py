@@ -4,8 +4,10 @@ A row at θ_k needs, per parameter group, the kinetic energy K = ½ uᵀMu of th
 u = (θ_k − θ_{k−1})/h, the weight-decay potential (wd/2)‖θ_k‖², the power of the last step
 against the forces ⟨−Δθ_{k−1}, ∇L(θ_k) + wd θ_k⟩ (the shadow term and the map's exact
 friction, docs/theory.md §4) and the work of a decoupled decay over the step; the stability
-alarm's secant needs a few more dot products. Every value is a 0-d float64 tensor on the
-parameters' device: nothing waits for the host. Two probes give them behind one protocol:
+alarm's secant needs a few more dot products. The values are partial sums on the parameters'
+device (one reduction per tensor or per block of a group's flat buffer), added up on the
+host after the row's one transfer (`inertia.monitor.row.Pack`): nothing waits for the host
+before it. Two probes give them behind one protocol:
 
 - `ParameterProbe` keeps a buffer of the parameters in their own precision (float32 for
   float32, bf16 and fp16 parameters; float64 for float64): θ_k at the step, then
@@ -16,7 +18,9 @@ parameters' device: nothing waits for the host. Two probes give them behind one 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import torch
@@ -29,39 +33,29 @@ from .layout import F64, GroupLayout, Segments
 from .maps import NESTEROV, GroupMap, metric
 
 Values = list[Tensor]  # one 0-d float64 tensor per parameter group
+Parts = list[Tensor | float]  # a value's 0-d partial sums (any float dtype) and host constants
+NAN = float("nan")
+SUMMED = tuple("theta_grad grad_dot grad_dot_before delta_sq theta_sq cross_grad cross".split())
+SUMMED += ("cross_before",)  # the per-group values given as partial sums (`Measurement.sums`)
 
 
 @dataclass(slots=True)
 class Measurement:
-    """A row's measurement: the weight-decay potential Σ (wd/2)‖θ_k‖² (`penalty`), and per
-    group the kinetic energy, the power ⟨−Δθ_{k−1}, g_k + wd θ_k⟩ (`power`, Δθ the step the
-    momentum carries), ⟨θ_k, g_k⟩ where a decoupled decay acts (`theta_grad`, its work), and
-    the dot products of the alarm's curvature and Nesterov's look-ahead (NaN where not
-    measured): ⟨−Δθ_{k−1}, g_k⟩ (`grad_dot`) and ⟨−Δθ_{k−1}, g_{k−1}⟩ (`grad_dot_before`),
-    ‖Δθ_{k−1}‖², ‖θ‖² at the last snapshot, and
-    for the two-step curvature ⟨−Δθ_{k−2}, g_k⟩ (`cross_grad`), ⟨Δθ_{k−1}, Δθ_{k−2}⟩
-    (`cross`), ⟨−Δθ_{k−2}, g_{k−1}⟩ (`cross_before`). `segments`: per-layer sums
-    (name → (S,)), where the monitor keeps per-layer books."""
+    """A row's measurement: on the device, the weight-decay potential Σ (wd/2)‖θ_k‖²
+    (`penalty`) and each group's kinetic energy; as partial sums per group (`sums`, the names
+    of `SUMMED`), ⟨θ_k, g_k⟩ where a decoupled decay acts (`theta_grad`, its work), and the dot
+    products of the alarm's curvature and Nesterov's look-ahead (NaN where not measured):
+    ⟨−Δθ_{k−1}, g_k⟩ (`grad_dot`) and ⟨−Δθ_{k−1}, g_{k−1}⟩ (`grad_dot_before`), ‖Δθ_{k−1}‖²,
+    ‖θ‖² at the last snapshot, and for the two-step curvature ⟨−Δθ_{k−2}, g_k⟩
+    (`cross_grad`), ⟨Δθ_{k−1}, Δθ_{k−2}⟩ (`cross`), ⟨−Δθ_{k−2}, g_{k−1}⟩ (`cross_before`);
+    `finish` completes the values on the host: the power ⟨−Δθ_{k−1}, g_k + wd θ_k⟩ (`power`,
+    Δθ the step the momentum carries). `segments`: per-layer sums (name → (S,))."""
 
     penalty: Tensor
     kinetic: Values
-    power: Values
-    theta_grad: Values
-    grad_dot: Values
-    grad_dot_before: Values
-    delta_sq: Values
-    theta_sq: Values
-    cross_grad: Values
-    cross: Values
-    cross_before: Values
+    sums: dict[str, list[Parts]]
+    finish: Callable[[dict[str, list[float]]], None] | None = None
     segments: dict[str, Tensor] = field(default_factory=dict)
-
-    def per_group(self) -> dict[str, Values]:
-        """The per-group values, by name."""
-        return {name: getattr(self, name) for name in _SUMMED}
-
-
-_SUMMED = tuple(f.name for f in fields(Measurement) if f.name not in ("penalty", "segments"))
 
 
 class Probe(Protocol):
@@ -72,7 +66,6 @@ class Probe(Protocol):
     measured: bool  # the last step was measured: `steps()` holds its −Δθ
     has_delta: bool  # some step was measured: the alarm's curvature has a step to look along
 
-    def check(self, state: dict[str, Any]) -> None: ...
     def snapshot(self, maps: list[GroupMap]) -> None: ...
     def after_step(self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]) -> None: ...
     def measure(self, maps: list[GroupMap], *, snapshot: bool, after_step: bool) -> Measurement: ...
@@ -81,40 +74,51 @@ class Probe(Protocol):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
-def _cross(views: list[Tensor], tensors: list[Tensor], device: torch.device) -> Tensor:
-    """Σ over a group's parameters of ⟨view, tensor⟩, as a 0-d float64 tensor."""
-    parts = [p for v, t in zip(views, tensors, strict=True) for p in reduce.dot_parts(v, t)]
-    return reduce.total(parts, device)
+def _cross(flats: list[Tensor], tensors: list[Tensor]) -> Parts:
+    """The partial sums of Σ over a group's parameters of ⟨flat, tensor⟩ (`flats` 1-D)."""
+    return [p for v, t in zip(flats, tensors, strict=True) for p in reduce.dot_parts(v, t)]
+
+
+def _power(decay: list[float], values: dict[str, list[float]]) -> None:
+    """values["power"] = ⟨−Δθ_{k−1}, g_k⟩ + wd⟨−Δθ_{k−1}, θ_k⟩, the second term from norms:
+    wd ⟨−Δθ, θ_k⟩ = ½ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²) (`decay`: wd per group, 0 where not
+    booked)."""
+    power = list(values["grad_dot"])
+    for i, wd in enumerate(decay):
+        if wd:
+            before, now = values["theta_before"][i], values["theta_now"][i]
+            power[i] = power[i] + 0.5 * wd * (before - now - values["delta_sq"][i])
+    values["power"] = power
 
 
 class _Buffers:
     """One group's flat buffer in the group's buffer dtype: `step` holds θ_k at the step, then
-    θ_k − θ_{k+1} after it; with `two_steps`, `previous` keeps the step before the last."""
+    θ_k − θ_{k+1} after it; with `two_steps`, `previous` keeps the step before the last.
+    `delta_sq` = ‖Δθ‖² of the last measured step, `theta_sq` = ‖θ‖² at the last snapshot."""
 
-    def __init__(self, layout: GroupLayout, two_steps: bool, nan: Tensor):
+    def __init__(self, layout: GroupLayout, two_steps: bool):
         self.layout = layout
         self.step = layout.zeros()
         self.step_views = layout.views_of(self.step)
+        self.step_flats = list(torch.split(self.step, layout.sizes))
         self.previous = layout.zeros() if two_steps else None
-        self.previous_views = [] if self.previous is None else layout.views_of(self.previous)
+        previous = () if self.previous is None else torch.split(self.previous, layout.sizes)
+        self.previous_flats = list(previous)
         self.has_previous = False
-        self.delta_sq = nan.new_zeros(())  # ‖Δθ‖² of the last measured step
-        self.theta_sq = nan.new_zeros(())  # ‖θ‖² at the last snapshot
-        self.nan = nan
-
-    def square(self, flat: Tensor) -> Tensor:
-        return reduce.total(reduce.square_parts(flat), flat.device)
+        self.delta_sq: Parts = [0.0]  # as partial sums
+        self.theta_sq: Parts = [0.0]
 
     def snapshot(self, norm: bool) -> None:
         """step ← θ, remembering ‖θ‖² if `norm` (weight decay books it; else NaN)."""
         torch._foreach_copy_(self.step_views, self.layout.local_params())
-        self.theta_sq = self.square(self.step) if norm else self.nan
+        self.theta_sq = list(reduce.square_parts(self.step)) if norm else [NAN]
 
 
 class ParameterProbe:
     """Measures from buffers of the parameters. `secant`: also the dots of the alarm's secant
     curvature; `two_steps`: and those over the last two steps; `segments`: the per-layer
-    kinetic energy and step size."""
+    kinetic energy and step size; `norms`: ‖Δθ‖² of every step (the alarm reads it; the
+    books only where weight decay is coupled, for Nesterov and as K itself where M = I)."""
 
     books_after_step = False
 
@@ -125,19 +129,20 @@ class ParameterProbe:
         secant: bool,
         two_steps: bool,
         segments: Segments | None = None,
+        norms: bool = True,
     ):
         device = layouts[0].device if layouts else torch.device("cpu")
-        self._nan = torch.full((), float("nan"), dtype=F64, device=device)
         self._zero = torch.zeros((), dtype=F64, device=device)
-        self.groups = [_Buffers(layout, two_steps, self._nan) for layout in layouts]
+        self.groups = [_Buffers(layout, two_steps) for layout in layouts]
         self.secant, self.two_steps = secant, two_steps
+        self.norms = norms  # ‖Δθ‖² even where no book reads it (the alarm does)
         self.segments = segments
         self.measured = False  # the last step's −Δθ is in the buffers
         self.has_delta = False  # some step was measured
         n = len(layouts)
         self.kinetic = [self._zero] * n  # per group, measured after the last measured step
-        self.grad_dot_before = [self._zero] * n  # ⟨−Δθ, g⟩ with the step's own gradient
-        self.cross_before = [self._nan] * n  # ⟨−Δθ_prev, g⟩ with the last step's gradient
+        self.grad_dot_before: list[Parts] = [[0.0]] * n  # ⟨−Δθ, g⟩, the step's own gradient
+        self.cross_before: list[Parts] = [[NAN]] * n  # ⟨−Δθ_prev, g⟩, the last step's gradient
         # the per-layer books of the last measured step (0 before one)
         zeros = torch.zeros(len(segments.names) if segments else 0, dtype=F64, device=device)
         self.segment_values = {} if segments is None else {"kinetic": zeros, "step_sq": zeros}
@@ -163,25 +168,34 @@ class ParameterProbe:
             if m.decoupled:  # θ_k − θ_{k+1} − ηλθ_k = (1 − ηλ)(θ_k − θ_{k+1}) − ηλθ_{k+1}
                 torch._foreach_mul_(views, 1.0 - m.decoupled)
                 torch._foreach_add_(views, params, alpha=-m.decoupled)
-            group.delta_sq = group.square(group.step)
+            mass = metric(optimizer, optimizer.param_groups[i], m)
+            if self.norms or m.weight_decay or m.kind == NESTEROV or mass is None:
+                group.delta_sq = list(reduce.square_parts(group.step))
+            else:  # read by none of the books: Adam's K is ‖Δθ‖²_M, not ‖Δθ‖²
+                group.delta_sq = [NAN]
             if self.secant or m.kind == NESTEROV:  # ⟨−Δθ_k, g_k⟩, and the cross term
                 grads = group.layout.grads()
-                self.grad_dot_before[i] = _cross(views, grads, device)
+                self.grad_dot_before[i] = _cross(group.step_flats, grads)
                 if group.previous is not None and group.has_previous:
-                    self.cross_before[i] = _cross(group.previous_views, grads, device)
-            mass = metric(optimizer, optimizer.param_groups[i], m)
-            if mass is None and self.segments is None:  # the flat norm already measured
-                self.kinetic[i] = 0.5 * group.delta_sq / (m.h * m.h) if m.h > 0 else self._zero
+                    self.cross_before[i] = _cross(group.previous_flats, grads)
+            scale = 0.5 / (m.h * m.h) if m.h > 0 else 0.0
+            if self.segments is None:  # K = ½‖Δθ‖²_M/h² over the flat buffer
+                if mass is None:
+                    weighted = group.delta_sq
+                else:
+                    sizes = group.layout.sizes
+                    weighted = list(reduce.weighted_square_flat(group.step, mass, sizes))
+                total = reduce.total(weighted, device)
+                self.kinetic[i] = total * scale if m.h > 0 else self._zero
                 continue
             squares = [reduce.total(reduce.square_parts(v), device) for v in views]
-            weighted = squares
+            per_tensor = squares
             if mass is not None:
-                weighted = [
+                per_tensor = [
                     reduce.total(reduce.weighted_square_parts(v, w), device)
                     for v, w in zip(views, mass, strict=True)
                 ]
-            scale = 0.5 / (m.h * m.h) if m.h > 0 else 0.0
-            per_tensor = [x * scale for x in weighted]
+            per_tensor = [x * scale for x in per_tensor]
             self.kinetic[i] = torch.stack(per_tensor).sum() if per_tensor else self._zero
             kinetic_parts.append(per_tensor)
             step_parts.append(squares)
@@ -195,82 +209,61 @@ class ParameterProbe:
     def measure(self, maps: list[GroupMap], *, snapshot: bool, after_step: bool) -> Measurement:
         """Energies at θ_k from the buffers (−Δθ_{k−1} where the last step was measured); with
         `snapshot`, θ_k is left in them for the step's velocity."""
-        n, nan = len(self.groups), self._nan
-        out = Measurement(
-            penalty=self._zero,
-            kinetic=list(self.kinetic),
-            power=[self._zero] * n,
-            theta_grad=[self._zero] * n,
-            grad_dot=[self._zero] * n,
-            grad_dot_before=list(self.grad_dot_before),
-            delta_sq=[g.delta_sq for g in self.groups],
-            theta_sq=[],  # appended below, after any snapshot
-            cross_grad=[nan] * n,
-            cross=[nan] * n,
-            cross_before=list(self.cross_before),
-            segments=dict(self.segment_values),
-        )
+        n = len(self.groups)
+        sums: dict[str, list[Parts]] = {name: [[0.0]] * n for name in SUMMED}
+        for name in ("cross_grad", "cross"):
+            sums[name] = [[NAN]] * n
+        sums["grad_dot_before"] = list(self.grad_dot_before)
+        sums["cross_before"] = list(self.cross_before)
+        sums["delta_sq"] = [g.delta_sq for g in self.groups]
+        penalty: Tensor | None = None
+        before: list[Parts | None] = [None] * n  # ‖θ_{k−1}‖², where weight decay books power
         for i, (group, m) in enumerate(zip(self.groups, maps, strict=True)):
-            device = group.step.device
+            grads = group.layout.grads() if self.has_delta or m.decoupled else []
             if self.has_delta:  # step = −Δθ_{k−1}: ⟨−Δθ, ∇L⟩ (shadow, curvature)
-                grads = group.layout.grads()
-                out.grad_dot[i] = out.power[i] = _cross(group.step_views, grads, device)
+                sums["grad_dot"][i] = _cross(group.step_flats, grads)
                 if group.previous is not None:
                     if group.has_previous:
-                        out.cross_grad[i] = _cross(group.previous_views, grads, device)
-                        out.cross[i] = reduce.total(
-                            reduce.dot_parts(group.step, group.previous), device
-                        )
+                        sums["cross_grad"][i] = _cross(group.previous_flats, grads)
+                        sums["cross"][i] = list(reduce.dot_parts(group.step, group.previous))
                     group.previous.copy_(group.step)
                     group.has_previous = True
             if m.decoupled:  # ⟨θ_k, g_k⟩: the decay's work over the steps on either side
-                out.theta_grad[i] = _cross(
-                    group.layout.local_params(), group.layout.grads(), device
-                )
+                sums["theta_grad"][i] = _cross(group.layout.local_params(), grads)
             if not m.weight_decay:
                 if snapshot:
                     group.snapshot(norm=self.two_steps)  # the two-step curvature's precision
-                out.theta_sq.append(group.theta_sq)
+                sums["theta_sq"][i] = group.theta_sq
                 continue
-            before = group.theta_sq  # ‖θ_{k−1}‖² (at the last snapshot; NaN if wd was 0 then)
+            if self.has_delta:
+                before[i] = group.theta_sq  # at the last snapshot; NaN if wd was 0 then
             if snapshot:
                 group.snapshot(norm=True)
                 theta_sq = group.theta_sq
             else:
-                parts = [p for t in group.layout.local_params() for p in reduce.square_parts(t)]
-                theta_sq = reduce.total(parts, device)
-            out.theta_sq.append(group.theta_sq)
-            out.penalty = out.penalty + 0.5 * m.weight_decay * theta_sq
-            if self.has_delta:  # wd ⟨−Δθ, θ_k⟩ = ½ wd (‖θ_{k−1}‖² − ‖θ_k‖² − ‖Δθ‖²)
-                out.power[i] = out.power[i] + 0.5 * m.weight_decay * (
-                    before - theta_sq - group.delta_sq
-                )
-        return out
-
-    def check(self, state: dict[str, Any]) -> None:
-        """ValueError unless `state` holds one step per group, of this group's size."""
-        keys = ("measured", "has_delta", "kinetic", "grad_dot_before", "cross_before", "norms")
-        sizes = [getattr(t, "numel", lambda: -1)() for t in state.get("steps", [])]
-        expected = [g.step.numel() for g in self.groups]
-        if not any(sizes) and any(expected):
-            raise ValueError(
-                "state: booked from the optimizer's own report (InertiaSGD without the alarm or "
-                "a noise estimate), while this monitor keeps parameter buffers: resume with the "
-                "alarm and noise estimate it was saved with"
-            )
-        if sizes != expected:
-            raise ValueError(
-                f"state: parameter sizes {sizes} do not match this optimizer's {expected}"
-            )
-        missing = [key for key in (*keys, "previous") if key not in state]
-        if missing:
-            raise ValueError(f"state: not a monitor checkpoint (missing {missing})")
+                theta_sq = list(reduce.squares_of(group.layout.local_params()))
+            sums["theta_sq"][i] = group.theta_sq
+            sums["theta_now"] = sums.get("theta_now", [[0.0]] * n)
+            sums["theta_now"][i] = theta_sq
+            term = 0.5 * m.weight_decay * reduce.total(theta_sq, group.step.device)
+            penalty = term if penalty is None else penalty + term
+        if any(b is not None for b in before):
+            sums["theta_before"] = [[0.0] if b is None else b for b in before]
+        decay = [
+            m.weight_decay if b is not None else 0.0 for m, b in zip(maps, before, strict=True)
+        ]
+        return Measurement(
+            penalty=self._zero if penalty is None else penalty,
+            kinetic=list(self.kinetic),
+            sums=sums,
+            finish=partial(_power, decay),
+            segments=dict(self.segment_values),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         n = len(self.groups)
-        values = [*self.kinetic, *self.grad_dot_before, *self.cross_before]
-        values += [x for g in self.groups for x in (g.delta_sq, g.theta_sq)]
-        floats = torch.stack(values).tolist() if self.groups else []
+        sums = [[k] for k in self.kinetic] + [*self.grad_dot_before, *self.cross_before]
+        floats = reduce.host_sums(sums + [x for g in self.groups for x in (g.delta_sq, g.theta_sq)])
         return {
             "measured": self.measured,
             "has_delta": self.has_delta,
@@ -291,13 +284,13 @@ class ParameterProbe:
 
         self.measured, self.has_delta = state["measured"], state["has_delta"]
         self.kinetic = [scalar(x) for x in state["kinetic"]]
-        self.grad_dot_before = [scalar(x) for x in state["grad_dot_before"]]
-        self.cross_before = [scalar(x) for x in state["cross_before"]]
+        self.grad_dot_before = [[scalar(x)] for x in state["grad_dot_before"]]
+        self.cross_before = [[scalar(x)] for x in state["cross_before"]]
         for group, step, (delta_sq, theta_sq), previous in zip(
             self.groups, state["steps"], state["norms"], state["previous"], strict=True
         ):
             group.step.copy_(step)
-            group.delta_sq, group.theta_sq = scalar(delta_sq), scalar(theta_sq)
+            group.delta_sq, group.theta_sq = [scalar(delta_sq)], [scalar(theta_sq)]
             group.has_previous = group.previous is not None and previous is not None
             if group.previous is not None and previous is not None:
                 group.previous.copy_(previous)
@@ -340,34 +333,14 @@ class ReportProbe:
                 parts = [q for p in params for q in reduce.square_parts(local(p).detach())]
                 penalty = penalty + 0.5 * m.weight_decay * reduce.total(parts, device)
         values = torch.tensor([*self.kinetic, *power], dtype=F64, device=device).unbind()
-        nan, zero = [self._nan] * n, torch.zeros((), dtype=F64, device=device)
-        return Measurement(
-            penalty=penalty,
-            kinetic=list(values[:n]),
-            power=list(values[n:]),
-            theta_grad=[zero] * n,
-            grad_dot=[zero] * n,
-            grad_dot_before=[zero] * n,
-            delta_sq=nan,
-            theta_sq=nan,
-            cross_grad=nan,
-            cross=nan,
-            cross_before=nan,
-        )
+        sums: dict[str, list[Parts]] = {name: [[0.0]] * n for name in SUMMED}
+        for name in ("delta_sq", "theta_sq", "cross_grad", "cross", "cross_before"):
+            sums[name] = [[NAN]] * n
+        sums["power"] = [[x] for x in values[n:]]
+        return Measurement(penalty=penalty, kinetic=list(values[:n]), sums=sums)
 
     def state_dict(self) -> dict[str, Any]:
         return {"kinetic": list(self.kinetic)}
-
-    def check(self, state: dict[str, Any]) -> None:
-        """ValueError unless `state` holds one kinetic energy per group."""
-        if any(getattr(t, "numel", lambda: 0)() for t in state.get("steps", [])):
-            raise ValueError(
-                "state: booked from parameter buffers (with the alarm or a noise estimate), "
-                "while this monitor reads the optimizer's report: resume with the alarm and "
-                "noise estimate it was saved with"
-            )
-        if len(state.get("kinetic", ())) != len(self.params):
-            raise ValueError(f"state: not the report of {len(self.params)} parameter groups")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.kinetic = list(state["kinetic"])
@@ -390,4 +363,5 @@ def make_probe(
         secant=alarm in ("two_steps", "secant"),
         two_steps=alarm == "two_steps",
         segments=segments,
+        norms=alarm is not None,
     )

@@ -4,7 +4,7 @@ the observed loss it carries (`LossMean`)."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 
 import torch
@@ -12,10 +12,11 @@ from torch import Tensor
 
 from ..energy import Ledger
 from .alarm import AlarmReading
+from .estimate import NoiseEstimate
+from .layout import F64
 from .maps import METRIC_KINDS, NO_MAP, GroupMap
-from .noise import NoiseEstimate
 from .noise_scale import NoiseScale
-from .probe import Measurement
+from .probe import Measurement, Parts
 
 OK = 0
 """`Row.flag` of a normal step."""
@@ -37,9 +38,11 @@ class Row:
     `shadow`: the modified energy H̃_k; `noise_trace`: tr(M⁻¹C)/B in the map's metric (NaN
     without a noise estimate); `noise_scale`: B_simple = tr(M⁻¹C)/‖G‖²_{M⁻¹}, the gradient
     noise scale, from averages over rows (`inertia.monitor.noise_scale`; NaN where the batch
-    size is unknown); `margin`: the stability margin in the map's metric (NaN without the
-    alarm); `sharpness`: λ_max(M^{−1/2}HM^{−1/2}) of the probe loss (NaN without
-    `sharpness=`); `regime`: STABLE (0), AT_EDGE (1) or DIVERGING (2), `inertia.monitor.alarm`;
+    size is unknown); `clip`: c = ‖g‖/‖g_B‖, the factor by which the step's gradient was
+    scaled after the backward passes, by clipping (NaN unless noise="microbatch"); `margin`:
+    the stability margin in the map's metric (NaN without the alarm); `sharpness`:
+    λ_max(M^{−1/2}HM^{−1/2}) of the probe loss (NaN without `sharpness=`); `regime`: STABLE
+    (0), AT_EDGE (1) or DIVERGING (2), `inertia.monitor.alarm`;
     `alarm`: 1 while the alarm is raised; `flag`: OK (0), NONFINITE (1, a non-finite loss)
     or SKIPPED (2, an iteration whose optimizer step was skipped, e.g. by GradScaler).
     """
@@ -61,6 +64,7 @@ class Row:
     shadow: float
     noise_trace: float
     noise_scale: float
+    clip: float
     margin: float
     sharpness: float
     regime: int
@@ -91,28 +95,94 @@ def ledger_of(rows: Iterable[Row]) -> Ledger:
     return Ledger(step, table, time_name="step")
 
 
-class Pack:
-    """A row's device values by name (lists of 0-d float64 tensors) after the loss, packed
-    into one tensor: reduced over ranks there (`inertia.monitor.ranks`), then brought to the
-    host in one transfer, the row's only host synchronisation."""
+@dataclass(slots=True)
+class RowValues:
+    """A row's values before the transfer: `device`, name → 0-d float64 tensors (those the
+    monitor combines on the device: the loss, the penalty, K per group, the noise estimates);
+    `sums`, name → per group the `Parts` of a value summed on the host; `finish`, the values
+    derived on the host from those (the power ⟨−Δθ, g + wd θ⟩ from its dot products)."""
 
-    def __init__(self, loss: Tensor, named: dict[str, list[Tensor]]):
-        self.layout = [(name, len(values)) for name, values in named.items()]
-        self.tensor = torch.stack([loss, *(t for values in named.values() for t in values)])
+    device: dict[str, list[Tensor]]
+    sums: dict[str, list[Parts]] = field(default_factory=dict)
+    finish: Callable[[dict[str, list[float]]], None] | None = None
+
+
+class Pack:
+    """A row's device values by name (lists of 0-d tensors) after the loss, and the partial
+    sums of the values taken on the host, packed into one float64 tensor: reduced over ranks
+    there (`inertia.monitor.ranks`), then brought to the host in one transfer, the row's only
+    host synchronisation. Partial sums of another dtype (float32 dot products) are packed
+    after the float64 values, one conversion per dtype; `layout` names the packed entries in
+    order (a name may recur)."""
+
+    def __init__(self, loss: Tensor, named: RowValues):
+        self._finish = named.finish
+        wide = [loss]  # float64 by contract (stack would promote, more slowly)
         self._slices, start = {"loss": slice(0, 1)}, 1
-        for name, length in self.layout:
-            self._slices[name] = slice(start, start + length)
-            start += length
+        for name, values in named.device.items():
+            wide += values
+            self._slices[name] = slice(start, start + len(values))
+            start += len(values)
+        self._device = [(name, len(values)) for name, values in named.device.items()]
+        narrow: list[Tensor] = []  # parts of another dtype: packed after the float64 ones
+        # per summed value and group: where its parts are (j ≥ 0 in `wide`, ~j in `narrow`)
+        # and the sum of its host constants
+        self._parts: list[tuple[str, list[tuple[list[int], float]]]] = []
+        for name, groups in named.sums.items():
+            where = []
+            for parts in groups:
+                at, constant = [], 0.0
+                for p in parts:
+                    if not isinstance(p, Tensor):
+                        constant += p
+                    elif p.dtype is F64:
+                        at.append(len(wide))
+                        wide.append(p)
+                    else:
+                        at.append(~len(narrow))
+                        narrow.append(p)
+                where.append((at, constant))
+            self._parts.append((name, where))
+        self._wide = len(wide)
+        self.tensor = torch.stack(wide)
+        if narrow:
+            self.tensor = torch.cat([self.tensor, torch.stack(narrow).to(F64)])
+
+    @property
+    def layout(self) -> list[tuple[str, int]]:
+        """The names of the packed entries after the loss, in runs (name, length): the
+        device values, then the float64 parts, then the others (a name may recur)."""
+        names = [name for name, n in self._device for _ in range(n)]
+        narrow: list[tuple[int, str]] = []
+        for name, where in self._parts:
+            for at, _ in where:
+                names += [name for j in at if j >= 0]
+                narrow += [(~j, name) for j in at if j < 0]
+        names += [name for _, name in sorted(narrow)]
+        runs: list[tuple[str, int]] = []
+        for name in names:
+            if runs and runs[-1][0] == name:
+                runs[-1] = (name, runs[-1][1] + 1)
+            else:
+                runs.append((name, 1))
+        return runs
 
     def __getitem__(self, name: str) -> Tensor:
-        """The values of `name`, on the device (a view of the packed tensor)."""
+        """The device values of `name` (a view of the packed tensor)."""
         return self.tensor[self._slices[name]]
 
-    def fetch(self, *extra: Tensor) -> tuple[dict[str, list[float]], list[float]]:
-        """Every value by name, and the `extra` tensors' values flattened in order, as floats."""
-        host = torch.cat([self.tensor, *(t.reshape(-1) for t in extra)]).tolist()
+    def fetch(self) -> dict[str, list[float]]:
+        """Every value by name, as floats: the row's one transfer to the host."""
+        host = self.tensor.tolist()
         named = {name: host[s] for name, s in self._slices.items()}
-        return named, host[self.tensor.numel() :]
+        for name, where in self._parts:
+            named[name] = [
+                sum([host[j] if j >= 0 else host[self._wide + ~j] for j in at], c)
+                for at, c in where
+            ]
+        if self._finish is not None:
+            self._finish(named)
+        return named
 
 
 def row_values(
@@ -121,19 +191,21 @@ def row_values(
     spread: list[Tensor],
     curvature: list[Tensor],
     layers: list[str],
-) -> dict[str, list[Tensor]]:
-    """A row's device values by name, as `Pack` takes them: the probe's measurement, the noise
+) -> RowValues:
+    """A row's values by name, as `Pack` takes them: the probe's measurement, the noise
     estimate, the alarm's curvature and the per-layer sums (`<quantity>/<layer>`)."""
-    named = {"penalty": [measured.penalty], **measured.per_group()}
+    named = {"penalty": [measured.penalty], "kinetic": measured.kinetic}
     named |= {"noise": estimate.trace, "along": estimate.along, "gradient": estimate.gradient}
     named |= {"spread": spread, "curvature": curvature}
+    if estimate.clip is not None:
+        named["clip"] = estimate.clip
     per_layer = dict(measured.segments)
     if estimate.segments is not None:
         per_layer["noise_trace"] = estimate.segments
     for quantity, values in per_layer.items():
         for layer, value in zip(layers, values.unbind(), strict=True):
             named[f"{quantity}/{layer}"] = [value]
-    return named
+    return RowValues(named, measured.sums, measured.finish)
 
 
 def make_row(
@@ -173,12 +245,24 @@ def make_row(
         inertia + 0.5 * sum(values["power"]),
         trace,
         scale.update(trace, sum(values["gradient"]), batch),
+        _clip(values),
         reading.margin,
         reading.sharpness,
         reading.regime,
         int(reading.raised),
         flag,
         layer_columns(values, layers),
+    )
+
+
+def _clip(values: dict[str, list[float]]) -> float:
+    """c = ‖g‖/‖g_B‖ over the groups: the factor by which the step's gradient was scaled after
+    the backward passes (clipping; NaN where not measured)."""
+    if "clip" not in values:
+        return math.nan
+    gradient = values["gradient"]
+    return math.sqrt(
+        sum(c * g for c, g in zip(values["clip"], gradient, strict=True)) / sum(gradient)
     )
 
 
@@ -216,7 +300,7 @@ class LossMean:
         """The mean so far (NaN if nothing was observed) as a 0-d float64 tensor, then reset."""
         total = self._sum if self.count else math.nan
         total = torch.as_tensor(total, dtype=torch.float64, device=self.device)
-        mean = total.to(torch.float64) / self.count if self.count else total
+        mean = total / self.count if self.count > 1 else total  # x/1 = x
         self.reset()
         return mean.reshape(())
 
