@@ -13,8 +13,8 @@ batch_size=b)` after each micro-batch's backward.
 
 1. Warmup (100 steps), then a constant learning rate η until the loss falls slowly (the
    plateau). `monitor.noise_floor()` over the later half of the plateau predicts the
-   stationary excess loss there, E[L − L*] ≈ η·tr(M⁻¹C)/(4B) in Adam's metric
-   M = diag(sqrt(v̂) + ε).
+   stationary excess loss there, E[L − L*] ≈ c·η·tr(M⁻¹C)/(4B) in Adam's metric
+   M = diag(sqrt(v̂) + ε), c each step's clip factor (below).
 2. Everything (model, optimizer, monitor, batch stream) is forked into three arms that see
    the same batches: `control` stays at η, `drop` continues at η/10, `cosine` decays from η
    to η/10 by a half cosine (the final factor 0.1 of `workloads.warmup_cosine`). The floor
@@ -35,9 +35,13 @@ batch_size=b)` after each micro-batch's backward.
    at η/10.
    Clipping: the monitor's noise estimate is taken from the micro-batch gradients before
    `clip_grad_norm_`, which then scales the step's gradient, noise included, by
-   c = min(1, clip/‖g‖). The excess then scales by c, the kinetic energy and the heat by c²;
-   the monitor does not see c, so the floor, E[K] and the injected heat are also given
-   with each step's c (computed here from the norm clip_grad_norm_ returns).
+   c = min(1, clip/‖g‖). The monitor measures c itself, ‖g‖/‖g_B‖ of the `.grad` the step
+   takes over the micro-batches' sum (its `clip` column), and books it: the floor and E[K]
+   above are `noise_floor()`'s, E[L − L*] × c and E[K] × c² row by row, the heat
+   ½h²c²·tr(M⁻¹C)/B. Checked here against the factor computed independently from the norm
+   clip_grad_norm_ returns (`clip_factor`): the largest |Δc| over the rows. For
+   contrast, the same law without c (from `noise_trace` alone): what booking without c would
+   say.
 4. The gradient noise scale: the monitor's `noise_scale` column (McCandlish et al. 2018,
    B_simple = tr(M⁻¹C)/‖G‖²_{M⁻¹}, EMA-smoothed, β = 0.99) against the two-batch estimator of
    their appendix A as GPT-NeoX computes it, from gradients read here between micro-batches
@@ -51,8 +55,10 @@ batch_size=b)` after each micro-batch's backward.
    round-off when they are the right ones.
 5. The books at the end of each arm (its ledger from step 0): −ΔI = I₀ − I, dissipated,
    decay, schedule, injected, residual and |residual| / (|dissipated| + |decay| + |schedule|
-   + |injected|); I − I₀ = −dissipated − decay + injected + schedule + residual. Also the
-   injected heat summed again with each step's c², and the residual that would leave.
+   + |injected|); I − I₀ = −dissipated − decay + injected + schedule + residual. The
+   monitor's heat already carries each step's c²; it is summed again here from the ledger's
+   `h`, `noise_trace` and `clip` columns (a check), and without c, with the residual and the
+   share that booking without c would leave.
 
 Prints markdown tables. Writes to --out (default benchmarks/out/real_training):
 `ledger_<arm>.csv` (the monitor's ledger from step 0, which `inertia report` reads),
@@ -85,6 +91,7 @@ from torch.nn import functional as F
 
 from inertia import InertiaMonitor, Ledger
 from inertia.figures import figure
+from inertia.monitor import OK
 from inertia.theory import heavy_ball_noise_floor
 from workloads import CharTransformer, char_batches, char_vocabulary, stdlib_text, warmup_cosine
 
@@ -472,28 +479,37 @@ def concatenated(first: Ledger, second: Ledger) -> Ledger:
     return Ledger(torch.cat([first.t, second.t]), columns, time_name="step")
 
 
-def books(ledger: Ledger, c: np.ndarray) -> dict[str, float]:
-    """The books at the end of a ledger from step 0; and the heat ½h²·tr(M⁻¹C)/B of each step
-    k (booked at row k + 1) summed again with the factor c_k² by which clipping scaled that
-    step's noise, with the residual that would then remain (the other books unchanged)."""
+def clip_column(ledger: Ledger) -> np.ndarray:
+    """The monitor's clip factor c per row, 1 where it is not finite (as it books and floors)."""
+    c = ledger["clip"].numpy()
+    return np.where(np.isfinite(c), c, 1.0)
+
+
+def books(ledger: Ledger) -> dict[str, float]:
+    """The monitor's books at the end of a ledger from step 0: its heat ½h²c²·tr(M⁻¹C)/B per
+    step already carries each step's clip factor c. Beside them, the heat of each step k
+    (booked at row k + 1) summed again from the ledger's columns with c² (a check of the
+    books), and without c (what booking without c would say), with the residual that would
+    then remain (the other books unchanged)."""
     last = {k: float(ledger[k][-1]) for k in ("dissipated", "decay", "schedule", "injected")}
     residual = float(ledger["residual"][-1])
     booked = sum(abs(v) for v in last.values())
     minus_delta = float(ledger["inertia"][0] - ledger["inertia"][-1])
     h, trace = ledger["h"].numpy()[:-1], ledger["noise_trace"].numpy()[:-1]
     heat = np.where(np.isfinite(trace), 0.5 * h * h * trace, 0.0)
-    clipped = float(np.sum(heat * c[: len(heat)] ** 2))
-    residual_c = residual + last["injected"] - clipped
-    booked_c = booked - abs(last["injected"]) + abs(clipped)
+    c = clip_column(ledger)[:-1]
+    unclipped = float(np.sum(heat))
+    residual_u = residual + last["injected"] - unclipped
+    booked_u = booked - abs(last["injected"]) + abs(unclipped)
     return {
         "-dI": minus_delta,
         **last,
         "residual": residual,
         "ratio": abs(residual) / booked,
-        "injected_resummed": float(np.sum(heat)),
-        "injected_c2": clipped,
-        "residual_c2": residual_c,
-        "ratio_c2": abs(residual_c) / booked_c,
+        "injected_resummed": float(np.sum(heat * c**2)),
+        "injected_unclipped": unclipped,
+        "residual_unclipped": residual_u,
+        "ratio_unclipped": abs(residual_u) / booked_u,
     }
 
 
@@ -524,14 +540,38 @@ def clip_factor(grad_norm: np.ndarray, clip: float) -> np.ndarray:
     return np.minimum(1.0, clip / (grad_norm + 1e-6))
 
 
-def predicted_floors(ledger: Ledger) -> tuple[np.ndarray, np.ndarray]:
-    """Per row: (E[L − L*], E[K]) the monitor's law predicts, μ = 1 − γh (as noise_floor)."""
+def predicted_floors(ledger: Ledger) -> dict[str, np.ndarray]:
+    """Per row (NaN where the noise estimate is not finite or the flag is not OK), μ = 1 − γh:
+    the monitor's law as `noise_floor` takes it, with the ledger's clip factor c (`excess`
+    E[L − L*] × c, `kinetic` E[K] × c²), and the same law without c, from `noise_trace` alone
+    (`excess_unclipped`, `kinetic_unclipped`)."""
     h, gamma, trace = ledger["h"], ledger["gamma"], ledger["noise_trace"]
-    ok = trace.isfinite()
-    excess, kinetic = np.full(len(h), np.nan), np.full(len(h), np.nan)
+    ok = trace.isfinite() & (ledger["flag"] == OK)
+    out = {name: np.full(len(h), np.nan) for name in ("excess", "kinetic")}
     k, e = heavy_ball_noise_floor(h[ok], trace[ok], 1.0 - gamma[ok] * h[ok])
-    excess[ok.numpy()], kinetic[ok.numpy()] = e.numpy(), k.numpy()
-    return excess, kinetic
+    rows = ok.numpy()
+    out["excess_unclipped"], out["kinetic_unclipped"] = out["excess"].copy(), out["kinetic"].copy()
+    out["excess_unclipped"][rows], out["kinetic_unclipped"][rows] = e.numpy(), k.numpy()
+    c = clip_column(ledger)[rows]
+    out["excess"][rows], out["kinetic"][rows] = c * e.numpy(), c**2 * k.numpy()
+    return out
+
+
+def clip_agreement(ledger: Ledger, grad_norm: np.ndarray, clip: float) -> dict[str, float]:
+    """The monitor's `clip` column against `clip_factor` of the norms clip_grad_norm_ returned
+    (row k is step k): the largest |Δc| over the rows where the monitor measured c, how many
+    those are, and how many of them were clipped (c < 1)."""
+    measured = ledger["clip"].numpy()
+    independent = clip_factor(grad_norm, clip)[: len(measured)]
+    rows = np.isfinite(measured)
+    return {
+        "max_abs_difference": float(np.max(np.abs(measured[rows] - independent[rows])))
+        if rows.any()
+        else math.nan,
+        "rows": int(rows.sum()),
+        "unmeasured_rows": int((~rows).sum()),
+        "clipped_rows": int((independent[rows] < 1).sum()),
+    }
 
 
 def analyse(res: Results) -> dict[str, Any]:
@@ -540,14 +580,16 @@ def analyse(res: Results) -> dict[str, Any]:
     fork = cfg.warmup + cfg.plateau
     window = cfg.plateau // 2
     settled_from = int(cfg.arm_steps * cfg.settle)
-    # --- the floor and the drop
-    log = joined(res, "control")
-    c = clip_factor(log["grad_norm"], cfg.clip)
-    excess, kinetic = predicted_floors(ledgers["control"])
+    # --- the floor and the drop: the monitor's (with each step's clip factor c), and the same
+    # law without c, for contrast
+    laws = predicted_floors(ledgers["control"])
     w = slice(fork - window, fork)
-    ok = np.isfinite(excess[w])
-    clipped_floor = float(np.mean((c[w] * excess[w])[ok]))
-    clipped_kinetic = float(np.mean((c[w] ** 2 * kinetic[w])[ok]))
+    ok = np.isfinite(laws["excess"][w])
+    c = clip_column(ledgers["control"])[w][ok]
+    floor_unclipped = float(np.mean(laws["excess_unclipped"][w][ok]))
+    kinetic_unclipped = float(np.mean(laws["kinetic_unclipped"][w][ok]))
+    # the monitor's floor against its law summed again here row by row (a check)
+    floor_recomputed = float(np.mean(laws["excess"][w][ok]))
     predicted = 0.9 * floor["excess_loss"]
     train = {arm: np.asarray(res.arms[arm].log["loss"]) for arm in ARMS}
     paired = train["control"] - train["drop"]
@@ -557,10 +599,15 @@ def analyse(res: Results) -> dict[str, Any]:
     settled = held_steps >= settled_from
     drop_held = mean_se(held_paired[settled])
     drop_train = mean_se(paired[settled_from:])
-    own = {}
-    for arm in ("control", "drop"):
-        e, _ = predicted_floors(ledgers[arm])
-        own[arm] = float(np.nanmean(e[fork + settled_from :]))
+    own = {  # each arm's own floor from its monitor, over its settled rows
+        arm: float(
+            res.arms[arm].monitor.noise_floor(last=cfg.arm_steps - settled_from)["excess_loss"]
+        )
+        for arm in ("control", "drop")
+    }
+    clip = {
+        arm: clip_agreement(ledgers[arm], joined(res, arm)["grad_norm"], cfg.clip) for arm in ARMS
+    }
     averaging = {}
     for name, (at_mean, values) in res.averaged.items():
         averaging[name] = (float(np.mean(values)) - at_mean, len(values))
@@ -608,25 +655,25 @@ def analyse(res: Results) -> dict[str, Any]:
         "fork": fork,
         "window": [fork - window, fork - 1],
         "floor": floor,
-        "floor_clipped": clipped_floor,
-        "kinetic_clipped": clipped_kinetic,
-        "clip_mean": float(np.mean(c[w])),
-        "clipped_share_window": float(np.mean(c[w] < 1)),
+        "floor_recomputed": floor_recomputed,
+        "floor_unclipped": floor_unclipped,
+        "kinetic_unclipped": kinetic_unclipped,
+        "clip_mean": float(np.mean(c)),
+        "clipped_share_window": float(np.mean(c < 1)),
+        "clip_agreement": clip,
         "predicted_drop": predicted,
-        "predicted_drop_clipped": 0.9 * clipped_floor,
+        "predicted_drop_unclipped": 0.9 * floor_unclipped,
         "drop_heldout": drop_held,
         "drop_train": drop_train,
         "ratio_heldout": predicted / drop_held[0],
         "ratio_train": predicted / drop_train[0],
-        "ratio_heldout_clipped": 0.9 * clipped_floor / drop_held[0],
+        "ratio_heldout_unclipped": 0.9 * floor_unclipped / drop_held[0],
+        "ratio_train_unclipped": 0.9 * floor_unclipped / drop_train[0],
         "own_floors": own,
         "averaging": averaging,
         "course": course,
         "settled_from": settled_from,
-        "books": {
-            arm: books(ledgers[arm], clip_factor(joined(res, arm)["grad_norm"], cfg.clip))
-            for arm in ARMS
-        },
+        "books": {arm: books(ledgers[arm]) for arm in ARMS},
         "noise_scale": scale,
         "heldout": {arm: res.arms[arm].evals for arm in ARMS},
     }
@@ -649,10 +696,11 @@ def table(s: dict[str, Any]) -> str:
         f"each of control (η), drop (η/10), cosine (η → η/10). "
         f"{s['seconds']:.0f} s on {s['threads']} threads.",
         "",
-        "Books at the end (ledger from step 0):",
+        "Books at the end (the monitor's ledger from step 0; its heat carries each step's "
+        "clip factor c²):",
         "",
         "| arm | −ΔI | dissipated | decay | schedule | injected | residual "
-        "| \\|residual\\| / booked | injected × c² | residual then | ratio then |",
+        "| \\|residual\\| / booked | injected without c | residual then | ratio then |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for arm, b in s["books"].items():
@@ -660,14 +708,28 @@ def table(s: dict[str, Any]) -> str:
         lines.append(
             f"| {arm} | "
             + " | ".join(f"{x:.4g}" for x in cells)
-            + f" | {b['ratio']:.3f} | {b['injected_c2']:.4g} | {b['residual_c2']:.4g} "
-            f"| {b['ratio_c2']:.3f} |"
+            + f" | {b['ratio']:.3f} | {b['injected_unclipped']:.4g} "
+            f"| {b['residual_unclipped']:.4g} | {b['ratio_unclipped']:.3f} |"
         )
+    resum = max(abs(b["injected_resummed"] / b["injected"] - 1) for b in s["books"].values())
+    agree = s["clip_agreement"]
+    worst = max(x["max_abs_difference"] for x in agree.values())
     lines += [
         "",
-        "(× c²: each step's heat ½h²·tr(M⁻¹C)/B times the square of its clip factor "
-        "c = min(1, clip/‖g‖), the share of the step's gradient noise that clipping let "
-        "through; the monitor books it unclipped.)",
+        "(injected: the monitor's heat, ½h²c²·tr(M⁻¹C)/B per step, c = ‖g‖/‖g_B‖ its `clip` "
+        f"column; summed again here from the ledger's h, noise_trace and clip: within "
+        f"{resum:.1e}. Without c: the same heat ½h²·tr(M⁻¹C)/B from noise_trace alone, and the "
+        "residual and share booking without c would leave.)",
+        "",
+        "The monitor's `clip` column against clip_grad_norm_'s factor "
+        "min(1, clip/(‖g‖ + 1e-6)) from the norm it returned, computed here: largest |Δc| "
+        f"**{worst:.1e}** over the rows where it measured c, each arm's ledger from step 0 ("
+        + "; ".join(
+            f"{arm}: {x['rows']} rows, {x['clipped_rows']} clipped, "
+            f"{x['unmeasured_rows']} unmeasured"
+            for arm, x in agree.items()
+        )
+        + ").",
     ]
     a, b = s["window"]
     dh, dt = s["drop_heldout"], s["drop_train"]
@@ -675,27 +737,30 @@ def table(s: dict[str, Any]) -> str:
     av = s["averaging"]
     lines += [
         "",
-        f"Noise floor (monitor.noise_floor() over steps {a}–{b}, {f['rows']} rows):",
+        f"Noise floor (monitor.noise_floor() over steps {a}–{b}, {f['rows']} rows; E[L − L*] × c "
+        f"and E[K] × c² row by row, mean c {s['clip_mean']:.3f}, "
+        f"{100 * s['clipped_share_window']:.0f}% of steps clipped):",
         "",
         "| quantity | value |",
         "|---|---|",
-        f"| floor at η: predicted E[L − L*] | {f['excess_loss']:.4f} "
+        f"| floor at η: predicted E[L − L*], monitor | {f['excess_loss']:.4f} "
         f"± {f['excess_loss_stderr']:.4f} |",
-        f"| the same × each step's clip factor c (mean c {s['clip_mean']:.3f}, "
-        f"{100 * s['clipped_share_window']:.0f}% of steps clipped) | {s['floor_clipped']:.4f} |",
-        f"| E[K]: predicted / × c² / measured | {f['kinetic']:.4f} / {s['kinetic_clipped']:.4f}"
-        f" / {f['measured_kinetic']:.4f} |",
-        f"| predicted drop at η/10: 0.9 × floor (× c) | {s['predicted_drop']:.4f} "
-        f"({s['predicted_drop_clipped']:.4f}) |",
+        f"| for contrast: the same law without c (noise_trace alone) | "
+        f"{s['floor_unclipped']:.4f} |",
+        f"| E[K]: predicted, monitor / without c / measured | {f['kinetic']:.4f} / "
+        f"{s['kinetic_unclipped']:.4f} / {f['measured_kinetic']:.4f} |",
+        f"| predicted drop at η/10: 0.9 × floor (without c) | {s['predicted_drop']:.4f} "
+        f"({s['predicted_drop_unclipped']:.4f}) |",
         f"| measured drop, held-out, control − drop, arm steps {lo}–{n} | "
         f"{dh[0]:.4f} ± {dh[1]:.4f} |",
         f"| measured drop, training loss (same batches), arm steps {lo}–{n} | "
         f"{dt[0]:.4f} ± {dt[1]:.4f} |",
         f"| **ratio predicted / measured**, held-out (training) | **{s['ratio_heldout']:.2f}** "
         f"({s['ratio_train']:.2f}) |",
-        f"| ratio with the clip factor, held-out | {s['ratio_heldout_clipped']:.2f} |",
-        f"| each arm's own floor over its steps {lo}–{n}: at η, at η/10, difference | "
-        f"{s['own_floors']['control']:.4f}, {s['own_floors']['drop']:.4f}, "
+        f"| for contrast: the ratio without c, held-out (training) | "
+        f"{s['ratio_heldout_unclipped']:.2f} ({s['ratio_train_unclipped']:.2f}) |",
+        f"| each arm's own floor (its monitor) over its steps {lo}–{n}: at η, at η/10, "
+        f"difference | {s['own_floors']['control']:.4f}, {s['own_floors']['drop']:.4f}, "
         f"{s['own_floors']['control'] - s['own_floors']['drop']:.4f} |",
         f"| averaging: mean held-out L(θ_k) − L(mean θ) over the floor's window "
         f"({av['plateau'][1]} evaluations) | {av['plateau'][0]:.4f} |",
@@ -781,9 +846,15 @@ def draw(res: Results, s: dict[str, Any], out: Path) -> list[Path]:
         diff.plot(s_steps, trailing(paired, smooth), color="#444444", lw=1, label="training")
         held_c, held_d = np.asarray(res.arms["control"].evals), np.asarray(res.arms["drop"].evals)
         diff.plot(held_c[:, 0] - fork, held_c[:, 1] - held_d[:, 1], "o", ms=3, label="held-out")
-        diff.axhline(s["predicted_drop"], color="black", ls="--", lw=1, label="0.9 × floor")
         diff.axhline(
-            s["predicted_drop_clipped"], color="black", ls=":", lw=1, label="0.9 × floor × c"
+            s["predicted_drop"], color="black", ls="--", lw=1, label="0.9 × floor (monitor)"
+        )
+        diff.axhline(
+            s["predicted_drop_unclipped"],
+            color="black",
+            ls=":",
+            lw=1,
+            label="0.9 × floor without c",
         )
         diff.axhline(
             0.9 * s["averaging"]["plateau"][0],
@@ -794,7 +865,7 @@ def draw(res: Results, s: dict[str, Any], out: Path) -> list[Path]:
         )
         diff.axhline(0, color="#999999", lw=0.5)
         diff.axvspan(s["settled_from"], cfg.arm_steps, color="#999999", alpha=0.15, lw=0)
-        diff.set_ylim(-0.01, 1.25 * s["predicted_drop"])
+        diff.set_ylim(-0.01, 1.25 * max(s["predicted_drop"], s["predicted_drop_unclipped"]))
         diff.legend(fontsize=8, frameon=False, loc="lower right")
         diff.set_xlabel("steps after the fork")
         diff.set_title(
