@@ -710,3 +710,50 @@ def test_the_rows_kept_in_memory_are_bounded_by_default(tmp_path, monkeypatch, s
     kept = 3 if streamed else 5
     assert monitor.ledger["step"].tolist() == list(range(9 - kept, 9))
     monitor.detach()
+
+
+def test_a_non_finite_potential_is_flagged_like_a_non_finite_loss():
+    """The potential is the loss plus a coupled decay's penalty (wd/2)‖θ‖²: a row whose
+    penalty overflows books nothing, so it is flagged NONFINITE, and on_nan="raise" stops."""
+    used = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
+    huge = torch.nn.Parameter(torch.full((2,), 1e200, dtype=torch.float64))  # ‖θ‖² = inf
+
+    def run(on_nan: str) -> InertiaMonitor:
+        opt = torch.optim.SGD([used, huge], lr=0.1, weight_decay=0.1)
+        monitor = InertiaMonitor(opt, on_nan=on_nan)
+        for _ in range(3):
+            loss = used.square().sum()
+            opt.zero_grad()
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+        return monitor
+
+    with pytest.warns(RuntimeWarning, match="non-finite potential"):
+        led = run("flag").ledger
+    assert led["flag"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(FloatingPointError, match="non-finite potential inf at step 0"):
+        run("raise")
+
+
+def test_zero_gradients_leave_the_clip_factor_unknown_and_training_alone():
+    """c = ‖g‖/‖g_B‖ has no value where g_B = 0: a group with no gradient (frozen) does not
+    spoil the others' c, and a run at an exact minimum books NaN, with no failure."""
+    free = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    frozen = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = torch.optim.SGD([{"params": [free]}, {"params": [frozen]}], lr=0.1)
+    monitor = InertiaMonitor(opt, noise="microbatch", on_error="raise")
+    for k in range(4):
+        opt.zero_grad()
+        for _ in range(2):
+            loss = (free.square().sum() if k < 2 else 0.0 * free.sum()) + 0.0 * frozen.sum()
+            loss.backward()
+            monitor.observe(loss, accumulate=True, batch_size=4)
+        if k == 1:
+            torch.nn.utils.clip_grad_norm_([free, frozen], 0.5)
+        opt.step()
+    clip = monitor.ledger["clip"].tolist()
+    assert clip[0] == pytest.approx(1.0, abs=1e-15)
+    # two micro-batches of ‖θ‖²: g = 4θ, with θ = 1 − 0.1·4 = 0.6 after the first step
+    assert clip[1] == pytest.approx(0.5 / (4 * 0.6 * math.sqrt(3)), rel=1e-6)
+    assert math.isnan(clip[2]) and math.isnan(clip[3])

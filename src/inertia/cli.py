@@ -125,26 +125,11 @@ def _check_seed(seed: int | None) -> None:
 
 
 def available_memory() -> int | None:
-    """Bytes this process may still allocate: the system's MemAvailable, capped by a cgroup
-    (v2) memory limit; None where neither can be read."""
-    found = []
-    try:
-        with open("/proc/meminfo") as info:
-            found += [int(s.split()[1]) * 1024 for s in info if s.startswith("MemAvailable:")]
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            found.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    if not found and hasattr(os, "sysconf"):
-        try:
-            found.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-        except (OSError, ValueError):
-            pass
-    return min(found) if found else None
+    """Bytes this process may still allocate (`inertia._checks.available_memory`: MemAvailable
+    capped by a cgroup limit); None where unknown."""
+    from ._checks import available_memory as free  # imports torch: not at the CLI's start
+
+    return free()
 
 
 def simulation_bytes(system: str, dim: int, steps: int, paths: int, record_every: int) -> int:

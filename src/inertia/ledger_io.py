@@ -22,7 +22,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor
 
-__all__ = ["Format", "Row", "RowWriter", "ledger_error", "line_time", "read_table", "write_rows"]
+__all__ = ["Format", "Row", "RowWriter", "ledger_error", "read_table", "write_rows"]
 
 #: A ledger row: column name ↦ number (an int stays an int on disk, a float is written by repr).
 Row = Mapping[str, float]
@@ -61,16 +61,6 @@ def write_rows(path: str | Path, rows: Iterable[Row], fmt: Format) -> Path:
         for row in rows:
             writer.write(row)
     return path
-
-
-def line_time(line: str, fmt: Format, time_name: str) -> float:
-    """The time of one written row: its first cell (CSV) or its `time_name` (JSONL).
-
-    ValueError, KeyError or TypeError if the line is not such a row.
-    """
-    if fmt == "csv":
-        return float(line.split(",", 1)[0])
-    return float(json.loads(line)[time_name])
 
 
 def ledger_error(path: str | Path, what: str) -> ValueError:

@@ -228,8 +228,10 @@ def _floor(c: dict[str, Array]) -> tuple[Array, Array] | None:
     if not applies.any():
         return None
     kinetic, loss = np.full(len(h), np.nan), np.full(len(h), np.nan)
-    k, excess = heavy_ball_noise_floor(h[applies], noise[applies], mu[applies])
-    kinetic[applies], loss[applies] = k.numpy(), excess.numpy()
+    # linear in the trace, whose unbiased estimates may fall below 0 on a row
+    k, excess = heavy_ball_noise_floor(h[applies], np.ones(applies.sum()), mu[applies])
+    kinetic[applies] = k.numpy() * noise[applies]
+    loss[applies] = excess.numpy() * noise[applies]
     if "clip" in c:  # steps scaled by c: the learning rate c·h², the noise c·ξ
         clip = np.where(np.isfinite(c["clip"]), c["clip"], 1.0)
         kinetic, loss = kinetic * clip * clip, loss * clip

@@ -42,7 +42,7 @@ from .layout import F64
 from .maps import NESTEROV, GroupMap, MapHistory
 
 BOOKS = ("dissipated", "injected", "residual", "decay", "schedule")
-_PER_GROUP = (
+PER_GROUP = (
     "last_kinetic",
     "last_power",
     "last_damping",
@@ -193,7 +193,7 @@ class Books:
             },
             "last_inertia": self.last_inertia if self._booked else None,
         }
-        for name in _PER_GROUP:
+        for name in PER_GROUP:
             state[name] = list(getattr(self, name))
         return state
 
@@ -202,7 +202,7 @@ class Books:
         checked = CompensatedSum((len(BOOKS),))  # checks shape and dtype, ValueError if not
         checked.load_state_dict(state["sums"])
         booked = state["last_inertia"] is not None
-        per_group = {name: [float(x) for x in state[name]] for name in _PER_GROUP}
+        per_group = {name: [float(x) for x in state[name]] for name in PER_GROUP}
         self._total, self._carry = checked.total.tolist(), checked.carry.tolist()
         self._booked = booked
         self.last_inertia = float(state["last_inertia"]) if booked else 0.0

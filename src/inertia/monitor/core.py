@@ -343,7 +343,7 @@ class InertiaMonitor:
             reading = self._alarm.update(
                 now, last, values, host[2 + len(BOOKS) :], (host[0], injected)
             )
-        flag = self._out.flag(flag, values["loss"][0], self.step)
+        flag = self._out.flag(flag, values["loss"][0], potential, self.step)
         batch = estimate.batch and estimate.batch * self._ranks.world
         scale = self._noise_scale
         row = make_row(self.step, now, values, host, reading, flag, self._layers, scale, batch)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .. import _checks
@@ -40,10 +41,16 @@ def noise_floor(ledger: Ledger, last: int | None = None) -> dict[str, float | in
     last = rows // 2 if last is None else _checks.integer("last", last, low=2)
     window = slice(max(0, rows - last), rows)
     trace, h, gamma = ledger["noise_trace"][window], ledger["h"][window], ledger["gamma"][window]
-    ok = trace.isfinite() & (ledger["flag"][window] == OK)
+    mu = 1.0 - gamma * h
+    ok = trace.isfinite() & (ledger["flag"][window] == OK) & (mu >= 0) & (mu < 1)
     if not ok.any():
-        raise ValueError("noise_floor: no row of the window has a finite noise estimate")
-    kinetic, excess = heavy_ball_noise_floor(h[ok], trace[ok], 1.0 - gamma[ok] * h[ok])
+        raise ValueError(
+            "noise_floor: no row of the window has a finite noise estimate and friction "
+            "(0 ≤ μ = 1 − γh < 1)"
+        )
+    # the law is linear in the trace, whose unbiased estimates may fall below 0 on a row
+    kinetic, excess = heavy_ball_noise_floor(h[ok], torch.ones_like(h[ok]), mu[ok])
+    kinetic, excess = kinetic * trace[ok], excess * trace[ok]
     if "clip" in ledger:  # steps scaled by c: the learning rate c·h², the noise c·ξ
         c = ledger["clip"][window][ok].nan_to_num(1.0)
         kinetic, excess = kinetic * c * c, excess * c

@@ -23,15 +23,17 @@ class Publisher:
         self.rows: deque[Row] = deque(maxlen=options.history)
         self._in_nonfinite_run = False  # the last row's loss was not finite
 
-    def flag(self, flag: int, loss: float, step: int) -> int:
-        """The row's flag: NONFINITE for a non-finite loss, warned about once per run of such
-        rows (FloatingPointError with on_nan="raise"), `flag` otherwise."""
-        if not math.isfinite(loss):
+    def flag(self, flag: int, loss: float, potential: float, step: int) -> int:
+        """The row's flag: NONFINITE where the potential (the loss plus a coupled decay's
+        penalty) is not finite, warned about once per run of such rows (FloatingPointError
+        with on_nan="raise"), `flag` otherwise."""
+        if not math.isfinite(potential):
+            what = f"loss {loss}" if not math.isfinite(loss) else f"potential {potential}"
             if self.on_nan == "raise":
-                raise FloatingPointError(f"loss is {loss} at step {step}")
+                raise FloatingPointError(f"non-finite {what} at step {step}")
             if not self._in_nonfinite_run:
                 warnings.warn(
-                    f"inertia: non-finite loss {loss} at step {step}; recorded and flagged"
+                    f"inertia: non-finite {what} at step {step}; recorded and flagged"
                     " (and so are the non-finite rows that follow it)",
                     RuntimeWarning,
                     stacklevel=4,

@@ -162,15 +162,6 @@ def weighted_square_parts(a: Tensor, metric: Metric, *, inverse: bool = False) -
     return parts
 
 
-def weighted_dot_parts(a: Tensor, b: Tensor, metric: Metric) -> list[Tensor]:
-    """Partial sums of Σᵢ Mᵢaᵢbᵢ, in float64."""
-    x, y, parts = a.reshape(-1), b.reshape(-1), []
-    for start, stop in _spans(x.numel()):
-        wide = _wide(x[start:stop]).mul_(_wide(metric.block(start, stop), slot=1))
-        parts.append(torch.dot(wide, y[start:stop].to(F64)))
-    return parts
-
-
 def _gather(tensors: list[Tensor], offsets: list[int], start: int, stop: int, slot: int) -> Tensor:
     """Elements [start, stop) of the concatenation of flat `tensors` (starting at `offsets`),
     copied into a reused block of this device and dtype (`slot` 0 or 1)."""

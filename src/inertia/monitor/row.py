@@ -167,10 +167,6 @@ class Pack:
                 runs.append((name, 1))
         return runs
 
-    def __getitem__(self, name: str) -> Tensor:
-        """The device values of `name` (a view of the packed tensor)."""
-        return self.tensor[self._slices[name]]
-
     def fetch(self) -> dict[str, list[float]]:
         """Every value by name, as floats: the row's one transfer to the host."""
         host = self.tensor.tolist()
@@ -260,10 +256,10 @@ def _clip(values: dict[str, list[float]]) -> float:
     the backward passes (clipping; NaN where not measured)."""
     if "clip" not in values:
         return math.nan
-    gradient = values["gradient"]
-    return math.sqrt(
-        sum(c * g for c, g in zip(values["clip"], gradient, strict=True)) / sum(gradient)
-    )
+    pairs = zip(values["clip"], values["gradient"], strict=True)
+    measured = [(c, g) for c, g in pairs if g > 0 and math.isfinite(c)]  # a zero g: no c
+    total = sum(g for _, g in measured)
+    return math.sqrt(sum(c * g for c, g in measured) / total) if total > 0 else math.nan
 
 
 def layer_columns(values: dict[str, list[float]], layers: list[str]) -> dict[str, float]:

@@ -18,21 +18,13 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from .books import BOOKS
+from .books import BOOKS, PER_GROUP
 from .layout import F64
 from .maps import KINDS, GroupMap
 from .probe import ParameterProbe, Probe, ReportProbe
 
 Shape = tuple[int, ...]
 KEYS = ("step", "every", "last_row", "layout", "maps", "books", "probe", "alarm", "noise_scale")
-PER_GROUP = (
-    "last_kinetic",
-    "last_power",
-    "last_damping",
-    "last_theta_grad",
-    "last_noise",
-    "last_clip",
-)
 PROBE = ("measured", "has_delta", "kinetic", "grad_dot_before", "cross_before", "steps", "norms")
 ALARM = ("ema", "last_secant", "above", "evidence", "growth", "floor", "last_energy", "sharp")
 MAP_FIELDS = tuple(GroupMap.__dataclass_fields__)
