@@ -150,6 +150,9 @@ def _two_batch_worker(rank: int, init_file: str, out_file: str) -> None:
     if rank == 0:
         ledger = {name: monitor.ledger[name] for name in ("noise_trace", "noise_scale")}
         torch.save({"ledger": ledger, "expected": expected, "exact": exact}, out_file)
+    monitor.detach()  # the communication hook and DDP's reducer go before the process group
+    del monitor, ddp
+    dist.barrier()
     dist.destroy_process_group()
 
 
