@@ -1,4 +1,5 @@
-"""Independent references for the tests: computed with scipy, never with inertia's own code."""
+"""Independent references for the tests, computed with scipy, never with inertia's own code;
+and the plain monitored loop on L = Σ‖θ‖² that the fault tests share."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ def fitted_order(errors, ratio: float = 2.0) -> float:
 @pytest.fixture
 def spd4():
     return random_spd(4, seed=7)
+
+
+def train_quadratic(monitor, steps: int) -> None:
+    """`steps` iterations of the monitored optimizer on L = Σ over its parameters of ‖θ‖²."""
+    opt = monitor.optimizer
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = sum((p**2).sum() for g in opt.param_groups for p in g["params"])
+        loss.backward()
+        monitor.observe(loss)
+        opt.step()

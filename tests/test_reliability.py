@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_quadratic
 from inertia import COLUMNS, InertiaMonitor
 from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, Sink
 
@@ -177,29 +178,20 @@ class FullDisk(Sink):
         self.rows.append(row)
 
 
-def _quadratic_steps(opt, monitor, steps: int) -> None:
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum((p**2).sum() for g in opt.param_groups for p in g["params"])
-        loss.backward()
-        monitor.observe(loss)
-        opt.step()
-
-
 def test_a_failing_sink_is_dropped_with_one_warning_and_training_goes_on():
     theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     opt = torch.optim.SGD([theta], lr=0.1, momentum=0.9)
     sink = FullDisk()
     monitor = InertiaMonitor(opt, sinks=[sink])
     with pytest.warns(RuntimeWarning, match="FullDisk could not write step 2") as caught:
-        _quadratic_steps(opt, monitor, 6)
+        train_quadratic(monitor, 6)
     assert len([w for w in caught if "could not write" in str(w.message)]) == 1
     assert len(sink.rows) == 2 and sink not in monitor.sinks
     assert len(monitor.ledger["step"]) == 6 and float(theta.detach().abs().max()) < 1
     monitor.detach()
     strict = InertiaMonitor(opt, sinks=[FullDisk()], on_error="raise")
     with pytest.raises(OSError, match="No space"):
-        _quadratic_steps(opt, strict, 4)
+        train_quadratic(strict, 4)
 
 
 def test_failures_inside_the_step_warn_once_and_leave_training_alone():
@@ -210,20 +202,20 @@ def test_failures_inside_the_step_warn_once_and_leave_training_alone():
     b = torch.nn.Parameter(torch.ones(2, dtype=torch.float64))
     opt = torch.optim.SGD([a], lr=0.1)
     monitor = InertiaMonitor(opt)
-    _quadratic_steps(opt, monitor, 2)
+    train_quadratic(monitor, 2)
     opt.add_param_group({"params": [b]})
     with pytest.warns(RuntimeWarning, match="parameter groups") as caught:
-        _quadratic_steps(opt, monitor, 3)
+        train_quadratic(monitor, 3)
     assert len([w for w in caught if "parameter groups" in str(w.message)]) == 1
     assert float(b.detach().max()) == pytest.approx(0.8**3)  # b trained: 3 steps of lr 0.1 on b²
     damped = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1, momentum=0.5, dampening=2)
     with pytest.warns(RuntimeWarning, match="the monitor failed"):
-        _quadratic_steps(damped, InertiaMonitor(damped), 3)
+        train_quadratic(InertiaMonitor(damped), 3)
     monitor.detach()
     strict = InertiaMonitor(opt, on_error="raise")
     opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1, dtype=torch.float64))]})
     with pytest.raises(RuntimeError, match="parameter groups"):
-        _quadratic_steps(opt, strict, 1)
+        train_quadratic(strict, 1)
 
 
 def test_bad_observe_calls_raise_at_the_call_and_change_nothing():
@@ -232,7 +224,7 @@ def test_bad_observe_calls_raise_at_the_call_and_change_nothing():
     monitor = InertiaMonitor(opt)
     with pytest.raises(ValueError, match="^loss must be a scalar"):
         monitor.observe(torch.ones(4))
-    _quadratic_steps(opt, monitor, 2)
+    train_quadratic(monitor, 2)
     assert monitor.ledger["loss"].tolist() == pytest.approx([3.0, 3.0 * 0.8**2])
     with pytest.raises(ValueError, match="^on_error must be 'warn' or 'raise'"):
         InertiaMonitor(opt, on_error="ignore")
@@ -280,7 +272,7 @@ def test_observe_after_detach_raises_every_time_and_changes_nothing():
     theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
     opt = torch.optim.SGD([theta], lr=0.1)
     monitor = InertiaMonitor(opt)
-    _quadratic_steps(opt, monitor, 2)
+    train_quadratic(monitor, 2)
     monitor.detach()
     for loss in (torch.tensor(1.0), 2.0):
         with pytest.raises(ValueError, match="observe: the monitor is detached"):
@@ -306,11 +298,11 @@ def test_a_tensorboard_folder_deleted_mid_run_warns_and_training_goes_on(tmp_pat
     opt = torch.optim.SGD([theta], lr=0.1, momentum=0.9)
     sink = TensorBoardSink(log_dir=folder)
     monitor = InertiaMonitor(opt, sinks=[sink])
-    _quadratic_steps(opt, monitor, 2)
+    train_quadratic(monitor, 2)
     sink.writer.flush()
     shutil.rmtree(folder)
     with pytest.warns(RuntimeWarning):
-        _quadratic_steps(opt, monitor, 3)
+        train_quadratic(monitor, 3)
         monitor.detach()
     assert monitor.ledger["step"].tolist() == [0, 1, 2, 3, 4]
     reference = torch.ones(3, dtype=torch.float64)

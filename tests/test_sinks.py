@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import train_quadratic
 from inertia import InertiaMonitor, Ledger
 from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, TensorBoardSink
 from inertia.monitor.sinks import MLflowSink, WandbSink, mlflow_name
@@ -260,16 +261,6 @@ def steps_in(path: Path) -> list[int]:
     return [int(json.loads(line)["step"]) for line in text.splitlines()]
 
 
-def train(monitor: InertiaMonitor, steps: int) -> None:
-    opt = monitor.optimizer
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = sum((p**2).sum() for g in opt.param_groups for p in g["params"])
-        loss.backward()
-        monitor.observe(loss)
-        opt.step()
-
-
 def optimizer() -> torch.optim.Optimizer:
     theta = torch.nn.Parameter(torch.tensor([1.0, -2.0], dtype=torch.float64))
     return torch.optim.SGD([theta], lr=0.1, momentum=0.9)
@@ -302,21 +293,21 @@ def test_a_fresh_run_into_a_log_dir_with_a_ledger_starts_a_new_file_and_a_resume
     tmp_path,
 ):
     first = InertiaMonitor(optimizer(), log_dir=tmp_path)
-    train(first, 5)
+    train_quadratic(first, 5)
     first.detach()
     opt = optimizer()
     second = InertiaMonitor(opt, log_dir=tmp_path)
     with pytest.warns(RuntimeWarning, match=r"holds rows .* new file .*ledger-1\.csv") as caught:
-        train(second, 4)
+        train_quadratic(second, 4)
     assert len(messages(caught, "new file")) == 1
     saved = second.state_dict()  # the second run's checkpoint at step 4; it goes on to 6
-    train(second, 2)
+    train_quadratic(second, 2)
     second.detach()
     assert steps_in(tmp_path / "ledger.csv") == [0, 1, 2, 3, 4]
     assert steps_in(tmp_path / "ledger-1.csv") == [0, 1, 2, 3, 4, 5]
     resumed = InertiaMonitor(opt, log_dir=tmp_path)
     resumed.load_state_dict(saved)  # continues the newest file of the series
-    train(resumed, 3)
+    train_quadratic(resumed, 3)
     resumed.detach()
     assert steps_in(tmp_path / "ledger.csv") == [0, 1, 2, 3, 4]
     assert steps_in(tmp_path / "ledger-1.csv") == [0, 1, 2, 3, 4, 5, 6]
@@ -405,13 +396,13 @@ def test_on_error_raise_raises_the_failed_write(tmp_path, monkeypatch):
 def test_a_monitor_on_a_full_disk_keeps_its_sink_and_training_goes_on(tmp_path, monkeypatch):
     disk = Disk(monkeypatch, tmp_path)
     monitor = InertiaMonitor(optimizer(), log_dir=tmp_path)
-    train(monitor, 2)
+    train_quadratic(monitor, 2)
     disk.full = True
     with pytest.warns(RuntimeWarning, match="could not write") as caught:
-        train(monitor, 10)
+        train_quadratic(monitor, 10)
     assert len(messages(caught, "inertia")) == 1 and len(monitor.sinks) == 1
     disk.full = False
-    train(monitor, 3)
+    train_quadratic(monitor, 3)
     monitor.detach()
     assert steps_in(tmp_path / "ledger.csv") == list(range(15))
 
@@ -419,10 +410,10 @@ def test_a_monitor_on_a_full_disk_keeps_its_sink_and_training_goes_on(tmp_path, 
 def test_a_deleted_log_dir_is_noticed_and_the_rows_go_on_in_a_new_file(tmp_path):
     log_dir = tmp_path / "run"
     monitor = InertiaMonitor(optimizer(), log_dir=log_dir, sinks=[JSONLSink(log_dir / "l.jsonl")])
-    train(monitor, 3)
+    train_quadratic(monitor, 3)
     shutil.rmtree(log_dir)
     with pytest.warns(RuntimeWarning, match="was deleted or replaced; rows from step 3") as caught:
-        train(monitor, 3)
+        train_quadratic(monitor, 3)
     assert len(messages(caught, "deleted")) == 2  # one per file
     monitor.detach()
     assert steps_in(log_dir / "ledger.csv") == steps_in(log_dir / "l.jsonl") == [3, 4, 5]
@@ -471,16 +462,16 @@ def test_a_non_utf8_jsonl_resumes_with_a_warning_and_the_sink_goes_on(tmp_path):
     path = tmp_path / "ledger.jsonl"
     opt = optimizer()
     monitor = InertiaMonitor(opt, sinks=[JSONLSink(path)])
-    train(monitor, 3)
+    train_quadratic(monitor, 3)
     saved = monitor.state_dict()
-    train(monitor, 2)
+    train_quadratic(monitor, 2)
     monitor.detach()
     text = path.read_bytes().splitlines(keepends=True)
     path.write_bytes(b"".join([text[0], "é".encode("latin-1") + b"\n", *text[1:]]))
     resumed = InertiaMonitor(opt, sinks=[JSONLSink(path)])
     with pytest.warns(RuntimeWarning, match=r"1 lines that are not its rows \(line 2: 'utf-8'"):
         resumed.load_state_dict(saved)
-    train(resumed, 2)
+    train_quadratic(resumed, 2)
     resumed.detach()
     assert steps_in(path) == [0, 1, 2, 3, 4]
 

@@ -127,3 +127,41 @@ def test_bad_constructor_arguments_raise_value_error_naming_them(make, name):
 def test_a_point_of_the_wrong_shape_is_named():
     with pytest.raises(ValueError, match="^theta"):
         systems.DoubleWell(2)("not a tensor")
+
+
+@pytest.mark.parametrize(
+    "loss",
+    [
+        systems.Quadratic(torch.tensor([[2.0, 0.3, 0.0], [0.3, 1.0, 0.1], [0.0, 0.1, 5.0]])),
+        systems.Quadratic(eigenvalues=[1.0, 4.0, 9.0], center=[1.0, -0.5, 2.0], minimum=0.7),
+    ],
+    ids=["dense", "diagonal-centred"],
+)
+def test_the_quadratic_evaluator_is_value_and_grad_in_reused_buffers(loss):
+    """The integrators' evaluator gives value_and_grad's (L, ∇L) to round-off, in buffers it
+    reuses (the value alternating between two, so the last one survives one call)."""
+    gen = torch.Generator().manual_seed(0)
+    q = torch.randn(8, 3, generator=gen, dtype=torch.float64)
+    evaluate = loss.evaluator(q, torch.empty_like(q))
+    first, grad = evaluate(q)
+    kept = first.clone()
+    for point in (2 * q, q):
+        value, g = evaluate(point)
+        expected_value, expected_grad = loss.value_and_grad(point)
+        torch.testing.assert_close(value, expected_value, rtol=1e-15, atol=1e-15)
+        torch.testing.assert_close(g, expected_grad, rtol=1e-15, atol=1e-15)
+        assert g.data_ptr() == grad.data_ptr()
+        if point is not q:  # the value before last is intact for one call
+            torch.testing.assert_close(first, kept, rtol=0, atol=0)
+
+
+def test_a_quadratic_subclass_with_its_own_loss_is_evaluated_by_it():
+    class Shifted(systems.Quadratic):
+        def value_and_grad(self, q):
+            value, grad = super().value_and_grad(q)
+            return value + 1.0, grad
+
+    loss = Shifted(eigenvalues=[1.0, 2.0])
+    q = torch.ones(2, 2, dtype=torch.float64)
+    value, _ = loss.evaluator(q, torch.empty_like(q))(q)
+    torch.testing.assert_close(value, loss.value_and_grad(q)[0])

@@ -43,6 +43,13 @@ class Potential:
             (grad,) = torch.autograd.grad(value.sum(), x)
         return value.detach(), grad
 
+    def evaluator(self, q: Tensor, scratch: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """What the integrators call each step for (L, ∇L) at states shaped and typed like q:
+        `value_and_grad` here. A loss may return one that writes into buffers it reuses (and
+        into `scratch`, a buffer like q that is free between calls), so a step allocates
+        nothing; callers then keep neither result across two calls."""
+        return self.value_and_grad
+
     def __call__(self, theta: Tensor) -> Tensor:
         """L(θ) for a single point θ of shape (d,) or a batch (paths, d)."""
         if not isinstance(theta, Tensor) or theta.dim() not in (1, 2):

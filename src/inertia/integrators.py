@@ -24,7 +24,7 @@ from functools import partial
 import torch
 from torch import Tensor
 
-from . import _checks, kernels
+from . import _checks
 from .dynamics import Dynamics
 from .energy import BOOKS, Mass
 
@@ -161,7 +161,7 @@ NOISE_DTYPES = (torch.float32, torch.float64)
 class Integrator:
     """Advances paths (q, v) in place, one step of size dt at a time.
 
-    Keeps L(q), ∇L(q) and K(v) current (no evaluation is wasted; `kernels.evaluation` may
+    Keeps L(q), ∇L(q) and K(v) current (no evaluation is wasted; `Potential.evaluator` may
     reuse their buffers, so copy `potential` and `gradient` to keep them across a step) and,
     per step, the ledger increments `dissipated`, `injected`, `residual` of shape (paths,).
     K is kept as `vmv` = vᵀMv = 2K (the factor ½ is exact in binary, applied where K is read). Every
@@ -196,7 +196,7 @@ class Integrator:
         self._noise = torch.empty(shape, dtype=dtype, device=device)
         self._draw = None if draw == dtype else torch.empty(shape, dtype=draw, device=device)
         self._scratch = torch.empty_like(q)  # free between sub-steps
-        self._evaluation = kernels.evaluation(dynamics.potential, q, self._scratch)
+        self._evaluation = dynamics.potential.evaluator(q, self._scratch)
         self.restart()
 
     @property

@@ -113,6 +113,47 @@ class Quadratic(Potential):
         g = self._grad_at(x)
         return torch.linalg.vecdot(x, g).mul_(0.5).add_(self.minimum), g
 
+    def evaluator(self, q: Tensor, scratch: Tensor) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+        """`value_and_grad` into reused buffers (`Potential.evaluator`), unless a subclass
+        changed the loss."""
+        if type(self).value_and_grad is not Quadratic.value_and_grad:
+            return super().evaluator(q, scratch)
+        return _QuadraticEvaluator(self, q, scratch)
+
+
+class _QuadraticEvaluator:
+    """L = ½ xᵀg + L*, g = A x, x = q − c, as `Quadratic.value_and_grad` computes them, with
+    no temporary: the product into one gradient buffer, its dot with x through `scratch`, the
+    value alternately into two buffers (the previous one survives one call)."""
+
+    def __init__(self, loss: Quadratic, q: Tensor, scratch: Tensor) -> None:
+        dtype, device = q.dtype, q.device
+        diagonal = loss._diagonal
+        self._diagonal = None if diagonal is None else diagonal.to(device, dtype)
+        # A is exactly symmetric (symmetrised at construction), so A.T is A; as a transposed
+        # view BLAS multiplies by it about 15% faster than by the contiguous A
+        self._matrix = loss.hessian.to(device, dtype).T
+        center = loss.center.to(device, dtype)
+        self._x = torch.empty_like(q) if bool(center.ne(0).any()) else None  # q − 0 = q
+        self._center, self._minimum = center, loss.minimum
+        self._gradient, self._scratch = torch.empty_like(q), scratch
+        self._values = (q.new_empty(q.shape[0]), q.new_empty(q.shape[0]))
+        self._turn = 0
+
+    def __call__(self, q: Tensor) -> tuple[Tensor, Tensor]:
+        x = q if self._x is None else torch.sub(q, self._center, out=self._x)
+        g = self._gradient
+        if self._diagonal is not None:
+            torch.mul(x, self._diagonal, out=g)
+        else:
+            torch.mm(x, self._matrix, out=g)
+        self._turn ^= 1
+        value = torch.sum(torch.mul(x, g, out=self._scratch), -1, out=self._values[self._turn])
+        value.mul_(0.5)
+        if self._minimum != 0.0:
+            value.add_(self._minimum)
+        return value, g
+
 
 class Rosenbrock(Potential):
     """L(θ) = Σᵢ b (θᵢ₊₁ − θᵢ²)² + (1 − θᵢ)², i < d − 1; minimum 0 at θ = (1, …, 1)."""
