@@ -447,6 +447,13 @@ def test_decay_rate_is_right_where_gamma_squared_overflows():
     assert theory.decay_rate([1e308], 1e308, mass=1e-300) == 1e308  # underdamped: γ
 
 
+def test_decay_rate_of_a_flat_mode_is_zero_at_the_smallest_gamma():
+    """A flat mode (λ = 0) does not decay, down to γ = 5e-324, where ½γ underflows to 0 (hypothesis
+    found 0/0 there); an underdamped mode still decays at γ."""
+    assert theory.decay_rate([0.0], 5e-324) == 0.0
+    assert theory.decay_rate([1.0], 5e-324) == 5e-324
+
+
 def test_relaxation_rises_to_the_minimum_plus_d_t():
     """docs/theory.md (2.11): L* + dT at t → ∞ (the floor was dT, without L*)."""
     gamma, sigma, minimum = 0.5, 0.3, 1.0

@@ -280,6 +280,7 @@ def decay_rate(eigenvalues: ArrayLike, gamma: float, *, mass: ArrayLike = 1.0) -
     root = (gamma - r).clamp(min=0.0).sqrt() * (half + 0.5 * r).sqrt() * math.sqrt(2.0)
     slow = r * ((0.5 * r) / (half + 0.5 * root))
     rate = torch.where(r >= gamma, torch.full_like(r, gamma), slow)
+    rate = torch.where(r > 0, rate, 0.0)  # a flat mode: 0, also where ½γ underflows (0/0)
     inputs = {"eigenvalues": eigenvalues, "gamma": gamma, "mass": mass}
     return _checks.finite("decay_rate", inputs, float(rate.min()))
 
