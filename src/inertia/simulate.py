@@ -19,8 +19,9 @@ from torch import Tensor
 
 from . import _checks, _distributed
 from .dynamics import Dynamics
-from .energy import BOOKS, COLUMNS, CompensatedSum, Ledger
+from .energy import CompensatedSum, Ledger
 from .integrators import METHODS, NOISE_DTYPES, Integrator, make_integrator
+from .recording import Records, block_rows
 from .trajectory import Trajectory
 
 __all__ = [
@@ -101,9 +102,9 @@ def _check_size(
 ) -> None:
     """ValueError naming paths/steps/record_every if the records and the state cannot fit in
     the memory available: 7 float64 columns and ~100 bytes of marks per record and path, a
-    dozen (paths, d) buffers of the state's dtype and the books per path."""
+    dozen (paths, d) buffers of the state's dtype, the books and their block per path."""
     size = torch.empty(0, dtype=dtype).element_size()
-    need = records * (56 * paths + 100) + paths * (12 * dim * size + 160)
+    need = records * (56 * paths + 100) + paths * (12 * dim * size + 160 + 24 * block_rows(dim))
     what = f"this simulation ({records:,} records × {paths:,} paths, d = {dim})"
     _checks.memory("paths/steps/record_every", need, what, device)
 
@@ -254,30 +255,19 @@ def simulate(
     integrator = make_integrator(method, dynamics, q, v, dt, generator, noise_dtype)
     marks = _record_steps(steps, record_every)
     times = torch.tensor([t0 + n * dt for n in marks], dtype=torch.float64, device=device)
-    books = CompensatedSum((len(BOOKS), local), device=device)  # rows as the increments
-    # The records, one float64 slab per column: vᵀMv (halved into K at the end), L, the books
-    # D, N, R and I (= K + L, formed at the end); a record is two writes, (vᵀMv, L) and D, N, R.
-    # Only records written are ever read, so the table starts uninitialised.
-    slots = ("kinetic", "potential", *BOOKS, "inertia")
-    table = torch.empty(len(slots), len(marks), local, dtype=torch.float64, device=device)
-    energies, sums = table[:2], table[2:-1]
-
-    def record(r: int) -> None:  # row copies: a few µs fewer than a stack into the slab
-        energies[0, r].copy_(integrator.vmv)
-        energies[1, r].copy_(integrator.potential)
-        sums[:, r].copy_(books.total)
+    records = Records(len(marks), local, block_rows(q.shape[1]), device)
 
     def advance(n: int, settle: bool = True) -> None:
         integrator.step(t0 + (n - 1) * dt, settle)
-        books.add_(integrator.increments)
+        records.book(integrator.increments)
 
-    def trajectory(records: int, steps_done: int) -> Trajectory:
-        kept = table[:, :records]
-        kept[0].mul_(0.5)  # K = ½ vᵀMv, exactly
-        torch.add(kept[0], kept[1], out=kept[-1])  # I = K + L, in float64
-        columns = {name: kept[slots.index(name)] for name in COLUMNS}
+    def replay(n: int) -> None:  # a step with the books current after it
+        advance(n)
+        records.flush()
+
+    def trajectory(kept: int, steps_done: int) -> Trajectory:
         return Trajectory(
-            Ledger(times[:records], columns),
+            Ledger(times[:kept], records.columns(kept)),
             q,
             v,
             method=method,
@@ -288,8 +278,8 @@ def simulate(
             distributed=distributed,
         )
 
-    record(0)
-    checkpoint = _Checkpoint(integrator, books)
+    records.record(0, integrator.vmv, integrator.potential)
+    checkpoint = _Checkpoint(integrator, records.books)
     bar = _Progress(steps, progress and rank == 0)
     done, r = 0, 1
     while done < steps:
@@ -298,16 +288,17 @@ def simulate(
             recorded = n == marks[r]
             advance(n, settle=recorded or n == block[-1])  # K current where it is read
             if recorded:
-                record(r)
+                records.record(r, integrator.vmv, integrator.potential)
                 r += 1
             bar.update(n)
         done = block[-1]
         # A non-finite K or L enters the step's increments, and the running totals stay
         # non-finite from then on: one look per block finds any blow-up within it.
-        flag = (~torch.isfinite(books.total)).any().to(torch.int32)
+        records.flush()
+        flag = (~torch.isfinite(records.books.total)).any().to(torch.int32)
         if bool(_distributed.all_reduce(flag, "max") if distributed else flag):
             step, path = _locate(
-                checkpoint, advance, until=done, paths=paths, offset=offset, collective=distributed
+                checkpoint, replay, until=done, paths=paths, offset=offset, collective=distributed
             )
             kept = bisect.bisect_left(marks, step)  # records before the failing step
             raise SimulationDiverged(
