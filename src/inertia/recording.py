@@ -41,16 +41,17 @@ class Records:
         self.table = torch.zeros(len(_SLOTS), records, paths, dtype=torch.float64, device=device)
         self._vmv, self._potential, self._sums = self.table[0], self.table[1], self.table[2:-1]
         self._block = torch.zeros(rows, len(BOOKS), paths, dtype=torch.float64, device=device)
+        self._rows = self._block.unbind(0)
         self._filled = 0
         self._pending: list[tuple[int, int]] = []  # (record, row) of the records in the block
 
     def book(self, increments: Tensor) -> None:
         """Add one step's increments (len(BOOKS), paths) to the books."""
-        if self._filled == len(self._block):
+        if self._filled == len(self._rows):
             self.flush()
-        row = self._block[self._filled]
+        row = self._rows[self._filled]
         if self._filled:
-            torch.add(self._block[self._filled - 1], increments, out=row)
+            torch.add(self._rows[self._filled - 1], increments, out=row)
         else:
             row.copy_(increments)
         self._filled += 1
