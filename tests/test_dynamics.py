@@ -87,6 +87,14 @@ def test_noise_heat_rate_is_half_sum_of_m_sigma_squared():
     )
 
 
+def test_noise_heat_rate_is_computed_in_float64():
+    """σ² in float64, not in torch's default float32 (0.2² would be 0.0400000028, and a mass
+    of 1e300 times a float32 σ² overflowed to inf)."""
+    assert Dynamics(systems.DoubleWell(2), sigma=0.2).noise_heat_rate(2) == 0.5 * 0.2**2 * 2
+    huge = Dynamics(systems.DoubleWell(2), sigma=0.2, mass=1e300)
+    assert huge.noise_heat_rate(2) == pytest.approx(0.5 * 1e300 * 0.2**2 * 2, rel=1e-15)
+
+
 @pytest.mark.parametrize(
     ("call", "name"),
     [

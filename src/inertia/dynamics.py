@@ -190,7 +190,8 @@ class Dynamics:
         dim = _checks.integer("dim", dim, low=1)
         if self.dim is not None and dim != self.dim:
             raise _checks.fail("dim", f"this dynamics' dimension {self.dim}", dim)
-        return 0.5 * Mass(self.mass).total(torch.as_tensor(self.sigma) ** 2, dim)
+        sigma = torch.as_tensor(self.sigma, dtype=torch.float64)
+        return 0.5 * Mass(self.mass).total(sigma**2, dim)
 
     def check(self, q: Tensor) -> None:
         """Raise ValueError unless the dynamics accept points q of shape (paths, d)."""
