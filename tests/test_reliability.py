@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -216,6 +217,38 @@ def test_failures_inside_the_step_warn_once_and_leave_training_alone():
     opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(1, dtype=torch.float64))]})
     with pytest.raises(RuntimeError, match="parameter groups"):
         train_quadratic(strict, 1)
+
+
+def run_with_failed_observe(fail_at: int | None, steps: int = 6):
+    """A linear model trained on fixed data with per-sample noise; at step `fail_at` observe
+    gets losses without a graph, so the monitor's noise estimate fails inside observe."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1).double()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt, noise="per_sample")
+    x, y = torch.randn(16, 4, dtype=torch.float64), torch.randn(16, 1, dtype=torch.float64)
+    for step in range(steps):
+        opt.zero_grad()
+        losses = ((model(x) - y) ** 2).squeeze(1)
+        monitor.observe(losses.mean(), per_sample=losses.detach() if step == fail_at else losses)
+        losses.mean().backward()
+        opt.step()
+    return monitor.ledger
+
+
+def test_a_failure_inside_observe_leaves_that_step_unbooked_as_its_warning_says():
+    """One warning, naming the step; that step has no row (not a NaN loss with a second,
+    "non-finite loss" warning); the other rows are those of the run without the failure."""
+    clean = run_with_failed_observe(None)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        failed = run_with_failed_observe(3)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1 and "the monitor failed at step 3" in messages[0], messages
+    assert failed["step"].tolist() == [0, 1, 2, 4, 5]
+    rows = [0, 1, 2, 4, 5]
+    for column in ("loss", "kinetic", "noise_trace"):
+        torch.testing.assert_close(failed[column], clean[column][rows], rtol=1e-12, atol=0.0)
 
 
 def test_bad_observe_calls_raise_at_the_call_and_change_nothing():

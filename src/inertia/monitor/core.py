@@ -279,7 +279,7 @@ class InertiaMonitor:
             return
         measured = (self.step + 1) % self.every == 0
         self._probe.measured = measured  # between steps, the buffers then hold the step's −Δθ
-        booked = self.step % self.every == 0
+        booked = self.step % self.every == 0 and self._failures.failed_at != self.step
         if not (booked or measured):  # a step between rows consumes its loss unbooked
             self._maps.under_way = None
             self._loss.reset()

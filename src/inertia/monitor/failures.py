@@ -14,6 +14,7 @@ class Failures:
     def __init__(self, on_error: str):
         self.on_error = on_error
         self._seen = set[str]()
+        self.failed_at = -1  # the step of the last failure
 
     def guard(
         self, work: Callable[..., None], *args: Any, undo: Callable[[], None], step: int
@@ -27,6 +28,7 @@ class Failures:
         except Exception as error:
             if self.on_error == "raise":
                 raise
+            self.failed_at = step
             undo()
             kind = f"{type(error).__name__}: {error}"
             if kind not in self._seen:
