@@ -3,6 +3,8 @@ the same global batch (norms are global, the potential is the mean loss over ran
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -64,6 +66,9 @@ def _worker(rank: int, mode: str, optimizer: str, init_file: str, out_file: str)
     ledger = train(model, x[shard], y[shard], optimizer)
     if rank == 0:
         torch.save(ledger, out_file)
+    del model  # FSDP2's state goes while the group is alive (gloo may abort at exit otherwise)
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 
