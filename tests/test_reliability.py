@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import math
@@ -238,7 +239,8 @@ def run_with_failed_observe(fail_at: int | None, steps: int = 6):
 
 def test_a_failure_inside_observe_leaves_that_step_unbooked_as_its_warning_says():
     """One warning, naming the step; that step has no row (not a NaN loss with a second,
-    "non-finite loss" warning); the other rows are those of the run without the failure."""
+    "non-finite loss" warning); the other rows' loss, kinetic energy and noise are those of
+    the run without the failure (the books bridge the gap as between rows two steps apart)."""
     clean = run_with_failed_observe(None)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -249,6 +251,44 @@ def test_a_failure_inside_observe_leaves_that_step_unbooked_as_its_warning_says(
     rows = [0, 1, 2, 4, 5]
     for column in ("loss", "kinetic", "noise_trace"):
         torch.testing.assert_close(failed[column], clean[column][rows], rtol=1e-12, atol=0.0)
+
+
+def test_a_step_retried_after_a_failed_observe_is_booked():
+    """The failure unbooks only the iteration it happened in: an iteration retried at the
+    same step (one with no optimizer step, as GradScaler skips on overflow; or one rerun
+    after restoring a checkpoint, here over accumulated micro-batches) is booked."""
+    theta = torch.nn.Parameter(torch.ones(3, dtype=torch.float64))
+    opt = torch.optim.SGD([theta], lr=0.1, momentum=0.9)
+    monitor = InertiaMonitor(opt, noise="per_sample")
+    x = torch.linspace(1.0, 2.0, 8, dtype=torch.float64)[:, None]
+
+    def iteration(fail: bool = False, step: bool = True, micro: int = 1):
+        opt.zero_grad()
+        for part in x.chunk(micro):
+            losses = 0.5 * ((part * theta) ** 2).sum(1)
+            per_sample = losses.detach() if fail else losses  # without a graph: it fails
+            monitor.observe(losses.mean(), accumulate=micro > 1, per_sample=per_sample)
+            losses.mean().backward()
+        if step:
+            opt.step()
+
+    iteration()
+    iteration()
+    saved = [copy.deepcopy(s.state_dict()) for s in (opt, monitor)]
+    saved_theta = theta.detach().clone()
+    with pytest.warns(RuntimeWarning, match="the monitor failed at step 2"):
+        iteration(fail=True, step=False)  # an iteration whose step was skipped
+    iteration()  # the same step again
+    assert monitor.ledger["step"].tolist() == [0, 1, 2]
+    iteration(fail=True, micro=2)  # the same kind of failure: warned once, already
+    assert monitor.ledger["step"].tolist() == [0, 1, 2]
+    with torch.no_grad():  # back to the checkpoint of step 2, and on
+        theta.copy_(saved_theta)
+    opt.load_state_dict(saved[0])
+    monitor.load_state_dict(saved[1])
+    iteration(micro=2)
+    iteration(micro=2)
+    assert monitor.ledger["step"].tolist() == [2, 3]
 
 
 def test_bad_observe_calls_raise_at_the_call_and_change_nothing():

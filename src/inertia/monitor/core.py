@@ -184,8 +184,10 @@ class InertiaMonitor:
         batch_size: int | None,
     ) -> None:
         ended = self._scaler is not None and self._scaler.iteration_ended()
-        if self._loss.count and (ended or not accumulate):
-            self._book_row(self._read_maps(), SKIPPED)
+        if ended or not accumulate:  # a new iteration: a failure in the last one is past
+            self._failures.failed_at = -1
+            if self._loss.count:  # the last iteration's loss, which no step consumed
+                self._book_row(self._read_maps(), SKIPPED)
         if (self._noise or self._alarm) and self.step % self.every == 0:  # a booked step's
             steps = self._probe.steps() if self._probe.measured else None
             if self._noise is not None:
@@ -197,16 +199,14 @@ class InertiaMonitor:
         self._loss.add(loss)
 
     def noise_floor(self, last: int | None = None) -> dict[str, float | int | str]:
-        """The stationary excess loss and kinetic energy the noise estimates predict, beside the
-        measured means, over the `last` rows kept (`inertia.monitor.noise_floor`)."""
+        """Predicted and measured stationary excess loss and kinetic energy, last `last` rows."""
         if self.noise is None:
             raise ValueError("noise_floor needs a noise estimate: InertiaMonitor(..., noise=...)")
         return noise_floor(self.ledger, last)
 
     @property
     def reads_report(self) -> bool:
-        """Whether rows are booked from the optimizer's own reports (`ReportsEnergy`, with
-        neither the alarm nor a noise estimate): no buffers, no pass over the parameters."""
+        """Whether rows come from the optimizer's own report (`ReportsEnergy`): no buffers."""
         return self._probe.books_after_step
 
     @property
@@ -234,7 +234,7 @@ class InertiaMonitor:
         checkpoint of an earlier release is upgraded): the sinks drop what they hold from the
         checkpoint's step on, which is booked again."""
         step, every, last, parts = checkpoint.load(state, self._parts(), self._groups)
-        self.step, self.every, self._last_row = step, every, last
+        self.step, self.every, self._last_row, self._failures.failed_at = step, every, last, -1
         self._books, self._maps, _, self._alarm, self._noise_scale = parts
         self._out.rows.clear()
         for sink in self.sinks:  # rows booked after the checkpoint are booked again
