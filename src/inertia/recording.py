@@ -26,7 +26,8 @@ _SLOTS = ("kinetic", "potential", *BOOKS, "inertia")
 
 def block_rows(dim: int) -> int:
     """Rows of the block for states of dimension `dim`: at most MAX_BLOCK, and few enough
-    that the block (3 numbers a row and path) is no larger than 3 state buffers."""
+    that the block (3 float64 numbers a row and path) is no larger than 3 float64 state
+    buffers (6 float32 ones)."""
     return max(1, min(MAX_BLOCK, dim))
 
 
@@ -70,16 +71,17 @@ class Records:
         if not self._filled:
             return
         running = self._block[: self._filled]
-        if self._pending:
-            first, last = self._pending[0][0], self._pending[-1][0] + 1
-            rows = [row for _, row in self._pending]
-            if rows == list(range(rows[0], rows[0] + len(rows))):
-                taken = running[rows[0] : rows[-1] + 1]
-            else:
-                taken = running[torch.tensor(rows, device=running.device)]
-            out = self._sums[:, first:last]
+        # records are `every` rows apart, but for the last step's: one strided slice, and the
+        # odd one alone (an index tensor would be a host-to-device copy, a wait on a GPU)
+        while self._pending:
+            (first, row), count = self._pending[0], 1
+            gap = self._pending[1][1] - row if len(self._pending) > 1 else 1
+            while count < len(self._pending) and self._pending[count][1] == row + count * gap:
+                count += 1
+            taken = running[row : row + (count - 1) * gap + 1 : gap]
+            out = self._sums[:, first : first + count]
             torch.add(taken.transpose(0, 1), self.books.total[:, None], out=out)
-            self._pending.clear()
+            del self._pending[:count]
         self.books.add_(running[-1])
         self._filled = 0
 
