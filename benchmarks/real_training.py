@@ -67,7 +67,8 @@ batch_size=b)` after each micro-batch's backward.
    displacement in Adam's metric MSD(τ) = ⟨‖θ_{k+τ} − θ_k‖²_M⟩, M = diag(sqrt(v̂) + ε),
    at lags 1, τ₀ = s₀/5 and τ₁ = s₁/5 over the whole arm: its slope per step over the free
    diffusion c²η²·tr(M⁻¹C)/B (the ledger's h, γ, clip and noise_trace) is f(τ), the share of
-   the floor not relaxed by lag τ; its mean f̄ over [τ₀, τ₁] is the secant. (c) The loss is
+   the floor not relaxed by lag τ, once the part of the MSD that the arm's mean displacement
+   makes (learning, not noise) is taken out; its mean f̄ over [τ₀, τ₁] is the secant. (c) The loss is
    not quadratic: the noise balance fixes the virial V = ½E⟨θ − θ̄, ∇L⟩ for any loss, which
    is E[L − L*] only in a quadratic basin; a line probe over the control arm's first
    --probe-window steps (θ_k kept every --probe-every), x_k = θ_k − θ̄, measures
@@ -437,6 +438,8 @@ class Displacement:
             raise ValueError(f"lags: in [1, {steps}], not {lags}")
         self.lags, self.last_origin = sorted(set(lags)), steps - max(lags)
         self.sums = dict.fromkeys(self.lags, 0.0)
+        self.moved: dict[int, Tensor] = {}  # Σ_k (θ_{k+τ} − θ_k) and Σ_k M, per lag
+        self.metric: dict[int, Tensor] = {}
         self.origins: dict[int, Tensor] = {}
         self.j = 0
 
@@ -445,8 +448,10 @@ class Displacement:
         for lag in self.lags:
             origin = self.origins.get(self.j - lag)
             if origin is not None:
-                d = (theta - origin).to(F64)
-                self.sums[lag] += float((metric.to(F64) * d * d).sum())
+                d, m = (theta - origin).to(F64), metric.to(F64)
+                self.sums[lag] += float((m * d * d).sum())
+                self.moved[lag] = self.moved[lag] + d if lag in self.moved else d
+                self.metric[lag] = self.metric[lag] + m if lag in self.metric else m
         self.origins.pop(self.j - self.lags[-1], None)
         if self.j <= self.last_origin:
             self.origins[self.j] = theta.detach().clone()
@@ -457,6 +462,19 @@ class Displacement:
         n = self.last_origin + 1
         done = self.j > self.last_origin + self.lags[-1]
         return {lag: self.sums[lag] / n if done else math.nan for lag in self.lags}
+
+    def drift(self) -> dict[int, float]:
+        """‖ū_τ‖²_M̄, ū_τ the mean displacement over lag τ and M̄ the mean metric: the part of
+        MSD(τ) that a steady descent contributes (‖u‖²τ² for a drift u per step), which is
+        learning, not noise; MSD(τ) − drift(τ) is the fluctuation's alone."""
+        n = self.last_origin + 1
+        done = self.j > self.last_origin + self.lags[-1]
+        return {
+            lag: float((self.metric[lag] / n * (self.moved[lag] / n) ** 2).sum())
+            if done
+            else math.nan
+            for lag in self.lags
+        }
 
 
 def relaxation_lags(cfg: Config) -> tuple[int, int]:
@@ -494,22 +512,20 @@ def unrelaxed_share(msd: dict[int, float], lo: int, hi: int, per_step: float) ->
 
 
 class Window:
-    """θ_k over steps k = 0 … n of a run: their mean θ̄, and every `every`-th θ_k kept."""
+    """Every `every`-th θ_k over steps k = 0 … n of a run, and their mean θ̄: the mean of the
+    very θ_k the probe averages over, so that Σ x_k = 0 and E(1) = V exactly on a quadratic
+    (the mean of all θ_k would bias E(1)/V by the kept ones' mean offset)."""
 
     def __init__(self, every: int):
         self.every, self.kept, self.k = every, [], 0
-        self.total: Tensor | None = None
 
     def add(self, theta: Tensor) -> None:
-        theta = theta.to(F64)
-        self.total = theta.clone() if self.total is None else self.total + theta
         if self.k % self.every == 0:
-            self.kept.append(theta.clone())
+            self.kept.append(theta.to(F64).clone())
         self.k += 1
 
     def mean(self) -> Tensor:
-        assert self.total is not None
-        return self.total / self.k
+        return torch.stack(self.kept).mean(0)
 
 
 def loss_and_gradient(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Tensor]:
@@ -604,6 +620,7 @@ class Results:
     averaged: dict[str, tuple[float, list[float]]]  # the averaging probe: L(θ̄), window L(θ_j)
     arms: dict[str, Run]
     msd: dict[int, float]  # the control arm's MSD in Adam's metric
+    drift: dict[int, float]  # the part of it its mean displacement makes (learning)
     probe: dict[str, dict[str, float]]  # the line probe at the fork
     decomposition_seconds: float  # what the MSD and the probe cost
     seconds: float
@@ -662,7 +679,7 @@ def experiment(cfg: Config, d: Data, say: Callable[[str], None]) -> Results:
     seconds = time.perf_counter() - start
     return Results(
         cfg, params, len(d.vocab), floor, shared, shared_ledger, averaged, arms,
-        watch.moved.msd(), probe, watch.seconds, seconds,
+        watch.moved.msd(), watch.moved.drift(), probe, watch.seconds, seconds,
     )  # fmt: skip
 
 
@@ -781,7 +798,8 @@ def decomposition(
     """The law's drop 0.9 × floor against the measured drops, factor by factor, each measured
     on its own: the floor drifts during the arms (their own floors over the settled steps
     differ by Δ, not by 0.9 × floor: `drift` = Δ/(0.9 × floor)); the drop arm has relaxed only
-    1 − f̄ of it by then (`unrelaxed_share` of the control arm's MSD); the loss is not quadratic
+    1 − f̄ of it by then (`unrelaxed_share` of the control arm's MSD less the part its mean
+    displacement makes, learning rather than noise); the loss is not quadratic
     (the noise fixes the virial V, the excess is E(1) = (E(1)/V)·V, `line_probe`); held-out
     loss is less curved along the noise than the training loss it was driven by (V_held/V_train).
     Corrected: Δ·(1 − f̄)·E(1)/V on training loss, Δ·(1 − f̄)·(E(1)/V)_held·V_held/V_train held
@@ -789,7 +807,8 @@ def decomposition(
     cfg, probe = res.cfg, res.probe
     lo, hi = relaxation_lags(cfg)
     laws = diffusion_laws(res.arms["control"].monitor.ledger)
-    unrelaxed = unrelaxed_share(res.msd, lo, hi, laws["per_step"])
+    fluctuation = {lag: res.msd[lag] - res.drift[lag] for lag in res.msd}
+    unrelaxed = unrelaxed_share(fluctuation, lo, hi, laws["per_step"])
     difference = own["control"] - own["drop"]
     anharmonic = {name: p["excess"] / p["virial"] for name, p in probe.items()}
     curvature = probe["heldout"]["virial"] / probe["train"]["virial"]
@@ -801,6 +820,8 @@ def decomposition(
     return {
         "lags": [lo, hi],
         "msd": {str(lag): value for lag, value in res.msd.items()},
+        "msd_drift": {str(lag): value for lag, value in res.drift.items()},
+        "unrelaxed_with_drift": unrelaxed_share(res.msd, lo, hi, laws["per_step"]),
         "per_step": laws["per_step"],
         "lag_one_ratio": res.msd[1] / laws["lag_one"],
         "unrelaxed": unrelaxed,
@@ -1064,7 +1085,8 @@ def decomposition_table(s: dict[str, Any]) -> list[str]:
         f"| the floor drifts: the arms' own floors over steps {s['settled_from']}–{n}, "
         f"difference ÷ (0.9 × floor) | {x['drift']:.3f} |",
         f"| slow modes: relaxed share 1 − f̄, f̄ the control arm's MSD slope in Adam's metric "
-        f"÷ c²η²·tr(M⁻¹C)/B over lags {lo}–{hi} | {1 - x['unrelaxed']:.3f} |",
+        f"(less its mean displacement's part) ÷ c²η²·tr(M⁻¹C)/B over lags {lo}–{hi} "
+        f"| {1 - x['unrelaxed']:.3f} (with it: {1 - x['unrelaxed_with_drift']:.3f}) |",
         f"| not quadratic: E(1) ÷ virial, line probe over the control arm's steps "
         f"0–{cfg['probe_window']} | {a['heldout']:.3f} ({a['train']:.3f}) |",
         f"| held-out ÷ training virial | {x['curvature']:.3f} (1) |",

@@ -116,6 +116,10 @@ def test_the_displacement_is_the_mean_over_shared_origins_in_the_later_metric():
         direct = np.mean([float((metric[k + lag] * (theta[k + lag] - theta[k]) ** 2).sum())
                           for k in origins])  # fmt: skip
         assert value == pytest.approx(direct, rel=1e-12)
+        mean_move = np.mean([(theta[k + lag] - theta[k]).numpy() for k in origins], 0)
+        mean_metric = np.mean([metric[k + lag].numpy() for k in origins], 0)
+        drift = float(np.sum(mean_metric * mean_move**2))
+        assert moved.drift()[lag] == pytest.approx(drift, rel=1e-12)
     assert len(moved.origins) <= 4  # θ_k is dropped once its largest lag has passed
 
 
@@ -146,3 +150,34 @@ def test_unrelaxed_share_of_ornstein_uhlenbeck_modes_is_their_closed_form():
     exact = (msd(hi) - msd(lo)) / ((hi - lo) * per_step)
     assert 0.3 < exact < 0.8  # some modes relaxed, some not: the test has teeth
     assert unrelaxed_share(measured, lo, hi, per_step) == pytest.approx(exact, rel=0.02)
+
+
+def test_the_unrelaxed_share_at_lag_2s_over_r_predicts_what_a_drop_arm_has_not_shed():
+    """Closed forms on Ornstein–Uhlenbeck modes x ← (1 − a)x + noise, the floor's weight of
+    each mode ∝ its share of the free diffusion (s²/m): cut η to η/r at step 0 from the
+    stationary state at η; the share of the drop still to come, averaged over steps
+    [s₀, s₁], against the secant f̄ of MSD at η over lags [2s₀/r, 2s₁/r]. The two agree to
+    first order in a ((1 − a/r)^{2s} against (1 − a)^{2s/r}), within 5% on this spectrum."""
+    rng = np.random.default_rng(1)
+    modes, eta, r, s0, s1 = 200, 0.01, 10, 300, 600
+    a = np.geomspace(1e-4, 0.3, modes)
+    m, s = rng.uniform(0.5, 2.0, modes), rng.uniform(0.5, 2.0, modes)
+
+    def variance(rate: float, lr: float) -> np.ndarray:  # stationary, a = lr·λ/m ∝ lr
+        return (lr * s / m) ** 2 / (1 - (1 - rate) ** 2)
+
+    lam = a * m / eta
+    before, after = variance(a, eta), variance(a / r, eta / r)
+    steps = np.arange(s0, s1 + 1)
+    left = (1 - a[None, :] / r) ** (2 * steps[:, None])  # share of each mode's drop to come
+    drop = 0.5 * lam * (before - after)
+    unshed = float(np.mean(left @ drop) / drop.sum())
+
+    def msd(tau: int) -> float:
+        return float(np.sum(m * 2 * before * (1 - (1 - a) ** tau)))
+
+    per_step = eta**2 * float(np.sum(s**2 / m))
+    f = unrelaxed_share({t: msd(t) for t in (2 * s0 // r, 2 * s1 // r)}, 2 * s0 // r,
+                        2 * s1 // r, per_step)  # fmt: skip
+    assert 0.2 < unshed < 0.8  # part of the drop still to come: the test has teeth
+    assert f == pytest.approx(unshed, rel=0.05)

@@ -296,16 +296,19 @@ class _Wall(inertia.Potential):
         return self.value_and_grad(q)[0]
 
 
+@pytest.mark.parametrize("dim", [1, 16])
 @pytest.mark.parametrize("wall", ["loss", "gradient"])
 @pytest.mark.parametrize(
-    "k", [1, 2, CHECK_EVERY - 1, CHECK_EVERY, CHECK_EVERY + 1, 3 * CHECK_EVERY]
+    "k", [1, 2, 23, CHECK_EVERY - 1, CHECK_EVERY, CHECK_EVERY + 1, 3 * CHECK_EVERY]
 )
-def test_blow_up_is_located_at_its_exact_step_and_path_with_the_state_there(k, wall):
+def test_blow_up_is_located_at_its_exact_step_and_path_with_the_state_there(k, wall, dim):
     """Verlet at h = 1 from q = 0.5 at speed 1 (path 1) and ½ (path 2): path 1 is past q = k
     first, at step k exactly; checks come every CHECK_EVERY steps, wherever k falls, and
-    records every 5 steps (a blow-up of K by the last kick of an unrecorded step included)."""
-    q0 = torch.tensor([[0.5], [0.5], [0.5]])
-    v0 = torch.tensor([[0.0], [1.0], [0.5]])
+    records every 5 steps (a blow-up of K by the last kick of an unrecorded step included).
+    In 16 dimensions the books are kept in blocks of 16 steps: k falls inside one."""
+    q0 = torch.full((3, dim), 0.5)
+    v0 = torch.zeros(3, dim)
+    v0[:, 0] = torch.tensor([0.0, 1.0, 0.5])
     with pytest.raises(SimulationDiverged) as info:
         simulate(
             Dynamics(_Wall(k, wall)), q0, v0, dt=1.0, steps=4 * CHECK_EVERY, paths=3, record_every=5
