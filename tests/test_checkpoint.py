@@ -53,16 +53,21 @@ def resume(saved: dict, config: dict, checkpoint: dict, batches: torch.Tensor) -
                 (loss / 2).backward()
                 monitor.observe(loss, accumulate=True)
         else:
-            losses = losses_of(idx)
-            loss = losses.mean()
-            if config.get("noise"):
-                monitor.observe(loss, per_sample=losses)
-                loss.backward()
-            else:
-                loss.backward()
-                monitor.observe(loss)
+            backward_and_observe(monitor, losses_of(idx), per_sample=bool(config.get("noise")))
         opt.step()
     return monitor
+
+
+def backward_and_observe(monitor: InertiaMonitor, losses: torch.Tensor, per_sample: bool) -> None:
+    """The mean of `losses` backward, observed: with the per-sample losses before backward
+    (where the estimate takes their gradients), else after."""
+    loss = losses.mean()
+    if per_sample:
+        monitor.observe(loss, per_sample=losses)
+        loss.backward()
+    else:
+        loss.backward()
+        monitor.observe(loss)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
@@ -214,13 +219,7 @@ def make_run(config: str, seed: int = 0):
         for _ in range(n):
             opt.zero_grad()
             losses = ((model(x) - y) ** 2).squeeze(1)
-            loss = losses.mean()
-            if config == "adamw":
-                monitor.observe(loss, per_sample=losses)
-                loss.backward()
-            else:
-                loss.backward()
-                monitor.observe(loss)
+            backward_and_observe(monitor, losses, per_sample=config == "adamw")
             opt.step()
 
     steps(4)

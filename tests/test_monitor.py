@@ -19,6 +19,7 @@ import warnings
 import pytest
 import torch
 
+from conftest import train_quadratic
 from inertia import InertiaMonitor
 from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, TensorBoardSink
 from inertia.optim import InertiaSGD
@@ -701,12 +702,7 @@ def test_the_rows_kept_in_memory_are_bounded_by_default(tmp_path, monkeypatch, s
     w = torch.nn.Parameter(torch.ones(2))
     opt = torch.optim.SGD([w], lr=0.1)
     monitor = InertiaMonitor(opt, log_dir=tmp_path if streamed else None)
-    for _ in range(9):
-        loss = w.square().sum()
-        opt.zero_grad()
-        loss.backward()
-        monitor.observe(loss)
-        opt.step()
+    train_quadratic(monitor, 9)
     kept = 3 if streamed else 5
     assert monitor.ledger["step"].tolist() == list(range(9 - kept, 9))
     monitor.detach()
