@@ -122,11 +122,12 @@ SCRIPT = Path(__file__).with_name("peak_memory.py")
 
 
 def peak(config: dict | None, micro: int) -> tuple[int, float]:
-    """(parameters, peak resident MB) of a fresh training process; the smallest of three runs,
+    """(parameters, peak resident MB) of a fresh training process; the smallest of five runs,
     as now and then a run's peak is ~10 MB higher, with or without a monitor (the timing of
-    the training's own allocations)."""
+    the training's own allocations; under the parallel suite's load all three of three runs
+    once were)."""
     results = []
-    for _ in range(3):
+    for _ in range(5):
         out = subprocess.run(
             [sys.executable, str(SCRIPT), json.dumps(config), str(micro)],
             capture_output=True,
