@@ -102,8 +102,9 @@ def test_wandb_sink_logs_at_the_row_step_skips_steps_sent_and_leaves_a_given_run
 
 
 def wandb_records(run_file: Path) -> list:
-    """The records of an offline W&B run file (`run-<id>.wandb`): LevelDB-log records of
-    `wandb_internal_pb2.Record` after a 7-byte header; chunks never cross a 32 KiB block."""
+    """The complete records of an offline W&B run file (`run-<id>.wandb`): LevelDB-log records
+    of `wandb_internal_pb2.Record` after a 7-byte header; chunks never cross a 32 KiB block.
+    The file may be read while it is written: a torn last chunk ends the list."""
     from wandb.proto import wandb_internal_pb2
 
     data, block = run_file.read_bytes(), 32768
@@ -117,6 +118,8 @@ def wandb_records(run_file: Path) -> list:
         if kind == 0:  # zero padding to the end of the block
             pos += block - pos % block
             continue
+        if pos + 7 + length > len(data):  # a chunk W&B's service is still writing
+            break
         pending += data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         if kind in (1, 4):  # a full record, or the last chunk of one
@@ -164,6 +167,14 @@ def test_wandb_sink_offline_run_files_hold_every_row(tmp_path, monkeypatch):
         assert h["inertia/flag"] == row["flag"]
         assert math.isnan(h["inertia/noise_trace"])  # W&B records NaN and inf as they are
     assert history[3]["inertia/potential"] == INF
+    # read while W&B's service writes it, the file's every prefix holds a prefix of its records
+    (run_file,) = tmp_path.glob("wandb/offline-run-*/run-*.wandb")
+    data, torn = run_file.read_bytes(), tmp_path / "torn.wandb"
+    records = wandb_records(run_file)
+    for cut in range(7, len(data), 7):
+        torn.write_bytes(data[:cut])
+        read = wandb_records(torn)
+        assert read == records[: len(read)]
 
 
 def test_mlflow_names_are_what_mlflow_accepts(tmp_path, monkeypatch):
