@@ -164,6 +164,10 @@ class StabilityAlarm:
             before = self._measured or [0.0, 0.0]
             self._measured = [x + y for x, y in zip(before, measured, strict=True)]
 
+    def discard(self) -> None:
+        """Forget the curvature measured since the last row (its step is left unbooked)."""
+        self._measured, self._count = None, 0
+
     def take(self, groups: int, device: torch.device) -> tuple[list[Tensor], list[Tensor]]:
         """The step's (Var(x̂ᵀH_Bx̂), x̂ᵀH_Bx̂) per group since the last row, averaged over its
         micro-batches (independent batches: the variance ÷ m²); NaN where not measured."""

@@ -142,12 +142,10 @@ class InertiaMonitor:
         sharp = None if sharpness is None else Sharpness(sharpness, layouts)
         watch = StabilityAlarm(layouts, mode, o.alarm_patience, sharpness=sharp) if mode else None
         self._alarm = watch
-        self._books = Books(self._groups)
-        self._noise_scale = NoiseScale()
+        self._books, self._noise_scale = Books(self._groups), NoiseScale()
         self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
         self._no_estimate = NoiseEstimate(self._nan, self._nan, self._nan)
-        self._maps = MapHistory()
-        self._read_maps = map_reader(optimizer)
+        self._maps, self._read_maps = MapHistory(), map_reader(optimizer)
         self._loss = LossMean(device)
         self._out = Publisher(o)
         self.step, self._last_row = 0, 0  # optimizer steps seen; the step of the last row
@@ -261,9 +259,11 @@ class InertiaMonitor:
         self._failures.guard(work, *args, undo=self._unbook, step=self.step)
 
     def _unbook(self) -> None:
-        """Leave the step under way unbooked."""
+        """Leave the step under way unbooked, its partial estimates forgotten."""
         self._loss.reset()
         self._maps.under_way = None
+        for part in (p for p in (self._noise, self._alarm) if p is not None):
+            part.discard()
 
     def _after_closure(self, loss: Any) -> None:
         if not self._loss.count and loss is not None:

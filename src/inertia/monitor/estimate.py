@@ -99,6 +99,11 @@ class NoiseEstimator:
         """The estimate since the last row (`weighing`: each group's metric, for ‖g_B‖²)."""
         raise NotImplementedError
 
+    def discard(self) -> None:
+        """Forget what was observed since the last row: its step is left unbooked, and a
+        partial sum must not reach the next row's estimate."""
+        self._batch = 0
+
     def _gradient(self, weighing: list[Weighing]) -> Values:
         """‖g_B‖²_{M⁻¹} of each group's gradient now (the step's, unscaled at the row)."""
         out = []

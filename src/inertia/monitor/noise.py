@@ -51,8 +51,11 @@ class PerSample(NoiseEstimator):
     def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
         super().__init__(layouts, segments)
         self._params = [p for layout in layouts for p in layout.params]
-        self._tensors: list[list[Tensor]] = [[self._zero] * len(x.params) for x in layouts]
-        self._known = [True] * len(layouts)
+        self._reset()
+
+    def _reset(self) -> None:
+        self._tensors: list[list[Tensor]] = [[self._zero] * len(x.params) for x in self.layouts]
+        self._known = [True] * len(self.layouts)
         self._count = 0
 
     def observe(
@@ -93,8 +96,7 @@ class PerSample(NoiseEstimator):
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
         m, traces, known = self._count, self._tensors, self._known
-        self._tensors = [[self._zero] * len(x.params) for x in self.layouts]
-        self._known, self._count = [True] * len(self.layouts), 0
+        self._reset()
         gradient, batch = self._gradient(weighing), self._batch_taken()
         if not m:
             return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
@@ -104,6 +106,10 @@ class PerSample(NoiseEstimator):
         ]
         segments = None if self.segments is None else self.segments.sum(traces) / m**2
         return NoiseEstimate(groups, self.nan(), gradient, batch, segments)
+
+    def discard(self) -> None:
+        super().discard()
+        self._reset()
 
 
 def _sum(values: list[Tensor], zero: Tensor) -> Tensor:
@@ -182,6 +188,10 @@ class MicroBatch(NoiseEstimator):
             if j:
                 torch._foreach_copy_(views, grads)  # G_j, for the next increment
         self._count += 1
+
+    def discard(self) -> None:
+        super().discard()
+        self._reset()
 
     def _squares(self, views: list[Tensor], flat: Tensor, weighing: Weighing) -> list[Tensor]:
         """‖x‖²_{M⁻¹} of a group's buffer, per parameter tensor (one flat sum where neither a
@@ -292,6 +302,10 @@ class TwoBatch(NoiseEstimator):
     ) -> None:
         super().observe(per_sample, steps, weighing, batch=batch)
         self._unscale = unscale
+
+    def discard(self) -> None:
+        super().discard()
+        self._fresh = False
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
         global_ = [
