@@ -5,8 +5,8 @@ monitor adds to a step, and the peak memory it adds per parameter.
 
     python benchmarks/monitor_overhead.py [--models transformer cnn mlp] [--sizes base 1e5 …]
         [--every 1] [--noise {microbatch,fluctuation,per_sample}] [--alarm] [--by {module,group}]
-        [--optimizer {sgd,adamw,inertia}] [--against-monitor] [--batch B] [--threads 1]
-        [--clock {cpu,wall}] [--blocks 15] [--block-seconds 0.3 | --block-steps N]
+        [--optimizer {sgd,adamw,inertia}] [--against-monitor] [--floor] [--batch B]
+        [--threads 1] [--clock {cpu,wall}] [--blocks 15] [--block-seconds 0.3 | --block-steps N]
         [--memory-runs 3]
 
 Time: blocks with and without the monitor alternate in one process, so both see the same
@@ -22,9 +22,12 @@ that many parameters at the same batch (by default the CNN stops at 1e6: a step 
 widening takes seconds). With --noise microbatch both runs split each batch into 2
 micro-batches; --against-monitor makes the baseline the default monitor, so the ratio is the
 cost of what the chosen mode adds. With --optimizer inertia the monitor books rows from
-InertiaSGD's own report. One torch thread and the process's CPU time by default: on a shared
-machine the time slices other jobs take swamp the difference in elapsed time, and a second
-thread's waits for a busy core more so (--threads 2 --clock wall on a quiet machine).
+InertiaSGD's own report. With --floor (SGD) a third run alternates with the two: the
+hand-written minimal ledger of `HandWritten`, the least a row in float64 costs from Python,
+so the monitor's µs added stand beside the floor under them. One torch thread and the
+process's CPU time by default: on a shared machine the time slices other jobs take swamp the
+difference in elapsed time, and a second thread's waits for a busy core more so (--threads 2
+--clock wall on a quiet machine).
 
     python benchmarks/monitor_overhead.py --scaling
 
@@ -178,10 +181,45 @@ def width_for(family: Family, size: str | int) -> int:
     return best * family.granularity
 
 
+class HandWritten:
+    """The floor under a per-row float64 ledger written in Python (`--floor`): SGD with
+    momentum keeps the step in its buffer b (θ_{k+1} = θ_k − η b), so a row needs only ⟨b, g⟩
+    per tensor, ‖b‖² and ‖θ‖² (widened into one reused float64 block) and the loss: one
+    stack, one transfer to the host and four books in Python floats. No maps, schedules,
+    checks, noise, hooks or sinks: not a monitor, the least a row can cost."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer):
+        self.optimizer = optimizer
+        self.params = [p for group in optimizer.param_groups for p in group["params"]]
+        offsets = list(itertools.accumulate((p.numel() for p in self.params), initial=0))
+        self.block = torch.empty(offsets[-1], dtype=torch.float64)
+        self.views = [
+            self.block[a:b].view_as(p)
+            for a, b, p in zip(offsets, offsets[1:], self.params, strict=False)
+        ]
+        self.books = [0.0] * 4
+
+    @torch.no_grad()
+    def observe(self, loss: Tensor, accumulate: bool = False) -> None:
+        buffers = [self.optimizer.state[p].get("momentum_buffer") for p in self.params]
+        if buffers[0] is None:  # before the first step
+            return
+        grads = [p.grad.reshape(-1) for p in self.params]
+        dots = [torch.dot(b.reshape(-1), g) for b, g in zip(buffers, grads, strict=True)]
+        torch._foreach_copy_(self.views, buffers)
+        step_sq = torch.dot(self.block, self.block)
+        torch._foreach_copy_(self.views, self.params)
+        theta_sq = torch.dot(self.block, self.block)
+        host = torch.stack([*dots, step_sq, theta_sq, loss.detach()]).to(torch.float64).tolist()
+        for i, value in enumerate((sum(host[:-3]), *host[-3:])):
+            self.books[i] += value
+
+
 class Run:
     """A model of `family` at `width`, its optimizer and data stream, and with `monitor` (the
-    keywords of an InertiaMonitor; None: none) a monitor; each batch of `batch` samples is
-    split into `micro` micro-batches (gradient accumulation)."""
+    keywords of an InertiaMonitor; None: none) a monitor, or with `floor` the hand-written
+    minimal ledger; each batch of `batch` samples is split into `micro` micro-batches
+    (gradient accumulation)."""
 
     def __init__(
         self,
@@ -192,6 +230,7 @@ class Run:
         optimizer: str,
         micro: int = 1,
         monitor: dict[str, Any] | None = None,
+        floor: bool = False,
     ):
         torch.manual_seed(0)
         self.family = FAMILIES[family]
@@ -199,7 +238,7 @@ class Run:
         self.opt = OPTIMIZERS[optimizer](self.model.parameters())
         self.micro = micro
         self.data = self.family.batches(max(batch // micro, 1))
-        self.monitor = None
+        self.monitor: Any = HandWritten(self.opt) if floor else None
         if monitor is not None:
             model = {"model": self.model} if monitor.get("by") == "module" else {}
             self.monitor = InertiaMonitor(self.opt, history=1000, **model, **monitor)
@@ -224,13 +263,13 @@ class Run:
         return clock() - start
 
 
-def side_by_side(plain: Callable[[], float], monitored: Callable[[], float], blocks: int):
-    """Times of `blocks` alternating calls of `plain()` and `monitored()` (warm them up
-    first): both see the same machine state, drifts and all."""
-    times: tuple[list[float], list[float]] = ([], [])
+def side_by_side(runs: list[Callable[[], float]], blocks: int) -> list[list[float]]:
+    """Times of `blocks` rounds of calls of each of `runs` in turn (warm them up first): all
+    see the same machine state, drifts and all."""
+    times: list[list[float]] = [[] for _ in runs]
     for _ in range(blocks):
-        times[0].append(plain())
-        times[1].append(monitored())
+        for run, kept in zip(runs, times, strict=True):
+            kept.append(run())
     return times
 
 
@@ -281,24 +320,26 @@ def measure(name: str, size: str | int, args: argparse.Namespace) -> dict[str, A
     }
     baseline = {"every": args.every} if args.against_monitor else None
     plain, monitored = Run(**common, monitor=baseline), Run(**common, monitor=mode)
+    runs = [plain, monitored] + ([Run(**common, floor=True)] if args.floor else [])
     out = {"params": parameters(plain.model), "batch": batch}
     if args.blocks:
         clock = CLOCKS[args.clock]
-        plain.steps(3), monitored.steps(3)  # warm up (the first steps load data, allocate)
+        for run in runs:
+            run.steps(3)  # warm up (the first steps load data, allocate)
         step = plain.steps(3, clock) / 3
         n = args.block_steps or max(1, round(args.block_seconds / step))
-        a, b = side_by_side(
-            functools.partial(plain.steps, n, clock),
-            functools.partial(monitored.steps, n, clock),
-            args.blocks,
-        )
+        times = side_by_side([functools.partial(run.steps, n, clock) for run in runs], args.blocks)
+        a, b = times[0], times[1]
         plain_s, monitored_s = statistics.median(a) / n, statistics.median(b) / n
+        if args.floor:
+            floor_s = statistics.median(times[2]) / n
+            out |= {"floor_ratio": floor_s / plain_s, "floor_us": 1e6 * (floor_s - plain_s)}
         out |= {"plain_ms": 1e3 * plain_s, "monitored_ms": 1e3 * monitored_s}
         out["ratio"] = monitored_s / plain_s
         out["pairs"] = statistics.quantiles([y / x for x, y in zip(a, b, strict=True)], n=4)
         out |= {"added_us": 1e6 * (monitored_s - plain_s)}
         out["finite"] = math.isfinite(float(plain.loss)) and math.isfinite(float(monitored.loss))
-    del plain, monitored
+    del plain, monitored, runs
     if args.memory_runs:
         base = peak_mb({**common, "monitor": baseline}, args.memory_runs)
         peak = peak_mb({**common, "monitor": mode}, args.memory_runs)
@@ -334,6 +375,8 @@ def table_row(name: str, size: str | int, m: dict[str, Any], targets: bool) -> s
         cells.append(" " * 73)
     if "bytes" in m:
         cells.append(f"{m['bytes']:8.2f} {m['peak_mb'][0]:11.1f}→{m['peak_mb'][1]:.1f}")
+    if "floor_ratio" in m:
+        cells.append(f"  floor {m['floor_ratio']:.3f} ({m['floor_us']:.1f} µs)")
     if not m.get("finite", True):
         cells.append("  (loss not finite)")
     return " ".join(cells)
@@ -389,6 +432,11 @@ def arguments() -> argparse.Namespace:
         action="store_true",
         help="the baseline is the default monitor: the cost of what the mode adds",
     )
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also time the hand-written minimal ledger (SGD): the floor under any monitor",
+    )
     parser.add_argument("--threads", type=positive(int), default=1, help="torch threads")
     parser.add_argument(
         "--clock",
@@ -409,6 +457,10 @@ def arguments() -> argparse.Namespace:
         parser.error("--blocks and --memory-runs: 0 or more")
     if args.against_monitor and not (args.noise or args.alarm or args.by):
         parser.error("--against-monitor: give the mode to cost (--noise, --alarm or --by)")
+    if args.floor and (args.optimizer != "sgd" or not args.blocks):
+        parser.error(
+            "--floor reads SGD's momentum buffers and is timed: --optimizer sgd, --blocks ≥ 2"
+        )
     if args.blocks == 1:
         parser.error("--blocks: at least 2 (the quartiles of the block ratios need them)")
     if args.memory_runs and not Path("/proc/self/clear_refs").exists():
