@@ -76,7 +76,7 @@ class Probe(Protocol):
 
 def _cross(flats: list[Tensor], tensors: list[Tensor]) -> Parts:
     """The partial sums of Σ over a group's parameters of ⟨flat, tensor⟩ (`flats` 1-D)."""
-    return [p for v, t in zip(flats, tensors, strict=True) for p in reduce.dot_parts(v, t)]
+    return list(reduce.dots_of(flats, tensors))
 
 
 def _power(decay: list[float], values: dict[str, list[float]]) -> None:

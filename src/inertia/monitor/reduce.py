@@ -5,9 +5,11 @@ Norms (kinetic energy, ‖θ‖², step sizes) are accumulated in float64: a flo
 is widened `BLOCK` elements at a time into two float64 blocks kept per device (1 MB), so no
 float64 copy of a whole tensor is ever made and nothing is allocated per block (allocating a
 block at a time fragments the heap: the process grew by the size of a whole float64 copy).
-Cross products (⟨Δθ, ∇L⟩, which the shadow energy and the alarm's secant use) are summed in
-the buffer's own precision within a block, float64 across blocks: their error is
-ε‖a‖‖b‖√BLOCK at most, round-off of the data. float64 tensors are summed as they are.
+Cross products (⟨Δθ, ∇L⟩, which the shadow energy and the alarm's secant use) of a group
+that fits in one block are widened like the norms (a few operations for any number of
+tensors); larger ones are summed in the buffer's own precision within a block, float64
+across blocks: their error is ε‖a‖‖b‖√BLOCK at most, round-off of the data. float64 tensors
+are summed as they are.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ BLOCK = 1 << 16  # elements reduced at a time
 
 
 _WORKSPACE: dict[torch.device, tuple[Tensor, Tensor]] = {}
-_VIEWS: dict[tuple[torch.device, tuple[torch.Size, ...]], list[Tensor]] = {}
+_VIEWS: dict[tuple[torch.device, tuple[torch.Size, ...], int], list[Tensor]] = {}
 _GATHER: dict[tuple[torch.device, torch.dtype, int], Tensor] = {}
 
 
@@ -42,6 +44,20 @@ def _wide(x: Tensor, slot: int = 0) -> Tensor:
     out = _workspace(x.device, slot)[: x.numel()]
     out.copy_(x)
     return out
+
+
+def _block_views(tensors: Sequence[Tensor], slot: int) -> list[Tensor] | None:
+    """Views of this device's float64 block `slot` shaped as `tensors` and laid end to end
+    (made once per shapes), or None where they do not fit in one block."""
+    key = (tensors[0].device, tuple(t.shape for t in tensors), slot)
+    views = _VIEWS.get(key)
+    if views is None and sum(t.numel() for t in tensors) <= BLOCK:
+        block, at = _workspace(key[0], slot), 0
+        views = _VIEWS[key] = []
+        for t in tensors:
+            views.append(block[at : at + t.numel()].view(t.shape))
+            at += t.numel()
+    return views
 
 
 def _spans(n: int) -> list[tuple[int, int]]:
@@ -91,17 +107,10 @@ def squares_of(tensors: Sequence[Tensor]) -> list[Tensor]:
     per tensor); float64 tensors are summed as they are."""
     if len(tensors) < 2 or any(t.dtype == F64 for t in tensors):
         return [p for t in tensors for p in square_parts(t)]
-    key = (tensors[0].device, tuple(t.shape for t in tensors))
-    views = _VIEWS.get(key)
-    if views is None and sum(t.numel() for t in tensors) <= BLOCK:
-        block, at = _workspace(key[0]), 0
-        views = _VIEWS[key] = []
-        for t in tensors:  # the block's views shaped as the tensors, laid end to end
-            views.append(block[at : at + t.numel()].view(t.shape))
-            at += t.numel()
+    views = _block_views(tensors, 0)
     if views is not None:  # the common case: one block, no slicing
         torch._foreach_copy_(views, list(tensors))
-        wide = _workspace(key[0])[: sum(v.numel() for v in views)]
+        wide = _workspace(tensors[0].device)[: sum(v.numel() for v in views)]
         return [torch.dot(wide, wide)]
     flats = [t.reshape(-1) for t in tensors]
     offsets, parts = [0], []
@@ -129,6 +138,22 @@ def dot_parts(a: Tensor, b: Tensor) -> list[Tensor]:
     if dtype == F64 or x.numel() <= BLOCK:
         return [torch.dot(x.to(dtype), y.to(dtype))]
     return [torch.dot(x[i:j].to(dtype), y[i:j].to(dtype)) for i, j in _spans(x.numel())]
+
+
+def dots_of(a: Sequence[Tensor], b: Sequence[Tensor]) -> list[Tensor]:
+    """Partial sums of Σₜ⟨aₜ, bₜ⟩ over pairs of tensors of one size: float32 pairs that fit in
+    one block are widened into this device's two float64 blocks and summed there (three
+    operations however many tensors, and no float32 partial sum); others pair by pair
+    (`dot_parts`)."""
+    if a and all(t.dtype == torch.float32 for t in (*a, *b)):
+        left, right = _block_views(a, 0), _block_views(b, 1)
+        if left is not None and right is not None:
+            torch._foreach_copy_(left, list(a))
+            torch._foreach_copy_(right, list(b))
+            n = sum(t.numel() for t in a)
+            device = a[0].device
+            return [torch.dot(_workspace(device, 0)[:n], _workspace(device, 1)[:n])]
+    return [p for x, y in zip(a, b, strict=True) for p in dot_parts(x, y)]
 
 
 class Metric:
