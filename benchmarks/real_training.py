@@ -27,7 +27,8 @@ batch_size=b)` after each micro-batch's backward.
    out: what remains is what the smaller learning rate changed. That is not all noise
    either: at η/10 the drop arm also learns the slow directions ten times more slowly,
    which pulls the difference back as the arms go on; the difference is printed against
-   time and drawn. Printed: predicted 0.9 × floor ÷ measured drop.
+   time and drawn. Printed: the law as-is, 0.9 × floor ÷ measured drop, and the drop
+   predicted before the fork (6) ÷ measured.
    A second measurement needs no change of learning rate: the held-out loss at the mean of
    the parameters over the floor's window, below the mean held-out loss of the parameters
    themselves, is the excess the noise costs on time scales shorter than the window (the
@@ -59,23 +60,45 @@ batch_size=b)` after each micro-batch's backward.
    monitor's heat already carries each step's c²; it is summed again here from the ledger's
    `h`, `noise_trace` and `clip` columns (a check), and without c, with the residual and the
    share that booking without c would leave.
-6. Why 0.9 × floor over-predicts the drop, factor by factor, each measured on its own (none
-   fitted): (a) the floor drifts during the arms: their own floors over the settled steps
-   [s₀, s₁] differ by Δ, not by 0.9 × floor. (b) Slow modes: at arm step s the drop arm has
-   relaxed only the modes that relax at η within lag τ = s/5 (a mode's variance relaxes at
-   twice its rate, and η/10 divides the rate by 10). On the control arm, the mean-squared
-   displacement in Adam's metric MSD(τ) = ⟨‖θ_{k+τ} − θ_k‖²_M⟩, M = diag(sqrt(v̂) + ε),
-   at lags 1, τ₀ = s₀/5 and τ₁ = s₁/5 over the whole arm: its slope per step over the free
-   diffusion c²η²·tr(M⁻¹C)/B (the ledger's h, γ, clip and noise_trace) is f(τ), the share of
-   the floor not relaxed by lag τ, once the part of the MSD that the arm's mean displacement
-   makes (learning, not noise) is taken out; its mean f̄ over [τ₀, τ₁] is the secant. (c) The loss is
-   not quadratic: the noise balance fixes the virial V = ½E⟨θ − θ̄, ∇L⟩ for any loss, which
-   is E[L − L*] only in a quadratic basin; a line probe over the control arm's first
-   --probe-window steps (θ_k kept every --probe-every), x_k = θ_k − θ̄, measures
-   E(1) = ⟨L(θ̄ + x_k)⟩ − L(θ̄) against V on the held-out windows and on --probe-windows fixed
-   training windows. (d) Held-out loss is less curved along the noise: V_held/V_train.
-   Corrected drops: Δ·(1 − f̄)·E(1)/V on training loss, Δ·(1 − f̄)·(E(1)/V)_held·V_held/V_train
-   held out; printed against the measured drops beside the law as-is.
+6. The drop predicted before the fork (the headline): 0.9 × floor counts every mode of a
+   quadratic basin; the prediction scales it by what a drop measured over the arms' settled
+   steps can see, each factor measured on its own (none fitted) at η over the floor's
+   window, the plateau's later half (steps F − P/2 … F, F the fork, P --plateau), before the
+   cut:
+   (b) Slow modes: at arm step s the drop arm has relaxed only the modes that relax at η
+   within lag τ = s/5 (a mode's variance relaxes at twice its rate, and η/10 divides the rate
+   by 10). The mean-squared displacement in Adam's metric, MSD(τ) = ⟨‖θ_{k+τ} − θ_k‖²_M⟩,
+   M = diag(sqrt(v̂) + ε), at lags 1, τ₀ = s₀/5 and τ₁ = s₁/5 over the window: its slope per
+   step over the free diffusion c²η²·tr(M⁻¹C)/B (the ledger's h, γ, clip and noise_trace
+   over the same rows) is f(τ), the share of the floor not relaxed by lag τ, once the part of
+   the MSD that the window's mean displacement makes (learning, not noise) is taken out; its
+   mean f̄ over [τ₀, τ₁] is the secant, its standard error the spread of the secant over 10
+   blocks of consecutive origins. (c) The loss is not quadratic: the noise balance fixes the
+   virial V = ½E⟨θ − θ̄, ∇L⟩ for any loss, which is E[L − L*] only in a quadratic basin; a line
+   probe over the plateau's last --probe-window steps up to the fork (θ_k kept every
+   --probe-every), x_k = θ_k − θ̄, measures E(1) = ⟨L(θ̄ + x_k)⟩ − L(θ̄) against V on the
+   held-out windows and on --probe-windows fixed training windows, with standard errors over
+   the snapshots (taken as independent; the part of each term linear in x_k, which sums to
+   zero, taken out). (d) Held-out loss is less curved along the noise: V_held/V_train.
+   Predicted: 0.9 × floor × (1 − f̄) × E(1)/V on training loss, 0.9 × floor × (1 − f̄) ×
+   (E(1)/V)_held × V_held/V_train held out, against the measured drops beside the law as-is,
+   standard errors from the factors' relative errors in quadrature.
+   Why the floor's window: the floor the factors scale is read there, so they describe the
+   same stretch of training; it is the part of the plateau past the warmup's fast descent;
+   and at the default 750 steps it gives 631 origins at the largest lag τ₁ = 120, more than
+   the control arm's 481, where a shorter stretch (the last τ₁ + a few hundred steps) would
+   leave fewer origins and a noisier mean displacement to take out. The probe's last steps up
+   to the fork are the state the arms start from. --plateau must be at least 4τ₁ (0.8 ×
+   --arm-steps; checked). Taking the mean displacement out also takes out part of the
+   slowest modes' noise, which over a window this long looks like drift (on stationary
+   Ornstein–Uhlenbeck modes it makes f̄ about a fifth low): the share with it left in is
+   printed beside.
+   The same factors on the control arm after the fork (the MSD over the whole arm, the probe
+   over its first --probe-window steps): a cross-check, which should agree within noise.
+   After the fact, not in the prediction, (a): the floor drifts during the arms, their own
+   floors over the settled steps [s₀, s₁] differ by Δ, not by 0.9 × floor; printed, Δ ÷
+   (0.9 × floor) and the prediction × that ÷ measured. Memory: the MSD keeps at most τ₁ + 1
+   float32 copies of θ, over the floor's window and then over the control arm, never both.
 
 Prints markdown tables. Writes to --out (default benchmarks/out/real_training):
 `ledger_<arm>.csv` (the monitor's ledger from step 0, which `inertia report` reads),
@@ -139,7 +162,7 @@ class Config:
     heldout_chars: int = 200_000
     eval_windows: int = 256
     eval_every: int = 50
-    probe_window: int = 60  # the line probe: steps of the control arm from the fork
+    probe_window: int = 60  # the line probe: the plateau's last steps (and the control arm's first)
     probe_every: int = 10  # θ kept every so many steps of that window
     probe_windows: int = 512  # fixed training windows it evaluates on
     seed: int = 0
@@ -170,9 +193,18 @@ class Config:
                 f"--arm-steps: at least 2 × --eval-every = {2 * self.eval_every}, "
                 f"not {self.arm_steps}"
             )
-        if self.probe_window > self.arm_steps:
+        if self.probe_window > min(self.arm_steps, self.plateau // 2):
             raise ValueError(
-                f"--probe-window: at most --arm-steps = {self.arm_steps}, not {self.probe_window}"
+                f"--probe-window: at most --arm-steps = {self.arm_steps} and half of --plateau "
+                f"= {self.plateau // 2}, not {self.probe_window}"
+            )
+        lag = relaxation_lags(self)[1]
+        if self.plateau // 2 < 2 * lag:
+            raise ValueError(
+                f"--plateau: at least {4 * lag} steps, so that its later half (the floor's "
+                f"window, where the factors are measured before the fork) spans twice the "
+                f"largest lag τ₁ = {lag} that --arm-steps {self.arm_steps} needs, not "
+                f"{self.plateau}"
             )
 
     @property
@@ -431,13 +463,17 @@ class Displacement:
 
     over the origins k = 0 … n − max τ of a run of n steps, the same origins at every lag (so
     that differences between lags are not blurred by different samples). `add` takes θ_j and M
-    for j = 0 … n in turn; θ_k is kept only until its largest lag has passed."""
+    for j = 0 … n in turn; θ_k is kept only until its largest lag has passed (at most
+    max τ + 1 copies of θ at a time). The sums are also kept per block of consecutive origins
+    (up to 10 blocks), for a standard error (`blocks`)."""
 
     def __init__(self, lags: list[int], steps: int):
         if min(lags) < 1 or max(lags) > steps:
             raise ValueError(f"lags: in [1, {steps}], not {lags}")
         self.lags, self.last_origin = sorted(set(lags)), steps - max(lags)
         self.sums = dict.fromkeys(self.lags, 0.0)
+        self.n_blocks = min(10, self.last_origin + 1)
+        self.block_sums = {lag: np.zeros(self.n_blocks) for lag in self.lags}
         self.moved: dict[int, Tensor] = {}  # Σ_k (θ_{k+τ} − θ_k) and Σ_k M, per lag
         self.metric: dict[int, Tensor] = {}
         self.origins: dict[int, Tensor] = {}
@@ -449,7 +485,9 @@ class Displacement:
             origin = self.origins.get(self.j - lag)
             if origin is not None:
                 d, m = (theta - origin).to(F64), metric.to(F64)
-                self.sums[lag] += float((m * d * d).sum())
+                value = float((m * d * d).sum())
+                self.sums[lag] += value
+                self.block_sums[lag][self._block(self.j - lag)] += value
                 self.moved[lag] = self.moved[lag] + d if lag in self.moved else d
                 self.metric[lag] = self.metric[lag] + m if lag in self.metric else m
         self.origins.pop(self.j - self.lags[-1], None)
@@ -457,11 +495,26 @@ class Displacement:
             self.origins[self.j] = theta.detach().clone()
         self.j += 1
 
+    def _block(self, origin: int) -> int:
+        return origin * self.n_blocks // (self.last_origin + 1)
+
     def msd(self) -> dict[int, float]:
         """MSD(τ) at each lag (NaN before every lag has seen all its origins)."""
         n = self.last_origin + 1
         done = self.j > self.last_origin + self.lags[-1]
         return {lag: self.sums[lag] / n if done else math.nan for lag in self.lags}
+
+    def blocks(self) -> dict[int, np.ndarray]:
+        """MSD(τ) over each block of consecutive origins (NaN before every lag has seen all its
+        origins): their spread gives a standard error of what is computed from MSD."""
+        counts = np.bincount(
+            [self._block(k) for k in range(self.last_origin + 1)], minlength=self.n_blocks
+        )
+        done = self.j > self.last_origin + self.lags[-1]
+        return {
+            lag: self.block_sums[lag] / counts if done else np.full(self.n_blocks, math.nan)
+            for lag in self.lags
+        }
 
     def drift(self) -> dict[int, float]:
         """‖ū_τ‖²_M̄, ū_τ the mean displacement over lag τ and M̄ the mean metric: the part of
@@ -485,43 +538,72 @@ def relaxation_lags(cfg: Config) -> tuple[int, int]:
     return lo, max(lo + 1, round(cfg.arm_steps / 5))
 
 
-def diffusion_laws(ledger: Ledger) -> dict[str, float]:
+def diffusion_laws(ledger: Ledger, rows: slice = slice(None)) -> dict[str, float]:
     """From the monitor's ledger columns h, γ (μ = 1 − γh), clip c and noise_trace tr(M⁻¹C)/B,
-    averaged over the rows with a finite trace, the displacement the noise drives in the
+    averaged over the `rows` with a finite trace, the displacement the noise drives in the
     metric M: per step, once the momentum has forgotten it (a free diffusion),
 
         per_step = c²(h²/(1 − μ))²·tr(M⁻¹C)/B = c²η²·tr(M⁻¹C)/B    (Adam: h²/(1 − μ) = η),
 
     and over a single step, 2h²·E[K] of the kinetic law, lag_one = c²h⁴·tr(M⁻¹C)/(B(1 − μ²))."""
-    h, gamma, trace = (ledger[k].numpy() for k in ("h", "gamma", "noise_trace"))
-    c, mu = clip_column(ledger), 1.0 - gamma * h
-    rows = np.isfinite(trace)
-    step = (c * h * h)[rows] ** 2 * trace[rows]
+    h, gamma, trace = (ledger[k].numpy()[rows] for k in ("h", "gamma", "noise_trace"))
+    c, mu = clip_column(ledger)[rows], 1.0 - gamma * h
+    finite = np.isfinite(trace)
+    step = (c * h * h)[finite] ** 2 * trace[finite]
     return {
-        "per_step": float(np.mean(step / (1.0 - mu[rows]) ** 2)),
-        "lag_one": float(np.mean(step / (1.0 - mu[rows] ** 2))),
+        "per_step": float(np.mean(step / (1.0 - mu[finite]) ** 2)),
+        "lag_one": float(np.mean(step / (1.0 - mu[finite] ** 2))),
     }
 
 
-def unrelaxed_share(msd: dict[int, float], lo: int, hi: int, per_step: float) -> float:
+def unrelaxed_share(msd: dict[int, Any], lo: int, hi: int, per_step: float) -> Any:
     """The mean over τ ∈ [lo, hi] of f(τ) = (dMSD/dτ)/per_step, the share of the noise's excess
     not relaxed by lag τ: a mode x ← (1 − a)x + ξ has MSD(τ) = 2·Var·(1 − (1 − a)^τ), whose
     slope falls as (1 − a)^τ from the free diffusion's per_step, weighted by the mode's share of
-    the floor. Its mean over the lags is the secant, (MSD(hi) − MSD(lo))/((hi − lo)·per_step)."""
+    the floor. Its mean over the lags is the secant, (MSD(hi) − MSD(lo))/((hi − lo)·per_step)
+    (MSD's values may be arrays: one secant each)."""
     return (msd[hi] - msd[lo]) / ((hi - lo) * per_step)
+
+
+def unrelaxed_share_se(
+    blocks: dict[int, np.ndarray], drift: dict[int, float], lo: int, hi: int, per_step: float
+) -> float:
+    """A standard error of `unrelaxed_share` of MSD − drift: the spread of the secant over the
+    blocks of consecutive origins (`Displacement.blocks`), the drift of the whole run held
+    fixed, ÷ √blocks. Neighbouring blocks share steps (a lag is longer than a block), which
+    this ignores; on stationary Ornstein–Uhlenbeck modes it is within 10–20% of the spread over
+    independent runs (tests/test_real_training_benchmark.py)."""
+    fluctuation = {lag: blocks[lag] - drift[lag] for lag in (lo, hi)}
+    per_block = unrelaxed_share(fluctuation, lo, hi, per_step)
+    per_block = per_block[np.isfinite(per_block)]
+    if len(per_block) < 2:
+        return math.nan
+    return float(np.std(per_block, ddof=1) / math.sqrt(len(per_block)))
+
+
+def ratio_se(numerator: Any, denominator: Any) -> tuple[float, float]:
+    """R = mean(numerator)/mean(denominator) over paired samples and its delta-method standard
+    error std(num_k − R·den_k)/(√n·|mean den|), the pairs taken as independent."""
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    r = float(num.mean() / den.mean())
+    if len(num) < 2:
+        return r, math.nan
+    return r, float(np.std(num - r * den, ddof=1) / (math.sqrt(len(num)) * abs(den.mean())))
 
 
 class Window:
     """Every `every`-th θ_k over steps k = 0 … n of a run, and their mean θ̄: the mean of the
     very θ_k the probe averages over, so that Σ x_k = 0 and E(1) = V exactly on a quadratic
-    (the mean of all θ_k would bias E(1)/V by the kept ones' mean offset)."""
+    (the mean of all θ_k would bias E(1)/V by the kept ones' mean offset). `steps`: the run's
+    steps of the kept θ_k."""
 
     def __init__(self, every: int):
-        self.every, self.kept, self.k = every, [], 0
+        self.every, self.kept, self.steps, self.k = every, [], [], 0
 
-    def add(self, theta: Tensor) -> None:
+    def add(self, theta: Tensor, step: int = -1) -> None:
         if self.k % self.every == 0:
             self.kept.append(theta.to(F64).clone())
+            self.steps.append(step)
         self.k += 1
 
     def mean(self) -> Tensor:
@@ -541,58 +623,109 @@ def loss_and_gradient(model: nn.Module, x: Tensor, y: Tensor) -> tuple[float, Te
     return total / y.numel(), torch.cat([p.grad.reshape(-1).to(F64) for p in params])
 
 
-def line_probe(
-    model: nn.Module, window: Window, sets: dict[str, tuple[Tensor, Tensor]]
-) -> dict[str, dict[str, float]]:
-    """On each set of windows, with x_k = θ_k − θ̄ over the kept θ_k (the model is a copy it
-    may change): the excess E(1) = ⟨L(θ̄ + x_k)⟩ − L(θ̄) and the virial V = ½⟨x_k, ∇L(θ_k)⟩.
-    The noise balance fixes V (the floor), for any loss; E(1) = V only in a quadratic basin
-    (there E(t) = t²E(1) along the line, and ⟨x, ∇L⟩ = 2E)."""
+Evaluate = Callable[[Tensor], tuple[float, Tensor]]  # θ (float64) → L(θ), ∇L(θ) (float64)
+
+
+def model_loss(model: nn.Module, x: Tensor, y: Tensor) -> Evaluate:
+    """L and ∇L on the windows (x, y) at a θ put into `model` (which it changes)."""
     params = list(model.parameters())
-    mean = window.mean()
+
+    def evaluate(theta: Tensor) -> tuple[float, Tensor]:
+        torch.nn.utils.vector_to_parameters(theta.float(), params)
+        return loss_and_gradient(model, x, y)
+
+    return evaluate
+
+
+def line_probe(kept: list[Tensor], sets: dict[str, Evaluate]) -> dict[str, dict[str, Any]]:
+    """On each loss, with θ̄ the mean of the kept θ_k and x_k = θ_k − θ̄: the excess
+    E(1) = ⟨L(θ̄ + x_k)⟩ − L(θ̄) and the virial V = ½⟨x_k, ∇L(θ_k)⟩ (`excess`, `virial`).
+    The noise balance fixes V (the floor), for any loss; E(1) = V only in a quadratic basin
+    (there E(t) = t²E(1) along the line, and ⟨x, ∇L⟩ = 2E).
+
+    Per snapshot (`excess_k`, `virial_k`, for standard errors), the same less their part
+    linear in x_k, e_k = L(θ_k) − L(θ̄) − ⟨x_k, g⟩ and v_k = ½⟨x_k, ∇L(θ_k) − g⟩, g = ∇L(θ̄):
+    since Σ x_k = 0 that part sums to zero, so their means are E(1) and V, but it would
+    dominate their spread (the gradient at θ̄ is mostly learning, not the basin's curvature).
+    On a quadratic e_k = v_k = ½x_kᵀHx_k exactly, and E(1)/V = 1 with no spread;
+    `excess_se`, `virial_se` their standard errors over the snapshots, taken as independent."""
+    mean = torch.stack(kept).mean(0)
     out = {}
-    for name, (x, y) in sets.items():
-        torch.nn.utils.vector_to_parameters(mean.float(), params)
-        at_mean, _ = loss_and_gradient(model, x, y)
-        excess, virial = [], []
-        for theta in window.kept:
-            torch.nn.utils.vector_to_parameters(theta.float(), params)
-            loss, grad = loss_and_gradient(model, x, y)
+    for name, evaluate in sets.items():
+        at_mean, g = evaluate(mean)
+        excess, virial, excess_k, virial_k = [], [], [], []
+        for theta in kept:
+            loss, grad = evaluate(theta)
+            x = theta - mean
+            linear = float((x * g).sum())
             excess.append(loss - at_mean)
-            virial.append(0.5 * float(((theta - mean) * grad).sum()))
-        out[name] = {"excess": float(np.mean(excess)), "virial": float(np.mean(virial))}
+            virial.append(0.5 * float((x * grad).sum()))
+            excess_k.append(loss - at_mean - linear)
+            virial_k.append(0.5 * float((x * (grad - g)).sum()))
+        n = len(kept)
+        out[name] = {
+            "excess": float(np.mean(excess)),
+            "virial": float(np.mean(virial)),
+            "excess_se": float(np.std(excess_k, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "virial_se": float(np.std(virial_k, ddof=1) / math.sqrt(n)) if n > 1 else math.nan,
+            "excess_k": excess_k,
+            "virial_k": virial_k,
+        }
     return out
 
 
 class Watch:
-    """What the control arm records for the decomposition, at each of its steps j = 0 … n
-    (j = 0 the fork): θ and Adam's metric for the MSD at lags 1, τ₀ and τ₁ over the whole arm,
-    and θ over the line probe's first `probe_window` steps; `seconds` the time it took."""
+    """What a stretch of a run records for the drop's factors, at each of its steps
+    j = 0 … n: θ and Adam's metric for the MSD at lags 1, τ₀ and τ₁ over the whole stretch,
+    and θ every `probe_every` steps over j = probe_from … probe_from + probe_window for the
+    line probe. Before the fork it watches the floor's window, the plateau's later half (the
+    probe over its last `probe_window` steps, up to the fork); after it, the control arm (the
+    probe over its first `probe_window` steps), a cross-check. Memory: the MSD's θ copies (at
+    most τ₁ + 1, float32) and the probe's (float64), freed by `result`."""
 
-    def __init__(self, cfg: Config):
-        self.moved = Displacement([1, *relaxation_lags(cfg)], cfg.arm_steps)
-        self.window, self.probe_window = Window(cfg.probe_every), cfg.probe_window
-        self.seconds = 0.0
+    def __init__(self, cfg: Config, steps: int, probe_from: int):
+        self.moved: Displacement | None = Displacement([1, *relaxation_lags(cfg)], steps)
+        self.window = Window(cfg.probe_every)
+        self.probe_from, self.probe_to = probe_from, probe_from + cfg.probe_window
+        self.j, self.steps, self.seconds = 0, [-1, -1], 0.0
 
     def add(self, r: Run) -> None:
+        """Take the run's θ and metric now (first the stretch's start, then after each step)."""
         start = time.perf_counter()
+        assert self.moved is not None
         theta, inverse = r.flat(), r.two_batch.inverse_metric()
-        assert inverse is not None  # Adam has a state from the fork on
+        assert inverse is not None  # Adam has a state after the warmup
         self.moved.add(theta.float(), 1.0 / inverse)
-        if self.window.k <= self.probe_window:
-            self.window.add(theta)
+        if self.probe_from <= self.j <= self.probe_to:
+            self.window.add(theta, r.step)
+        self.steps = [r.step if self.j == 0 else self.steps[0], r.step]
+        self.j += 1
         self.seconds += time.perf_counter() - start
 
-    def probe(self, r: Run) -> dict[str, dict[str, float]]:
-        """The line probe of the window on the held-out windows and on `probe_windows` fixed
-        training windows (their own generator: the run's batches are not touched)."""
+    def result(self, r: Run) -> dict[str, Any]:
+        """The MSD (its blocks, its drift) and the line probe of the window on the held-out
+        windows and on `probe_windows` fixed training windows (their own generator: the run's
+        batches are not touched; a copy of the model); then the θ copies are let go."""
         start, cfg = time.perf_counter(), r.cfg
+        assert self.moved is not None
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         train = next(char_batches(r.data.train, r.data.vocab, cfg.probe_windows, cfg.context, gen))
-        out = line_probe(
-            copy.deepcopy(r.model), self.window, {"heldout": r.data.heldout, "train": train}
+        model = copy.deepcopy(r.model)
+        probe = line_probe(
+            self.window.kept,
+            {"heldout": model_loss(model, *r.data.heldout), "train": model_loss(model, *train)},
         )
+        out = {
+            "steps": self.steps,
+            "probe_steps": self.window.steps,
+            "msd": self.moved.msd(),
+            "drift": self.moved.drift(),
+            "blocks": self.moved.blocks(),
+            "probe": probe,
+        }
+        self.moved, self.window.kept = None, []
         self.seconds += time.perf_counter() - start
+        out["seconds"] = self.seconds
         return out
 
 
@@ -619,10 +752,8 @@ class Results:
     shared_ledger: Ledger
     averaged: dict[str, tuple[float, list[float]]]  # the averaging probe: L(θ̄), window L(θ_j)
     arms: dict[str, Run]
-    msd: dict[int, float]  # the control arm's MSD in Adam's metric
-    drift: dict[int, float]  # the part of it its mean displacement makes (learning)
-    probe: dict[str, dict[str, float]]  # the line probe at the fork
-    decomposition_seconds: float  # what the MSD and the probe cost
+    before: dict[str, Any]  # `Watch.result` of the floor's window, before the fork
+    after: dict[str, Any]  # the same of the control arm (a cross-check)
     seconds: float
 
 
@@ -634,11 +765,15 @@ def experiment(cfg: Config, d: Data, say: Callable[[str], None]) -> Results:
     say(f"{params} parameters, warmup {cfg.warmup} + {cfg.plateau} steps at lr {cfg.lr:g}")
     window = cfg.plateau // 2  # the floor's window: the later half of the plateau
     steps = cfg.warmup + cfg.plateau
+    before = Watch(cfg, window, window - cfg.probe_window)  # the prediction's factors
     shared.heldout()
     for k in range(steps):
         if k == steps - window:
             shared.start_average()
+            before.add(shared)
         shared.train_step(cfg.lr * min(1.0, (k + 1) / cfg.warmup))
+        if k >= steps - window:
+            before.add(shared)
         if (k + 1) % cfg.eval_every == 0:
             shared.heldout()
         if (k + 1) % 250 == 0:
@@ -646,12 +781,14 @@ def experiment(cfg: Config, d: Data, say: Callable[[str], None]) -> Results:
             say(f"  step {k + 1}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
     averaged = {"plateau": (shared.averaged_heldout(), window_evals(shared.evals, steps, window))}
     floor = shared.monitor.noise_floor(last=window)
+    prefork = before.result(shared)
+    say(f"  MSD and line probe over the floor's window: {prefork['seconds']:.0f} s")
     state = shared.fork()
     shared_ledger = shared.monitor.ledger
     shared.monitor.detach()
     say(f"fork at step {steps}: floor {floor['excess_loss']:.4g} at lr {cfg.lr:g}")
     arms: dict[str, Run] = {}
-    watch, probe = Watch(cfg), {}  # on the control arm
+    watch, control = Watch(cfg, cfg.arm_steps, 0), {}  # on the control arm: a cross-check
     for arm in ARMS:
         r = arms[arm] = Run(cfg, d, state)
         r.evals = [shared.evals[-1]]
@@ -668,8 +805,8 @@ def experiment(cfg: Config, d: Data, say: Callable[[str], None]) -> Results:
             if (s + 1) % cfg.eval_every == 0:
                 r.heldout()
         if watching:
-            probe = watch.probe(r)
-            say(f"  MSD and line probe: {watch.seconds:.0f} s")
+            control = watch.result(r)
+            say(f"  MSD and line probe over the control arm: {watch.seconds:.0f} s")
         if arm != "cosine":
             n = int(cfg.arm_steps * (1 - cfg.settle))
             averaged[arm] = (r.averaged_heldout(), window_evals(r.evals, r.step, n))
@@ -678,8 +815,8 @@ def experiment(cfg: Config, d: Data, say: Callable[[str], None]) -> Results:
         say(f"  arm {arm}: loss {loss:.4f} ({time.perf_counter() - start:.0f} s)")
     seconds = time.perf_counter() - start
     return Results(
-        cfg, params, len(d.vocab), floor, shared, shared_ledger, averaged, arms,
-        watch.moved.msd(), watch.moved.drift(), probe, watch.seconds, seconds,
+        cfg, params, len(d.vocab), floor, shared, shared_ledger, averaged, arms, prefork,
+        control, seconds,
     )  # fmt: skip
 
 
@@ -792,48 +929,92 @@ def clip_agreement(ledger: Ledger, grad_norm: np.ndarray, clip: float) -> dict[s
     }
 
 
-def decomposition(
-    res: Results, own: dict[str, float], drop_heldout: float, drop_train: float
-) -> dict[str, Any]:
-    """The law's drop 0.9 × floor against the measured drops, factor by factor, each measured
-    on its own: the floor drifts during the arms (their own floors over the settled steps
-    differ by Δ, not by 0.9 × floor: `drift` = Δ/(0.9 × floor)); the drop arm has relaxed only
-    1 − f̄ of it by then (`unrelaxed_share` of the control arm's MSD less the part its mean
-    displacement makes, learning rather than noise); the loss is not quadratic
-    (the noise fixes the virial V, the excess is E(1) = (E(1)/V)·V, `line_probe`); held-out
-    loss is less curved along the noise than the training loss it was driven by (V_held/V_train).
-    Corrected: Δ·(1 − f̄)·E(1)/V on training loss, Δ·(1 − f̄)·(E(1)/V)_held·V_held/V_train held
-    out. Beside them, MSD(1) against the kinetic law's 2h²E[K] (a check of the normaliser)."""
-    cfg, probe = res.cfg, res.probe
+def factors(watched: dict[str, Any], ledger: Ledger, rows: slice, cfg: Config) -> dict[str, Any]:
+    """The drop's factors from one watched stretch (`Watch.result`), each with a standard
+    error: the unrelaxed share f̄ (`unrelaxed_share` of the MSD less the part its mean
+    displacement makes, learning rather than noise, normalised by `diffusion_laws` over the
+    ledger's `rows`, the same steps), and from the line probe E(1)/V on held-out and training
+    loss, V_held/V_train, and the product the held-out prediction uses, E_held(1)/V_train.
+    Beside them, MSD(1) against the kinetic law's 2h²E[K] (a check of the normaliser)."""
     lo, hi = relaxation_lags(cfg)
-    laws = diffusion_laws(res.arms["control"].monitor.ledger)
-    fluctuation = {lag: res.msd[lag] - res.drift[lag] for lag in res.msd}
-    unrelaxed = unrelaxed_share(fluctuation, lo, hi, laws["per_step"])
-    difference = own["control"] - own["drop"]
-    anharmonic = {name: p["excess"] / p["virial"] for name, p in probe.items()}
-    curvature = probe["heldout"]["virial"] / probe["train"]["virial"]
-    relaxed = difference * (1.0 - unrelaxed)
-    corrected = {
-        "heldout": relaxed * anharmonic["heldout"] * curvature,
-        "train": relaxed * anharmonic["train"],
-    }
+    laws = diffusion_laws(ledger, rows)
+    msd, drift, probe = watched["msd"], watched["drift"], watched["probe"]
+    fluctuation = {lag: msd[lag] - drift[lag] for lag in msd}
+    held, train = probe["heldout"], probe["train"]
+    anharmonic = {name: ratio_se(p["excess_k"], p["virial_k"]) for name, p in probe.items()}
     return {
-        "lags": [lo, hi],
-        "msd": {str(lag): value for lag, value in res.msd.items()},
-        "msd_drift": {str(lag): value for lag, value in res.drift.items()},
-        "unrelaxed_with_drift": unrelaxed_share(res.msd, lo, hi, laws["per_step"]),
+        "steps": watched["steps"],
+        "probe_steps": watched["probe_steps"],
+        "msd": {str(lag): value for lag, value in msd.items()},
+        "msd_drift": {str(lag): value for lag, value in drift.items()},
         "per_step": laws["per_step"],
-        "lag_one_ratio": res.msd[1] / laws["lag_one"],
-        "unrelaxed": unrelaxed,
-        "drift": difference / (0.9 * res.floor["excess_loss"]),
+        "lag_one_ratio": msd[1] / laws["lag_one"],
+        "unrelaxed": unrelaxed_share(fluctuation, lo, hi, laws["per_step"]),
+        "unrelaxed_se": unrelaxed_share_se(watched["blocks"], drift, lo, hi, laws["per_step"]),
+        "unrelaxed_with_drift": unrelaxed_share(msd, lo, hi, laws["per_step"]),
         "probe": probe,
         "anharmonic": anharmonic,
-        "curvature": curvature,
-        "corrected": corrected,
-        "ratio_heldout": corrected["heldout"] / drop_heldout,
-        "ratio_train": corrected["train"] / drop_train,
-        "seconds": res.decomposition_seconds,
+        "curvature": ratio_se(held["virial_k"], train["virial_k"]),
+        "shape": {  # E(1)/V_train: E(1)/V on training loss, (E(1)/V)_held·V_held/V_train held out
+            "heldout": ratio_se(held["excess_k"], train["virial_k"]),
+            "train": anharmonic["train"],
+        },
+        "seconds": watched["seconds"],
     }
+
+
+def predicted(floor: tuple[float, float], x: dict[str, Any]) -> dict[str, tuple[float, float]]:
+    """0.9 × floor × (1 − f̄) × E(1)/V_train on each loss, with a standard error from the
+    factors' relative errors in quadrature (taken as independent)."""
+    relaxed = 1.0 - x["unrelaxed"]
+    out = {}
+    for name, (shape, shape_se) in x["shape"].items():
+        value = 0.9 * floor[0] * relaxed * shape
+        rel = math.hypot(floor[1] / floor[0], x["unrelaxed_se"] / relaxed, shape_se / shape)
+        out[name] = (value, abs(value) * rel)
+    return out
+
+
+def over(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    """a/b with a standard error from the relative errors in quadrature."""
+    r = a[0] / b[0]
+    return r, abs(r) * math.hypot(a[1] / a[0], b[1] / b[0])
+
+
+def decomposition(
+    res: Results,
+    own: dict[str, float],
+    drops: dict[str, tuple[float, float]],
+) -> dict[str, Any]:
+    """The floor's drop predicted from what is measured at η before the fork, against the drops
+    measured after it (`drops`, held-out and training, control − drop). The law 0.9 × floor
+    counts every mode of a quadratic basin; the prediction takes out, each measured on its own
+    over the floor's window (the plateau's later half): the share 1 − f̄ of the floor the drop
+    arm relaxes by its settled steps, and the loss's shape E(1)/V (the noise fixes the virial
+    V, the excess is E(1)), held out also V_held/V_train (held-out loss is less curved along
+    the noise than the training loss it was driven by):
+
+        predicted = 0.9 × floor × (1 − f̄) × E(1)/V [× V_held/V_train held out].
+
+    The same factors on the control arm after the fork: a cross-check. After the fact (the
+    arms' own floors, after the cut, so not in the prediction): the floor drifts during the
+    arms, their own floors over the settled steps differ by Δ, not by 0.9 × floor
+    (`drift` = Δ/(0.9 × floor)); the ratio with it (`with_drift`)."""
+    cfg, fork, window = res.cfg, res.cfg.warmup + res.cfg.plateau, res.cfg.plateau // 2
+    floor = (res.floor["excess_loss"], res.floor["excess_loss_stderr"])
+    drift = (own["control"] - own["drop"]) / (0.9 * floor[0])
+    out: dict[str, Any] = {"lags": list(relaxation_lags(cfg)), "drift": drift}
+    for name, watched, ledger, rows in (
+        ("before", res.before, res.shared_ledger, slice(fork - window, fork)),
+        ("after", res.after, res.arms["control"].monitor.ledger, slice(None)),
+    ):
+        x = factors(watched, ledger, rows, cfg)
+        x["prediction"] = predicted(floor, x)
+        x["ratio"] = {k: over(x["prediction"][k], drops[k]) for k in drops}
+        x["with_drift"] = {k: x["ratio"][k][0] * drift for k in drops}
+        out[name] = x
+    out["seconds"] = res.before["seconds"] + res.after["seconds"]
+    return out
 
 
 def analyse(res: Results) -> dict[str, Any]:
@@ -877,6 +1058,7 @@ def analyse(res: Results) -> dict[str, Any]:
     for s in sorted({50, 100, 200, 300, 400, 500, 600, cfg.arm_steps} & set(held_steps.tolist())):
         i = int(np.flatnonzero(held_steps == s)[0])
         course.append((s, float(held_paired[i]), float(np.mean(paired[max(0, s - 50) : s]))))
+    x = decomposition(res, own, {"heldout": drop_held, "train": drop_train})
     # --- the noise scale (the cosine arm: the recipe's run)
     log = joined(res, "cosine")
     c_cos = clip_factor(log["grad_norm"], cfg.clip)
@@ -932,7 +1114,9 @@ def analyse(res: Results) -> dict[str, Any]:
         "ratio_heldout_unclipped": 0.9 * floor_unclipped / drop_held[0],
         "ratio_train_unclipped": 0.9 * floor_unclipped / drop_train[0],
         "own_floors": own,
-        "decomposition": decomposition(res, own, drop_held[0], drop_train[0]),
+        "decomposition": x,
+        "headline_heldout": x["before"]["ratio"]["heldout"],
+        "headline_train": x["before"]["ratio"]["train"],
         "averaging": averaging,
         "course": course,
         "settled_from": settled_from,
@@ -1018,10 +1202,13 @@ def table(s: dict[str, Any]) -> str:
         f"{dh[0]:.4f} ± {dh[1]:.4f} |",
         f"| measured drop, training loss (same batches), arm steps {lo}–{n} | "
         f"{dt[0]:.4f} ± {dt[1]:.4f} |",
-        f"| **ratio predicted / measured**, held-out (training) | **{s['ratio_heldout']:.2f}** "
-        f"({s['ratio_train']:.2f}) |",
+        f"| the law as-is: ratio predicted / measured, held-out (training) | "
+        f"{s['ratio_heldout']:.2f} ({s['ratio_train']:.2f}) |",
         f"| for contrast: the ratio without c, held-out (training) | "
         f"{s['ratio_heldout_unclipped']:.2f} ({s['ratio_train_unclipped']:.2f}) |",
+        f"| **predicted before the fork ÷ measured**: 0.9 × floor × (1 − f̄) × E(1)/V "
+        f"(× V_held/V_train), factors below, held-out (training) | "
+        f"**{pm(s['headline_heldout'], 2)}** ({pm(s['headline_train'], 2)}) |",
         f"| each arm's own floor (its monitor) over its steps {lo}–{n}: at η, at η/10, "
         f"difference | {s['own_floors']['control']:.4f}, {s['own_floors']['drop']:.4f}, "
         f"{s['own_floors']['control'] - s['own_floors']['drop']:.4f} |",
@@ -1068,34 +1255,88 @@ def table(s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def pm(value: tuple[float, float], digits: int = 3) -> str:
+    """A value ± its standard error."""
+    return f"{value[0]:.{digits}f} ± {value[1]:.{digits}f}"
+
+
 def decomposition_table(s: dict[str, Any]) -> list[str]:
-    """The law as-is, each factor between it and the measured drop, and the corrected drop."""
+    """The drop predicted before the fork, factor by factor, against the drop measured after
+    it; the same factors on the control arm (a cross-check); the floor's drift after the
+    fact."""
     x, cfg = s["decomposition"], s["config"]
     lo, hi = x["lags"]
-    a, n = x["anharmonic"], cfg["arm_steps"]
-    raw, corrected = s["predicted_drop"], x["corrected"]
+    n, settled = cfg["arm_steps"], s["settled_from"]
+    b, a = x["before"], x["after"]
+    fork = s["fork"]
+    f = s["floor"]
+
+    def cells(y: dict[str, Any], key: str, digits: int = 3) -> str:
+        return f"{pm(y[key]['heldout'], digits)} ({pm(y[key]['train'], digits)})"
+
+    def span(steps: list[int]) -> str:
+        return f"{steps[0]}–{steps[-1]}"
+
+    def arm(steps: list[int]) -> str:
+        return f"{steps[0] - fork}–{steps[-1] - fork}"
+
+    probes = len(b["probe_steps"])
+    dh, dt = s["drop_heldout"], s["drop_train"]
     return [
         "",
-        "The drop, factor by factor (each measured on its own, none fitted; held-out (training)):",
+        "The drop predicted at η before the fork, factor by factor (each measured on its own "
+        "over the floor's window, the plateau's later half, none fitted), against the drop "
+        "measured after it; held-out (training), ± standard errors. Beside it, the same "
+        "factors on the control arm after the fork: a cross-check.",
         "",
-        "| quantity | value |",
-        "|---|---|",
-        f"| the law as-is: 0.9 × floor; **predicted ÷ measured** | {raw:.4f}; "
-        f"**{s['ratio_heldout']:.2f}** ({s['ratio_train']:.2f}) |",
-        f"| the floor drifts: the arms' own floors over steps {s['settled_from']}–{n}, "
-        f"difference ÷ (0.9 × floor) | {x['drift']:.3f} |",
-        f"| slow modes: relaxed share 1 − f̄, f̄ the control arm's MSD slope in Adam's metric "
-        f"(less its mean displacement's part) ÷ c²η²·tr(M⁻¹C)/B over lags {lo}–{hi} "
-        f"| {1 - x['unrelaxed']:.3f} (with it: {1 - x['unrelaxed_with_drift']:.3f}) |",
-        f"| not quadratic: E(1) ÷ virial, line probe over the control arm's steps "
-        f"0–{cfg['probe_window']} | {a['heldout']:.3f} ({a['train']:.3f}) |",
-        f"| held-out ÷ training virial | {x['curvature']:.3f} (1) |",
-        f"| **corrected** drop, Δ own floors × 1 − f̄ × E(1)/virial (× held-out ÷ training); "
-        f"**predicted ÷ measured** | {corrected['heldout']:.4f} ({corrected['train']:.4f}); "
-        f"**{x['ratio_heldout']:.2f}** ({x['ratio_train']:.2f}) |",
+        f"| quantity | before the fork: steps {span(b['steps'])} | control arm: arm steps "
+        f"{arm(a['steps'])} |",
+        "|---|---|---|",
+        f"| 0.9 × floor (monitor.noise_floor(), steps {span(s['window'])}) | "
+        f"{0.9 * f['excess_loss']:.4f} ± {0.9 * f['excess_loss_stderr']:.4f} | — |",
+        f"| slow modes: relaxed share 1 − f̄, f̄ the MSD slope in Adam's metric (less its mean "
+        f"displacement's part; with it) ÷ c²η²·tr(M⁻¹C)/B over lags {lo}–{hi} | "
+        f"{1 - b['unrelaxed']:.3f} ± {b['unrelaxed_se']:.3f} "
+        f"({1 - b['unrelaxed_with_drift']:.3f}) | {1 - a['unrelaxed']:.3f} ± "
+        f"{a['unrelaxed_se']:.3f} ({1 - a['unrelaxed_with_drift']:.3f}) |",
+        f"| not quadratic: E(1) ÷ virial, line probe ({probes} snapshots; before: steps "
+        f"{span(b['probe_steps'])}, control: arm steps {arm(a['probe_steps'])}) | "
+        f"{cells(b, 'anharmonic')} | {cells(a, 'anharmonic')} |",
+        f"| held-out ÷ training virial | {pm(b['curvature'])} | {pm(a['curvature'])} |",
+        "| **predicted drop** 0.9 × floor × (1 − f̄) × E(1)/V (× V_held/V_train held out) | "
+        f"{cells(b, 'prediction', 4)} | {cells(a, 'prediction', 4)} |",
+        f"| measured drop, control − drop, arm steps {settled}–{n} | "
+        f"{dh[0]:.4f} ± {dh[1]:.4f} ({dt[0]:.4f} ± {dt[1]:.4f}) | |",
+        f"| **predicted ÷ measured** | **{pm(b['ratio']['heldout'], 2)}** "
+        f"({pm(b['ratio']['train'], 2)}) | {cells(a, 'ratio', 2)} |",
+        f"| the law as-is: 0.9 × floor ÷ measured | {s['ratio_heldout']:.2f} "
+        f"({s['ratio_train']:.2f}) | |",
         "",
-        f"MSD at lag 1 ÷ the kinetic law's 2h²E[K] = c²h⁴·tr(M⁻¹C)/(B(1 − μ²)): "
-        f"{x['lag_one_ratio']:.3f}; the MSD and the line probe took {x['seconds']:.0f} s.",
+        "The line probe's means (their standard errors over the snapshots, the part linear in "
+        "x_k taken out, the snapshots taken as independent): "
+        + "; ".join(
+            f"{where}: "
+            + ", ".join(
+                f"{loss} E(1) {pm((p['excess'], p['excess_se']), 4)}, "
+                f"V {pm((p['virial'], p['virial_se']), 4)}"
+                for loss, p in (
+                    ("held-out", y["probe"]["heldout"]),
+                    ("training", y["probe"]["train"]),
+                )
+            )
+            for where, y in (("before the fork", b), ("control arm", a))
+        )
+        + f". MSD at lag 1 ÷ the kinetic law's 2h²E[K] = c²h⁴·tr(M⁻¹C)/(B(1 − μ²)): "
+        f"{b['lag_one_ratio']:.3f} before the fork, {a['lag_one_ratio']:.3f} on the control "
+        f"arm. The MSDs and line probes took {x['seconds']:.0f} s.",
+        "",
+        f"After the fact (measured after the cut, so not in the prediction): the floor drifts "
+        f"during the arms, their own floors over arm steps {settled}–{n} differ by "
+        f"{s['own_floors']['control'] - s['own_floors']['drop']:.4f}, {x['drift']:.3f} of "
+        f"0.9 × floor; the prediction × that ÷ measured: {b['with_drift']['heldout']:.2f} "
+        f"({b['with_drift']['train']:.2f}) with the factors before the fork, "
+        f"{a['with_drift']['heldout']:.2f} ({a['with_drift']['train']:.2f}) with the control "
+        "arm's.",
     ]
 
 
@@ -1145,6 +1386,13 @@ def draw(res: Results, s: dict[str, Any], out: Path) -> list[Path]:
             s["predicted_drop"], color="black", ls="--", lw=1, label="0.9 × floor (monitor)"
         )
         diff.axhline(
+            s["decomposition"]["before"]["prediction"]["heldout"][0],
+            color="#d62728",
+            ls="--",
+            lw=1,
+            label="predicted before the fork (held-out)",
+        )
+        diff.axhline(
             s["predicted_drop_unclipped"],
             color="black",
             ls=":",
@@ -1164,7 +1412,10 @@ def draw(res: Results, s: dict[str, Any], out: Path) -> list[Path]:
         diff.legend(fontsize=8, frameon=False, loc="lower right")
         diff.set_xlabel("steps after the fork")
         diff.set_title(
-            f"control − drop (η vs η/10): predicted ÷ measured {s['ratio_heldout']:.2f} (held-out)"
+            f"control − drop (η vs η/10); held-out, predicted ÷ measured:\n"
+            f"{s['headline_heldout'][0]:.2f} from before the fork, "
+            f"{s['ratio_heldout']:.2f} for 0.9 × floor",
+            fontsize=10,
         )
     with figure(scale_png, ncols=2, width=6.0, height=4.2) as (ax, ratio_ax):
         log = joined(res, "cosine")

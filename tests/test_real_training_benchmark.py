@@ -1,8 +1,11 @@
 """benchmarks/real_training.py, tiny: it runs end to end, its two-batch noise scale (computed
 from gradients it reads itself) agrees with the monitor's column, the monitor's clip column
 agrees with clip_grad_norm_'s factor, its floor is the monitor's (c counted once), its books
-close, and it prints and records the drop's factors. Its mean-squared displacement and the
-share of the noise it leaves unrelaxed, on Ornstein–Uhlenbeck modes whose answer is known."""
+close, and it predicts the drop from factors measured before the fork, over the floor's
+window (and again on the control arm, a cross-check). Its mean-squared displacement, the share
+of the noise it leaves unrelaxed and that share's standard error, on Ornstein–Uhlenbeck modes
+whose answer is known; its line probe and the probe's standard errors on a quadratic and a
+quartic."""
 
 from __future__ import annotations
 
@@ -14,7 +17,15 @@ import pytest
 import torch
 
 from inertia import Ledger
-from real_training import ARMS, Displacement, main, unrelaxed_share
+from real_training import (
+    ARMS,
+    Displacement,
+    line_probe,
+    main,
+    ratio_se,
+    unrelaxed_share,
+    unrelaxed_share_se,
+)
 
 TINY = [
     "--d-model", "32", "--layers", "1", "--heads", "2", "--context", "16",
@@ -65,23 +76,47 @@ def test_a_tiny_run_prints_its_tables_and_writes_its_figures(tmp_path, capsys):
     assert scale["ratio_range"][0] == pytest.approx(1.0, abs=1e-4)
     assert scale["ratio_range"][1] == pytest.approx(1.0, abs=1e-4)
     assert math.isfinite(summary["ratio_heldout"]) or summary["drop_heldout"][0] == 0
-    # the drop's factors: the control arm's MSD at lags 1, τ₀ = s₀/5 and τ₁ = s₁/5 (here 1
-    # and 2), its unrelaxed share, the line probe on both losses, the corrected drops
-    assert "The drop, factor by factor" in printed
+    # the drop predicted before the fork: the factors measured over the floor's window (the
+    # plateau's later half, steps 15–25 here; the probe over its last 6 steps, every 3rd), and
+    # the same on the control arm (arm steps 0–10, the probe over its first 6): a cross-check
+    assert "The drop predicted at η before the fork" in printed
+    assert "predicted before the fork ÷ measured" in printed
     x = summary["decomposition"]
     assert x["lags"] == [1, 2]
-    assert sorted(x["msd"]) == ["1", "2"]
-    for name in ("heldout", "train"):
-        assert set(x["probe"][name]) == {"excess", "virial"}
-    numbers = [
-        *x["msd"].values(), x["per_step"], x["lag_one_ratio"], x["unrelaxed"], x["drift"],
-        *x["anharmonic"].values(), x["curvature"], *x["corrected"].values(),
-        x["ratio_heldout"], x["ratio_train"],
-        *(v for p in x["probe"].values() for v in p.values()),
-    ]  # fmt: skip
-    assert all(math.isfinite(v) for v in numbers)
-    assert x["msd"]["2"] > x["msd"]["1"] > 0
-    assert x["per_step"] > 0
+    window = 20 // 2
+    assert summary["window"] == [fork - window, fork - 1]  # the floor's rows
+    assert x["before"]["steps"] == [fork - window, fork]  # θ before row 15 … θ at the fork
+    assert x["before"]["probe_steps"] == [fork - 6, fork - 3, fork]
+    assert x["after"]["steps"] == [fork, fork + 10]
+    assert x["after"]["probe_steps"] == [fork, fork + 3, fork + 6]
+    floor = summary["floor"]["excess_loss"]
+    for where in ("before", "after"):
+        y = x[where]
+        assert sorted(y["msd"]) == ["1", "2"]
+        assert y["msd"]["2"] > y["msd"]["1"] > 0
+        assert y["per_step"] > 0
+        for name in ("heldout", "train"):
+            p = y["probe"][name]
+            # the part linear in x_k sums to zero: the per-snapshot parts have the same means
+            assert np.mean(p["excess_k"]) == pytest.approx(p["excess"], rel=1e-6, abs=1e-9)
+            assert np.mean(p["virial_k"]) == pytest.approx(p["virial"], rel=1e-6, abs=1e-9)
+            assert len(p["excess_k"]) == 3
+            # the prediction is 0.9 × floor × (1 − f̄) × E(1)/V_train
+            shape = np.mean(p["excess_k"]) / np.mean(y["probe"]["train"]["virial_k"])
+            expected = 0.9 * floor * (1 - y["unrelaxed"]) * shape
+            assert y["prediction"][name][0] == pytest.approx(expected, rel=1e-9)
+            drop = summary[f"drop_{name}"][0]
+            assert y["ratio"][name][0] == pytest.approx(expected / drop, rel=1e-9)
+        numbers = [
+            *y["msd"].values(), y["per_step"], y["lag_one_ratio"], y["unrelaxed"],
+            y["unrelaxed_se"], *y["curvature"], *(v for r in y["anharmonic"].values() for v in r),
+            *(v for r in y["prediction"].values() for v in r),
+            *(v for r in y["ratio"].values() for v in r),
+        ]  # fmt: skip
+        assert all(math.isfinite(v) for v in numbers)
+    assert summary["headline_heldout"] == x["before"]["ratio"]["heldout"]
+    assert summary["headline_train"] == x["before"]["ratio"]["train"]
+    assert math.isfinite(x["drift"])
 
 
 @pytest.mark.parametrize(
@@ -92,6 +127,8 @@ def test_a_tiny_run_prints_its_tables_and_writes_its_figures(tmp_path, capsys):
         (["--arm-steps", "10", "--eval-every", "50"], "--arm-steps: at least 2 × --eval-every"),
         (["--settle", "1.5"], "--settle: a share in [0, 1)"),
         (["--arm-steps", "100", "--probe-window", "200"], "--probe-window: at most --arm-steps"),
+        (["--plateau", "100", "--probe-window", "60"], "half of --plateau = 50, not 60"),
+        (["--plateau", "400"], "--plateau: at least 480 steps, so that its later half"),
         (["--threads", "0"], "--threads: a positive integer"),
         (["--chars", "100000000"], "--chars + --heldout-chars: the standard library at"),
     ],
@@ -120,7 +157,17 @@ def test_the_displacement_is_the_mean_over_shared_origins_in_the_later_metric():
         mean_metric = np.mean([metric[k + lag].numpy() for k in origins], 0)
         drift = float(np.sum(mean_metric * mean_move**2))
         assert moved.drift()[lag] == pytest.approx(drift, rel=1e-12)
+        # per block of consecutive origins (12 − 4 + 1 = 9 origins: 9 blocks of one)
+        blocks = [float((metric[k + lag] * (theta[k + lag] - theta[k]) ** 2).sum())
+                  for k in origins]  # fmt: skip
+        assert moved.blocks()[lag] == pytest.approx(blocks, rel=1e-12)
     assert len(moved.origins) <= 4  # θ_k is dropped once its largest lag has passed
+    wide = Displacement([1, 2], steps=30)  # 29 origins in 10 blocks of 2 or 3
+    for t in torch.randn(31, 3, generator=gen, dtype=torch.float64).cumsum(0):
+        wide.add(t, torch.ones(3, dtype=torch.float64))
+    sizes = np.bincount([k * 10 // 29 for k in range(29)])
+    assert sizes.sum() == 29 and set(sizes) == {2, 3}
+    assert np.average(wide.blocks()[2], weights=sizes) == pytest.approx(wide.msd()[2], rel=1e-12)
 
 
 def test_unrelaxed_share_of_ornstein_uhlenbeck_modes_is_their_closed_form():
@@ -181,3 +228,85 @@ def test_the_unrelaxed_share_at_lag_2s_over_r_predicts_what_a_drop_arm_has_not_s
                         2 * s1 // r, per_step)  # fmt: skip
     assert 0.2 < unshed < 0.8  # part of the drop still to come: the test has teeth
     assert f == pytest.approx(unshed, rel=0.05)
+
+
+def test_the_unrelaxed_shares_standard_error_is_its_spread_over_independent_runs():
+    """One stationary run of Ornstein–Uhlenbeck modes (rates a ∈ [1e-4, 0.3], as a plateau's
+    window: 750 steps, lags 60 and 120) per seed: the standard error from the blocks of origins
+    against the standard deviation of f̄ over 60 independent runs. And what taking the mean
+    displacement out costs on modes that are noise, not learning: the slowest look like drift
+    over the window, so f̄ is low against the closed form (about a fifth, as the benchmark's
+    docstring says)."""
+    modes, steps, lo, hi, eta = 200, 750, 60, 120, 0.01
+    rng = np.random.default_rng(2)
+    a = np.geomspace(1e-4, 0.3, modes)
+    m, s = rng.uniform(0.5, 2.0, modes), rng.uniform(0.5, 2.0, modes)
+    lam, var = a * m / eta, (eta * s / m) ** 2 / (1 - (1 - a) ** 2)
+    per_step = eta**2 * float(np.sum(s**2 / m))
+    metric = torch.tensor(m)
+    shares, errors = [], []
+    for seed in range(60):
+        r = np.random.default_rng(100 + seed)
+        x = r.standard_normal(modes) * np.sqrt(var)
+        moved = Displacement([1, lo, hi], steps)
+        moved.add(torch.tensor(x), metric)
+        for noise in r.standard_normal((steps, modes)):
+            x = x - eta / m * (lam * x + s * noise)
+            moved.add(torch.tensor(x), metric)
+        msd, drift = moved.msd(), moved.drift()
+        shares.append(unrelaxed_share({k: msd[k] - drift[k] for k in msd}, lo, hi, per_step))
+        errors.append(unrelaxed_share_se(moved.blocks(), drift, lo, hi, per_step))
+    spread = float(np.std(shares, ddof=1))
+    assert spread > 0.01  # the share is noisy on one run: the test has teeth
+    assert 0.7 < np.mean(errors) / spread < 1.4
+    exact = float(np.sum(m * var * ((1 - a) ** lo - (1 - a) ** hi))) * 2 / ((hi - lo) * per_step)
+    assert 0.75 < np.mean(shares) / exact < 0.9  # 0.40 against 0.49
+
+
+def test_the_line_probe_on_a_quadratic_is_exact_and_without_spread():
+    """L(θ) = ½θᵀHθ + bᵀθ: E(1) = V exactly for the mean of the kept θ_k, on every snapshot
+    once the part linear in x_k is taken out (its standard error 0 although b and the
+    snapshots' spread are large); with a quartic term ¼κΣθ⁴ the loss stiffens away from θ̄ and
+    E(1) < V, the means still those of the definitions."""
+    gen = torch.Generator().manual_seed(3)
+    n = 40
+    q = torch.randn(n, n, generator=gen, dtype=torch.float64)
+    h = q @ q.T / n + 0.1 * torch.eye(n, dtype=torch.float64)
+    b = 5.0 * torch.randn(n, generator=gen, dtype=torch.float64)
+    kept = [torch.randn(n, generator=gen, dtype=torch.float64) for _ in range(7)]
+
+    def quadratic(theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        return float(0.5 * theta @ h @ theta + b @ theta), h @ theta + b
+
+    def quartic(theta: torch.Tensor) -> tuple[float, torch.Tensor]:
+        loss, grad = quadratic(theta)
+        return loss + 0.25 * float((theta**4).sum()), grad + theta**3
+
+    out = line_probe(kept, {"quadratic": quadratic, "quartic": quartic})
+    p = out["quadratic"]
+    assert p["excess"] / p["virial"] == pytest.approx(1.0, rel=1e-12)
+    ratio, se = ratio_se(p["excess_k"], p["virial_k"])
+    assert ratio == pytest.approx(1.0, rel=1e-12)
+    assert se < 1e-12 and p["excess_se"] > 0.01 * p["excess"]
+    mean = torch.stack(kept).mean(0)
+    for name, evaluate in (("quadratic", quadratic), ("quartic", quartic)):
+        direct_e = np.mean([evaluate(t)[0] for t in kept]) - evaluate(mean)[0]
+        direct_v = np.mean([0.5 * float((t - mean) @ evaluate(t)[1]) for t in kept])
+        assert out[name]["excess"] == pytest.approx(direct_e, rel=1e-12)
+        assert out[name]["virial"] == pytest.approx(direct_v, rel=1e-12)
+        assert np.mean(out[name]["excess_k"]) == pytest.approx(direct_e, rel=1e-9)
+        assert np.mean(out[name]["virial_k"]) == pytest.approx(direct_v, rel=1e-9)
+    ratio, se = ratio_se(out["quartic"]["excess_k"], out["quartic"]["virial_k"])
+    assert ratio < 0.9 and 0 < se < 0.1
+
+
+def test_ratio_se_is_the_delta_method():
+    rng = np.random.default_rng(4)
+    den = rng.uniform(1.0, 2.0, 2000)
+    num = 0.5 * den + 0.1 * rng.standard_normal(2000)
+    ratio, _ = ratio_se(num, den)
+    assert ratio == pytest.approx(num.mean() / den.mean())
+    # over many samples of 20 pairs, the spread of the ratio against the mean standard error
+    ratios, errors = zip(*(ratio_se(num[i : i + 20], den[i : i + 20]) for i in range(0, 2000, 20)),
+                         strict=True)  # fmt: skip
+    assert 0.8 < np.mean(errors) / np.std(ratios, ddof=1) < 1.25
