@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from inertia import InertiaMonitor
+from inertia import InertiaMonitor, Ledger
+from inertia.report import ledger_report
 
 F64 = torch.float64
 SYNCS = ("item", "tolist", "__float__", "__int__", "__bool__", "cpu", "numpy")
@@ -218,6 +219,29 @@ def test_per_module_books_equal_values_from_recorded_parameters():
         grads = torch.cat([g.reshape(32, -1) for n, g in sample_grads.items() if n[0] == module], 1)
         trace = float(grads.var(0).sum()) / 32
         assert float(led[f"noise_trace/{module}"][-1]) == pytest.approx(trace, rel=1e-10)
+
+
+def test_a_step_of_one_micro_batch_gives_its_layers_no_noise_and_keeps_the_columns(tmp_path):
+    """noise="microbatch" needs two micro-batches: a step with one (the short last step of an
+    epoch under accumulation) has no estimate, per layer as in total (NaN), and the ledger,
+    the CSV and `inertia report` keep every column (a missing one had broken all three)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = InertiaMonitor(opt, noise="microbatch", by="module", model=model, log_dir=tmp_path)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for micro in (2, 2, 1, 2):
+        opt.zero_grad()
+        for j in range(micro):
+            loss = torch.nn.functional.mse_loss(model(x[8 * j : 8 * j + 8]), y[8 * j : 8 * j + 8])
+            (loss / micro).backward()
+            monitor.observe(loss, accumulate=True, batch_size=8)
+        opt.step()
+    monitor.detach()
+    for led in (monitor.ledger, Ledger.read_csv(tmp_path / "ledger.csv")):
+        for name in ("noise_trace", "noise_trace/0", "noise_trace/2"):
+            assert [math.isnan(float(v)) for v in led[name]] == [False, False, True, False], name
+    assert ledger_report(tmp_path / "ledger.csv", tmp_path / "report").exists()
 
 
 def test_per_group_books_and_a_watched_subset():

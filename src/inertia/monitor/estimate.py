@@ -77,6 +77,14 @@ class NoiseEstimator:
     def nan(self) -> Values:
         return [self._nan] * len(self.layouts)
 
+    def unknown(self, gradient: Values, batch: int | None) -> NoiseEstimate:
+        """No estimate at this row (NaN per group, and per segment of the per-layer books, so
+        that every row has the same columns), with the step's ‖g_B‖² and batch."""
+        segments = None
+        if self.segments is not None:
+            segments = self._nan.expand(len(self.segments.names))
+        return NoiseEstimate(self.nan(), self.nan(), gradient, batch, segments)
+
     def observe(
         self,
         per_sample: Tensor | None,

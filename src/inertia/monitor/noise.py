@@ -99,7 +99,7 @@ class PerSample(NoiseEstimator):
         self._reset()
         gradient, batch = self._gradient(weighing), self._batch_taken()
         if not m:
-            return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
+            return self.unknown(gradient, batch)
         groups = [
             _sum(t, self._zero) / m**2 if ok else self._nan
             for t, ok in zip(traces, known, strict=True)
@@ -208,7 +208,7 @@ class MicroBatch(NoiseEstimator):
         if m < 2:
             gradient = self._gradient(weighing)
             self._reset()
-            return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
+            return self.unknown(gradient, batch)
         traces, alongs, tensors, gradient = [], [], [], []
         used = self._gradient(weighing)  # ‖g‖² of `.grad` as the step takes it
         for i, views in enumerate(self._views):  # the buffer holds G_m = Σ d_j
@@ -315,7 +315,7 @@ class TwoBatch(NoiseEstimator):
         gradient = [_sum(t, self._zero) for t in global_]
         batch, fresh, self._fresh = self._batch_taken(), self._fresh, False
         if not fresh:
-            return NoiseEstimate(self.nan(), self.nan(), gradient, batch)
+            return self.unknown(gradient, batch)
         w = self._world / (self._world - 1)
         unscale = self._unscale  # the hook read gradients still scaled by S
         local = (
