@@ -78,7 +78,10 @@ def alarm_run(opt, loss_at, steps, *, batch_loss=None, noise=None, alarm=True, s
     return monitor, (alarms[0]["step"] if alarms else None), blow_up
 
 
-def regression_run(mu, factor, steps, batch=None, seed=0, every=1):
+def regression_run(mu, factor, steps, batch=None, seed=0, every=1, noise=None):
+    """`alarm_run` on linear regression at `factor` × the heavy-ball threshold, the unstable
+    direction starting small; the noise estimate per-sample with minibatches (`noise` to
+    choose another)."""
     x, y, best = regression(seed=seed)
     lam, vecs = torch.linalg.eigh(x.T @ x / len(y))
     theta = torch.nn.Parameter(best + 2.0 * vecs[:, 0] + 1e-3 * vecs[:, -1])  # unstable: small
@@ -95,7 +98,7 @@ def regression_run(mu, factor, steps, batch=None, seed=0, every=1):
         lambda: full_loss(x, y, theta.detach()) - floor,
         steps,
         batch_loss=batch_loss,
-        noise="per_sample" if batch else None,
+        noise=noise or ("per_sample" if batch else None),
         seed=seed,
         every=every,
     )

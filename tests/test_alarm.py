@@ -99,6 +99,19 @@ def test_quadratic_with_minibatch_noise_above_the_threshold_alarms_in_time(mu, b
     assert blow_up is not None and alarm is not None and alarm <= blow_up
 
 
+@pytest.mark.parametrize("mu", MOMENTA)
+@pytest.mark.parametrize("factor", [1.02, 1.05])
+def test_a_fluctuation_estimate_leaves_the_alarm_its_sight(mu, factor):
+    """noise="fluctuation" is ‖g_B‖² = tr(C)/B + ‖∇L‖², which grows with a divergence. Read
+    as the noise it removed ‖∇L‖²'s share from the secant (μ = 0: half the margin, 0.55 at
+    1.05×) and booked the growth as heat: no full-batch divergence was alarmed. The alarm takes
+    the gradients as exact with it, as with no estimate: alarmed before the tenfold growth."""
+    monitor, alarm, blow_up = regression_run(mu, factor, 300, noise="fluctuation")
+    assert blow_up is not None and alarm is not None and alarm <= blow_up
+    margins = monitor.ledger["margin"][: blow_up - 5]
+    assert float(margins[torch.isfinite(margins)][-1]) == pytest.approx(factor, rel=1e-3)
+
+
 # Minibatches small enough to diverge below the full-batch threshold (momentum 0.9 with 64 of
 # 4000 samples does, from the curvature's fluctuation) are not stable runs: the batches here are.
 STABLE_BATCH = {0.0: 64, 0.9: 1024}

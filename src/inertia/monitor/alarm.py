@@ -31,9 +31,11 @@ subnormal, or a step below the parameters' round-off (‖Δθ‖² ≤ eps²‖�
   the motion (`inertia.monitor.curvature.TopCurvature`), and the margin is the mean-square one,
   + h²Var(λ_B)/(2(1 − μ)λ̂) (`inertia.theory.heavy_ball_margin`), its standard error from the
   per-sample curvatures;
-- "two_steps" (no noise estimate): the largest curvature over the last two steps
-  (`two_step_curvature`), from gradients the steps already have;
-- "secant" (a micro-batch or fluctuation noise estimate): the secant along the last step,
+- "two_steps" (no noise estimate, or "fluctuation", whose ‖g_B‖² holds the gradient as well
+  as its noise and grows with a divergence: the gradients are taken as exact): the largest
+  curvature over the last two steps (`two_step_curvature`), from gradients the steps
+  already have;
+- "secant" (a micro-batch or DDP-ranks noise estimate): the secant along the last step,
   its noise bias removed and its standard error from the noise along the step;
 - with `sharpness=closure`: the top eigenvalue in the metric of the closure's probe loss
   (`inertia.monitor.sharpness`), every `sharpness_every` steps, exact up to its power
@@ -105,7 +107,8 @@ def alarm_mode(alarm: bool, noise: str | None) -> Mode | None:
     """The curvature the alarm uses with this noise estimate (None: no alarm)."""
     if not alarm:
         return None
-    return "hessian" if noise == "per_sample" else "two_steps" if noise is None else "secant"
+    exact = noise in (None, "fluctuation")  # "fluctuation" holds the gradient: not noise alone
+    return "hessian" if noise == "per_sample" else "two_steps" if exact else "secant"
 
 
 @dataclass(frozen=True)
@@ -194,7 +197,12 @@ class StabilityAlarm:
     ) -> AlarmReading:
         """The margin at this row (`now`: the maps of the step about to be taken, `last`: of
         the step taken; None before any measured step; `energy`: the row's inertia and the
-        injected heat so far), the regime and the alarm's new state."""
+        injected heat so far), the regime and the alarm's new state. In "two_steps" mode the
+        gradients are taken as exact: a "fluctuation" estimate, ‖g_B‖² = tr(C)/B + ‖∇L‖²,
+        bounds the noise with the gradient itself, which grows with a divergence, and neither
+        its bias, its variance nor its heat is counted."""
+        if self.mode == "two_steps":
+            last_noise, energy = [math.nan] * len(last_noise), (energy[0], 0.0)
         if not self._informative(per_group):
             self._last_energy = None
             return AlarmReading(math.nan, False, False, STABLE, self._sharp[1])
@@ -301,7 +309,7 @@ class StabilityAlarm:
         the last row) the bias h²·tr(C)/B that the step's own gradient noise puts into the
         numerator is removed, and the numerator's noise variance, 2Δθᵀ(C/B)Δθ (two independent
         gradients), gives the standard error; where the estimate has no direction
-        ("fluctuation") the bound 2‖Δθ‖²·tr(C)/B stands in. In "two_steps" mode λ̂ is the
+        ("ranks") the bound 2‖Δθ‖²·tr(C)/B stands in. In "two_steps" mode λ̂ is the
         largest curvature over the last two steps (`two_step_curvature`): a mode that is still
         a small part of the motion is seen as soon as the two steps hold it. Numerator,
         denominator and variance are averaged over rows (exponentially, weight ½) so that a
