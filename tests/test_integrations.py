@@ -284,7 +284,7 @@ def test_lightning_without_accumulation_books_one_row_per_batch(tmp_path):
         def configure_optimizers(self):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
-    callback = InertiaCallback()
+    callback = InertiaCallback(by="module")  # the callback names the trained module's modules
     trainer = lightning.Trainer(
         max_epochs=1,
         accelerator="cpu",
@@ -299,6 +299,7 @@ def test_lightning_without_accumulation_books_one_row_per_batch(tmp_path):
     assert len(led["step"]) == len(losses) == trainer.global_step
     torch.testing.assert_close(led["loss"], torch.tensor(losses, dtype=F64), rtol=1e-6, atol=0)
     assert float(led["dissipated"][-1]) > 0
+    torch.testing.assert_close(led["kinetic/lin"], led["kinetic"], rtol=1e-12, atol=0)
 
 
 def test_callbacks_refuse_per_sample_noise():
@@ -386,6 +387,7 @@ def transformers_run(
     samples: int = SAMPLES,
     batch: int = BATCH,
     epochs: int = EPOCHS,
+    by: str | None = None,
 ):
     transformers = pytest.importorskip("transformers")
     pytest.importorskip("accelerate")
@@ -401,7 +403,7 @@ def transformers_run(
             return loss
 
     net = model(record, poison)
-    callback = InertiaCallback(log_dir=tmp_path, noise="microbatch")
+    callback = InertiaCallback(log_dir=tmp_path, noise="microbatch", by=by)
     args = transformers.TrainingArguments(
         output_dir=str(tmp_path / "out"),
         per_device_train_batch_size=batch,
@@ -488,8 +490,11 @@ def test_transformers_books_the_trainers_loss_whatever_its_normalisation(tmp_pat
 
 
 def test_transformers_under_a_grad_scaler_books_the_unscaled_run(tmp_path):
-    plain = transformers_run(tmp_path / "plain", clip=0.0, report_to=[])
-    scaled = transformers_run(tmp_path / "scaled", clip=0.0, report_to=[], scale=2.0**10)
+    """Per-module books too: the callback passes the Trainer's model (by="module")."""
+    plain = transformers_run(tmp_path / "plain", clip=0.0, report_to=[], by="module")
+    scaled = transformers_run(
+        tmp_path / "scaled", clip=0.0, report_to=[], scale=2.0**10, by="module"
+    )
     _, callback, record = scaled
     assert callback.monitor._scaler is not None  # accelerate's scaler, passed as scaler=
     led, reference = callback.monitor.ledger, plain[1].monitor.ledger
@@ -501,6 +506,9 @@ def test_transformers_under_a_grad_scaler_books_the_unscaled_run(tmp_path):
         torch.testing.assert_close(
             led[column], reference[column], rtol=1e-6, atol=0, equal_nan=True
         )
+    layers = [name for name in led.keys() if name.startswith("kinetic/")]
+    assert layers
+    torch.testing.assert_close(sum(led[name] for name in layers), led["kinetic"], rtol=1e-9, atol=0)
 
 
 def test_transformers_flags_a_step_the_grad_scaler_skips(tmp_path):
