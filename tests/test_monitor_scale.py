@@ -269,7 +269,13 @@ def test_per_group_books_and_a_watched_subset():
 
 @pytest.mark.parametrize(
     ("kwargs", "name"),
-    [({"by": "layer"}, "by"), ({"by": "module"}, "model"), ({"by": "module", "model": 3}, "model")],
+    [
+        ({"by": "layer"}, "by"),
+        ({"by": "module"}, "model"),
+        ({"by": "module", "model": 3}, "model"),
+        ({"by": "module", "model": torch.nn.Linear(2, 2)}, "model"),  # not the trained one
+        ({"by": "group", "params": [torch.zeros(2)]}, "params"),  # not the optimizer's
+    ],
 )
 def test_bad_per_layer_arguments_are_named(kwargs, name):
     opt = torch.optim.SGD([torch.nn.Parameter(torch.ones(2))], lr=0.1)

@@ -86,12 +86,18 @@ class Segments:
         """Segments `by` "module" (the modules of `model` that own parameters, by their
         qualified name; "other" for parameters outside it) or "group" (parameter groups, by
         their "name" entry or "group<i>"), None for None; only `params` are watched, if given.
-        ValueError naming `by` or `model` where they are not one of these."""
+        ValueError naming `by`, `model` or `params` where they are not one of these, or share
+        no parameter with the optimizer."""
         if by not in (None, "module", "group"):
             raise _checks.fail("by", "None, 'module' or 'group'", by)
         if by is None:
             return None
+        optimized = {id(p) for layout in layouts for p in layout.params}
         watched = None if params is None else {id(p) for p in params}
+        if watched is not None and not watched <= optimized:
+            raise ValueError(
+                "params must be parameters of the optimizer; got a tensor it does not step"
+            )
         owner: dict[int, str] = {}
         if by == "module":
             if not isinstance(model, torch.nn.Module):
@@ -99,6 +105,11 @@ class Segments:
             for name, module in model.named_modules():
                 for p in module.parameters(recurse=False):
                     owner.setdefault(id(p), name or "root")
+            if not owner.keys() & optimized:
+                raise ValueError(
+                    "model must be the module whose parameters the optimizer steps; "
+                    "got one sharing none of them"
+                )
         names: list[str] = []
         index: list[list[int]] = []
         for i, layout in enumerate(layouts):
