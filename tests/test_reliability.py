@@ -304,6 +304,9 @@ def test_bad_observe_calls_raise_at_the_call_and_change_nothing():
     monitor = InertiaMonitor(opt)
     with pytest.raises(ValueError, match="^loss must be a scalar"):
         monitor.observe(torch.ones(4))
+    for batch_size in (0, -8, 2.5):  # a negative one had given a negative noise scale
+        with pytest.raises(ValueError, match="^batch_size must be"):
+            monitor.observe(torch.tensor(1.0), batch_size=batch_size)
     train_quadratic(monitor, 2)
     assert monitor.ledger["loss"].tolist() == pytest.approx([3.0, 3.0 * 0.8**2])
     with pytest.raises(ValueError, match="^on_error must be 'warn' or 'raise'"):

@@ -26,7 +26,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .. import _checks
 from ..energy import Ledger
 from ..reporting import ReportsEnergy
 from . import checkpoint
@@ -40,7 +39,7 @@ from .layout import F64, GroupLayout, Segments
 from .maps import GroupMap, MapHistory, map_reader
 from .noise import estimator
 from .noise_scale import NoiseScale
-from .options import options
+from .options import observation, options
 from .probe import make_probe
 from .publish import Publisher
 from .ranks import Ranks
@@ -170,8 +169,7 @@ class InertiaMonitor:
         `backward`, with its `batch_size` for the noise scale."""
         if not self._handles:
             raise ValueError("observe: the monitor is detached from its optimizer")
-        if not (isinstance(loss, float | int) or (isinstance(loss, Tensor) and loss.numel() == 1)):
-            raise _checks.fail("loss", "a scalar: a float or a one-element tensor", loss)
+        batch_size = observation(loss, batch_size)
         self._guard(partial(self._observe, loss, accumulate, per_sample, batch_size))
 
     def _observe(

@@ -10,7 +10,7 @@ Every map reads the group's hyper-parameters at the step and says
 SGD (momentum μ, dampening τ, lr η): h = sqrt(η(1 − τ)); the heavy ball. With Nesterov the
 look-ahead adds Hessian-driven damping ημ(g_{k−1} − g_k) that this map leaves to the residual.
 Adam/AdamW: μ = β₁, h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)) (bias correction folded into η),
-M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ): an approximation, as M changes every step (the
+M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ) (AMSGrad: v's running maximum): an approximation, as M changes every step (the
 change lands in the residual); AdamW's decoupled decay is booked as the potential (wd/2)‖θ‖².
 RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
 An optimizer that reports its energies (`inertia.reporting.ReportsEnergy`, e.g. InertiaSGD):
@@ -145,25 +145,33 @@ def metric(
     optimizer: torch.optim.Optimizer, group: Group, step: GroupMap, *, before: bool = False
 ) -> list[Metric] | None:
     """The diagonal metric M of each parameter of `group` after the `step` it took (Adam's
-    bias correction from the step's number), or with `before`, the metric of the state the
-    step starts from (the one its gradient's noise is weighed in); None: the identity, or no
-    state yet."""
+    bias correction from the step's number; AMSGrad's running maximum of v), or with
+    `before`, the metric of the state the step starts from (the one its gradient's noise is
+    weighed in); None: the identity, or no state yet. A parameter with neither state nor
+    gradient (frozen, or unused so far) is not moved by the step: its metric is that of a
+    zero second moment, M = ε, a view of one zero, and its share of K and of the noise is 0."""
     if step.kind not in METRIC_KINDS:
         return None
+    adam = step.kind == "adam"
+    steps = step.steps - 1 if before else step.steps
+    if adam and steps < 1:
+        return None
+    correction = 1.0 - group["betas"][1] ** steps if adam else 1.0
+    key = ("max_exp_avg_sq" if group.get("amsgrad") else "exp_avg_sq") if adam else "square_avg"
+    centered = not adam and group.get("centered")
+    states = [optimizer.state.get(p, {}) for p in group["params"]]
+    if not any(key in st for st in states):
+        return None
     out = []
-    for p in group["params"]:
-        st = optimizer.state.get(p, {})
-        if step.kind == "adam":
-            steps = step.steps - 1 if before else step.steps
-            if "exp_avg_sq" not in st or steps < 1:
-                return None
-            correction = 1.0 - group["betas"][1] ** steps
-            out.append(Metric(st["exp_avg_sq"], correction, group["eps"]))
-        else:
-            if "square_avg" not in st:
-                return None
-            mean = st["grad_avg"] if group.get("centered") else None
-            out.append(Metric(st["square_avg"], 1.0, group["eps"], mean))
+    for p, st in zip(group["params"], states, strict=True):
+        if key in st:
+            mean = st["grad_avg"] if centered else None
+            out.append(Metric(st[key], correction, group["eps"], mean))
+        elif p.grad is None:
+            zero = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.numel())
+            out.append(Metric(zero, correction, group["eps"], zero if centered else None))
+        else:  # a gradient the state has not seen yet
+            return None
     return out
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import torch
+from torch import Tensor
 
 from .. import _checks
 from .noise import KINDS
@@ -28,6 +29,13 @@ class Options(NamedTuple):
     alarm_patience: int
     on_alarm: Callable[[dict[str, float | int]], None] | None
     sharpness_every: int
+
+
+def observation(loss: object, batch_size: object) -> int | None:
+    """`observe`'s loss, a scalar, and `batch_size`, None or a positive integer (returned)."""
+    if not (isinstance(loss, float | int) or (isinstance(loss, Tensor) and loss.numel() == 1)):
+        raise _checks.fail("loss", "a scalar: a float or a one-element tensor", loss)
+    return None if batch_size is None else _checks.integer("batch_size", batch_size, low=1)
 
 
 def options(
@@ -51,6 +59,11 @@ def options(
     `MEMORY_HISTORY`."""
     if not isinstance(optimizer, torch.optim.Optimizer):
         raise _checks.fail("optimizer", "a torch.optim.Optimizer", optimizer)
+    if any(group.get("maximize") for group in optimizer.param_groups):
+        raise ValueError(
+            "optimizer: maximize=True ascends the loss, which the ledger books as a potential "
+            "to descend: minimise the negated objective instead"
+        )
     if on_nan not in ("flag", "raise"):
         raise _checks.fail("on_nan", "'flag' or 'raise'", on_nan)
     if on_error not in ("warn", "raise"):
@@ -61,6 +74,10 @@ def options(
         raise _checks.fail("sinks", "a list of inertia.monitor sinks", sinks)
     if noise is not None and noise not in KINDS:
         raise _checks.fail("noise", f"None or one of {', '.join(KINDS)}", noise)
+    if not isinstance(alarm, bool):
+        raise _checks.fail("alarm", "True or False", alarm)
+    if log_dir is not None and not isinstance(log_dir, str | Path):
+        raise _checks.fail("log_dir", "a folder path (str or pathlib.Path)", log_dir)
     if sharpness is not None and not (alarm and callable(sharpness)):
         allowed = "a callable returning a probe loss, with alarm=True"
         raise _checks.fail("sharpness", allowed, sharpness)
