@@ -175,10 +175,119 @@ def test_a_report_checkpoint_into_a_monitor_with_buffers_says_so():
         InertiaMonitor(opt, alarm=True).load_state_dict(reported.state_dict())
 
 
+# ------------------------------------------ what the first row after a resume reads from before it
+
+
+def layered(every: int):
+    """Full-batch SGD with momentum on a two-layer model, per-layer books by module, the rate
+    halved for step 6 (StepLR); returns the model, optimizer, scheduler, monitor and a loop."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
+    model = model.double()
+    x, y = torch.randn(16, 3, dtype=F64), torch.randn(16, 1, dtype=F64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    sched = torch.optim.lr_scheduler.StepLR(opt, 6, 0.5)
+    monitor = InertiaMonitor(opt, every=every, by="module", model=model)
+
+    def steps(n: int) -> None:
+        for _ in range(n):
+            opt.zero_grad()
+            loss = ((model(x) - y) ** 2).mean()
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+            sched.step()
+
+    return model, opt, sched, monitor, steps
+
+
+def resumed(every: int, saved_at: int, total: int, tmp_path: Path, layout=None) -> InertiaMonitor:
+    """A run of `total` steps checkpointed after `saved_at` (through torch.save, loaded with
+    weights_only) and resumed by fresh objects; `layout` rewrites the monitor's state first."""
+    model, opt, sched, monitor, steps = layered(every)
+    steps(saved_at)
+    state = monitor.state_dict()
+    parts = {"model": model, "optimizer": opt, "scheduler": sched}
+    saved = {name: part.state_dict() for name, part in parts.items()}
+    torch.save({**saved, "monitor": layout(state) if layout else state}, tmp_path / "ckpt.pt")
+    checkpoint = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    model, opt, sched, monitor, steps = layered(every)
+    for name, part in {"model": model, "optimizer": opt, "scheduler": sched}.items():
+        part.load_state_dict(checkpoint[name])
+    monitor.load_state_dict(checkpoint["monitor"])
+    steps(total - saved_at)
+    return monitor
+
+
+@pytest.mark.parametrize(("every", "saved_at"), [(1, 6), (3, 6), (3, 7)])
+def test_the_first_row_after_a_resume_is_the_uninterrupted_runs(every, saved_at, tmp_path):
+    """The first row after a resume reads what the monitor measured before the checkpoint:
+    after 6 steps (every=1, every=3), the per-layer K and ‖Δθ‖² of step 5, which its
+    `kinetic/<layer>` and `step_size/<layer>` are; after 7 steps with every=3, the h and
+    q = h_6/h_5 of row 6's step (the rate halves there), from which the books take the
+    schedule energy and friction of steps 6–8. Every column of every row is the uninterrupted
+    run's, bit for bit."""
+    whole = layered(every)
+    whole[4](15)
+    expected, got = whole[3].ledger, resumed(every, saved_at, 15, tmp_path).ledger
+    first = len(expected["step"]) - len(got["step"])
+    assert got["step"].tolist() == expected["step"][first:].tolist()
+    for column in expected:
+        assert torch.equal(got[column].isnan(), expected[column][first:].isnan()), column
+        assert torch.equal(got[column].nan_to_num(), expected[column][first:].nan_to_num()), column
+    assert all(
+        float(got[f"{q}/{layer}"][0]) > 0 for q in ("kinetic", "step_size") for layer in "02"
+    )
+    schedule = expected["schedule"][first] - expected["schedule"][first - 1]
+    assert float(schedule) < -1e-3 if saved_at == 7 else float(schedule) == 0.0
+
+
+def test_a_checkpoint_without_per_layer_books_resumes_with_them_unknown(tmp_path):
+    """Layout 5 kept neither the probe's per-layer books of the last measured step nor the
+    books' h and q of the last row's step: it loads, the first row's per-layer K and step size
+    are NaN (unknown, where they had been a wrong 0) while its total K is right, and every
+    other value is the uninterrupted run's."""
+
+    def layout_5(state: dict) -> dict:
+        books = {k: v for k, v in state["books"].items() if k not in ("last_h", "last_q")}
+        probe = {k: v for k, v in state["probe"].items() if k != "segments"}
+        return {**state, "version": 5, "books": books, "probe": probe}
+
+    whole = layered(1)
+    whole[4](12)
+    expected, got = whole[3].ledger, resumed(1, 6, 12, tmp_path, layout_5).ledger
+    layered_columns = [c for c in expected if "/" in c and not c.startswith("noise_trace")]
+    assert sorted(layered_columns) == ["kinetic/0", "kinetic/2", "step_size/0", "step_size/2"]
+    for column in expected:
+        want = expected[column][6:].clone()
+        if column in layered_columns:
+            want[0] = math.nan
+        assert torch.equal(got[column].isnan(), want.isnan()), column
+        assert torch.equal(got[column].nan_to_num(), want.nan_to_num()), column
+    assert float(got["kinetic"][0]) > 0
+
+
+def test_per_layer_books_of_other_layers_load_as_unknown():
+    """A checkpoint of a monitor booking other layers (by module, into one by group) loads:
+    the layers' values of the last measured step are unknown, NaN in the first row."""
+    model, opt, _, monitor, steps = layered(1)
+    steps(4)
+    by_group = InertiaMonitor(opt, by="group")
+    by_group.load_state_dict(monitor.state_dict())
+    monitor.detach()
+    loss = model(torch.ones(1, 3, dtype=F64)).pow(2).sum()
+    loss.backward()
+    by_group.observe(loss)
+    opt.step()
+    row = by_group.ledger
+    assert math.isnan(float(row["kinetic/group0"][0])) and float(row["kinetic"][0]) > 0
+
+
 # ------------------------------------------------- every field checked before anything is applied
 
 NULLABLE = re.compile(
     r"^(layout|alarm|noise_scale|books\.last_inertia|maps\.(last|before)|probe\.previous\[\d+\]"
+    r"|probe\.segments"
     r"|alarm\.(last_secant\[\d+\]|last_energy|vector|tracked))$"
 )
 """Fields where None is a value a healthy run saves (nothing yet, or not kept)."""
@@ -186,17 +295,22 @@ NAN_ALLOWED = re.compile(
     r"^(books\.last_inertia|books\.last_\w+\[\d+\]"
     r"|maps\.\w+\[\d+\]\.(lr|h|momentum|weight_decay|decoupled)"
     r"|probe\.(kinetic|grad_dot_before|cross_before)\[\d+\]|probe\.norms\[\d+\]\[\d+\]"
+    r"|probe\.segments\.(kinetic|step_sq)\[\d+\]"
     r"|alarm\.(ema\[\d+\]\[\d+\]|last_secant\[\d+\]\[\d+\]|floor|last_energy\[\d+\]|sharp\[\d+\]))$"
 )
 """Numbers that are NaN in a healthy run (a noise estimate not yet taken, an overflowed
 gradient's power); tensors and counts never are."""
 VARIABLE_LENGTH = ("alarm.tracked",)  # up to two directions: one fewer is a valid state
+LAYER_NAME = re.compile(r"^probe\.segments\.layers\[\d+\]$")
+"""Any string names a layer (one of no layer of the monitor loads as unknown values); one
+name fewer leaves the per-layer values longer than the names: those are named."""
 
 
 def make_run(config: str, seed: int = 0):
     """A small model in two parameter groups (weights with decay, biases without), its
     optimizer and a monitor with every part holding state: AdamW with per-sample losses, the
-    Hessian alarm and the sharpness probe, or SGD with Nesterov and the two-step alarm."""
+    Hessian alarm and the sharpness probe, or SGD with Nesterov, the two-step alarm and
+    per-layer books."""
     torch.manual_seed(seed)
     model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Tanh(), torch.nn.Linear(4, 1))
     x, y = torch.randn(16, 3), torch.randn(16, 1)
@@ -213,7 +327,7 @@ def make_run(config: str, seed: int = 0):
         monitor = InertiaMonitor(opt, alarm=True, **extra)
     else:
         opt = torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True)
-        monitor = InertiaMonitor(opt, alarm=True)
+        monitor = InertiaMonitor(opt, alarm=True, by="module", model=model)
 
     def steps(n: int) -> None:
         for _ in range(n):
@@ -293,13 +407,17 @@ def cases(config: str):
     out = []
     for path, value in paths(state):
         parent = re.sub(r"\[\d+\]$", "", path)
-        if path.endswith("]"):  # one entry fewer: the list's length is wrong
+        if LAYER_NAME.match(path):
+            out.append((path, "delete", "probe.segments.kinetic"))
+        elif path.endswith("]"):  # one entry fewer: the list's length is wrong
             if parent not in VARIABLE_LENGTH:
                 out.append((path, "delete", parent))
         else:
             out.append((path, "delete", path))
         for name in ("none", "string", "wrong_shape_tensor"):
-            if not (name == "none" and NULLABLE.match(path)):
+            if not (name == "none" and NULLABLE.match(path)) and not (
+                name == "string" and LAYER_NAME.match(path)
+            ):
                 out.append((path, name, path))
         if not NAN_ALLOWED.match(path):
             out.append((path, "nan", path))
@@ -352,6 +470,8 @@ def test_every_part_of_the_state_holds_something(runs):
     assert len(adamw["alarm"]["tracked"]) == 2 and adamw["alarm"]["vector"] is not None
     assert adamw["noise_scale"]["rows"] > 0 and adamw["maps"]["last"][0]["decoupled"] > 0
     assert all(t is not None for t in sgd["probe"]["previous"])
+    assert sgd["probe"]["segments"]["layers"] == ["0", "2"]
+    assert min(sgd["probe"]["segments"]["kinetic"]) > 0
     assert all(s is not None for s in sgd["alarm"]["last_secant"])
 
 

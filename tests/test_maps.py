@@ -53,6 +53,7 @@ import numpy as np
 import pytest
 import torch
 from torch import Tensor
+from torch.optim.lr_scheduler import StepLR
 
 from inertia import InertiaMonitor
 from inertia.optim import InertiaSGD
@@ -94,11 +95,11 @@ class Run:
         return self.ledger["residual"].diff()
 
 
-def train(optimizer, steps: int, loss_fn=quadratic, schedule=None) -> Run:
+def train(optimizer, steps: int, loss_fn=quadratic, schedule=None, every: int = 1) -> Run:
     theta = torch.nn.Parameter(THETA0.clone())
     opt = optimizer([theta])
     sched = schedule(opt) if schedule else None
-    monitor = InertiaMonitor(opt)
+    monitor = InertiaMonitor(opt, every=every)
     thetas, grads, losses, after = [], [], [], []
     for _ in range(steps):
         opt.zero_grad()
@@ -728,3 +729,52 @@ def test_adamw_at_rest_its_friction_spends_what_the_decay_feeds():
     assert float(led["dissipated"].diff()[-1]) == pytest.approx(fed, rel=1e-9)
     assert float(-led["decay"].diff()[-1]) == pytest.approx(fed, rel=1e-9)
     assert abs(float(led["residual"].diff()[-1])) < 1e-9 * fed
+
+
+# ----------------------------------------------------------------------------- rows n steps apart
+
+EVERY = 5
+APART = {  # η falls one way between rows: StepLR by 0.3 at a row's step or inside, Adam's h
+    "step-lr-at-a-row": (_sgd_map(0.005, momentum=0.9), lambda o: StepLR(o, 30, 0.3)),
+    "step-lr-between-rows": (_sgd_map(0.005, momentum=0.9), lambda o: StepLR(o, 32, 0.3)),
+    "step-lr-before-a-row": (_sgd_map(0.005, momentum=0.9), lambda o: StepLR(o, 34, 0.3)),
+    "adam-bias-correction": (Map("adam", 0.002), None),
+}
+
+
+def schedule_bound(run: Run, rule: Rule, k0: int, k1: int) -> float:
+    """What rows k0 and k1 leave unknown of the schedule energy of steps k0 … k1 − 1: step j
+    rescales E = K + ½P by f_j = q_j², A_j = Π_{k0 ≤ i < j} f_i. The books know f_{k0} and
+    E_{k0} (step k0 is exact) and the product A_{k1}, not where in the interior it falls: their
+    interior jumps A_{j+1} − A_j add up, as the true ones do, to A_{k1} − f_{k0}. Where the
+    rate moves one way, both schedules are that sum times a convex combination of Ê = E/A
+    (theirs interpolated between Ê_{k0} and Ê_{k1}), so they differ by at most
+    |A_{k1} − f_{k0}|·(max − min of Ê_j, k0 ≤ j ≤ k1)."""
+    energy = books(run, rule)["kinetic"] + 0.5 * power(run, rule)
+    f = rule.ratio[k0:k1] ** 2
+    scale = torch.cat([torch.ones(1, dtype=F64), f.cumprod(0)])  # A_{k0} … A_{k1}
+    e_hat = energy[k0 : k1 + 1] / scale
+    return float((scale[-1] - scale[1]).abs() * (e_hat.max() - e_hat.min()))
+
+
+@pytest.mark.parametrize("name", list(APART))
+def test_rows_steps_apart_book_the_schedule_energy_within_what_they_leave_unknown(name):
+    """Rows every 5 steps book the schedule energy of the steps between them from the two
+    rows' values and maps (books.py): between each pair of rows it equals the energy the rate
+    changes add, Σ_j (q_j² − 1)(K_j + ½P_j) from the recorded θ, g and optimizer state, within
+    `schedule_bound` (0 where η changes only at the row's own step: to round-off). Somewhere
+    the energy is more than twice its bound: a schedule book of 0 between rows fails there."""
+    m, schedule = APART[name]
+    run = train(m.optimizer, 41, schedule=schedule, every=EVERY)
+    rule = m.rule(run)
+    exact = books(run, rule)["schedule"]
+    booked = run.ledger["schedule"]
+    assert run.ledger["step"].tolist() == list(range(0, 41, EVERY))
+    changes = []
+    for i, k0 in enumerate(range(0, 40, EVERY)):
+        want = float(exact[k0 + EVERY] - exact[k0])
+        got = float(booked[i + 1] - booked[i])
+        bound = schedule_bound(run, rule, k0, k0 + EVERY)
+        assert abs(got - want) <= bound + 1e-12 * float(exact.abs().max()), (k0, got, want)
+        changes.append((want, bound))
+    assert any(abs(want) > 2 * bound + 1e-4 for want, bound in changes)

@@ -18,9 +18,29 @@ carries: a decoupled decay's displacement −ηλθ_k is not, and does work on L
 inertia − inertia₀ = −dissipated − decay + injected + schedule + residual. The friction is
 the exact dissipation of the shadow energy H̃ = I − ½⟨Δθ_{k−1}, g_k + wd θ_k⟩ on a quadratic:
 the residual then holds the change of that shadow term (it does not accumulate), the
-moving metric and what is not quadratic. Rows n steps apart (`every`) book n steps by the
-trapezoid rule; a skipped iteration's row and the retry at the same parameters are 0 steps
-apart.
+moving metric and what is not quadratic. A skipped iteration's row and the retry at the same
+parameters are 0 steps apart.
+
+Rows n ≥ 2 steps apart (`every`), k₀ and k₁ = k₀ + n, book steps j = k₀ … k₁ − 1 from the
+two rows' values and maps. Step j rescales X = K by f_j = r_j² and X = P by f_j = w_j, so
+X_j = A_j X̂_j, A_j = Π_{k₀ ≤ i < j} f_i; X̂, the energy with the rescaling taken out, is
+taken linear in t = (s − k₀)/n from X_{k₀} to X_{k₁}/A_{k₁} (held at X_{k₀} if A_{k₁} = 0).
+With the rate c of the last map (1 − μ² for K, ½(1 − μ) for P) and t_j = (j − k₀)/n,
+
+    schedule   += Σ_j (A_{j+1} − A_j) X̂(t_j)                   (each rescaling at its step)
+    dissipated += Σ_j c A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))          (the trapezoid rule)
+                  + ½μ(1 + μ)·n·½(d_{k₀} + d_{k₁})              (Nesterov, d = ⟨Δθ, ΔG⟩)
+
+which is n·½(x_{k₀} + x_{k₁}) where the rate is constant. Exact: f_{k₀} (from h_{k₀} and
+h_{k₀−1}, both read at row k₀) and the product of the interior factors (from h_{k₁−1}/h_{k₀}),
+so Σ_j (A_{j+1} − A_j) = A_{k₁} − 1; a rate that changes only at rows' steps (StepLR on a
+multiple of `every`) has the schedule book of `every=1`. Estimated: X̂ between the rows, and
+where in the interior its factors fall (the maps of those steps are not read): they are taken
+equal, the (n − 1)-th root of their product (1 where h is 0 at either end). Where the rate
+moves one way between the rows, the schedule book is then within |A_{k₁} − f_{k₀}|·(max − min
+of X̂_j, k₀ ≤ j ≤ k₁) of Σ_j (f_j − 1)X_j; the friction carries the trapezoid rule's error.
+The heat and the decay work between rows are booked with the last map's h and ηλ for every
+step.
 
 The books are kept in Python floats (IEEE float64, the same operations in the same order as
 on a float64 tensor) from the row's values once they are on the host: the row's one transfer
@@ -49,6 +69,8 @@ PER_GROUP = (
     "last_theta_grad",
     "last_noise",
     "last_clip",
+    "last_h",
+    "last_q",
 )
 Floats = list[float]
 
@@ -64,6 +86,8 @@ class Books:
         self.last_damping, self.last_theta_grad = [0.0] * groups, [0.0] * groups
         self.last_noise = [math.nan] * groups  # tr(C)/B
         self.last_clip = [1.0] * groups  # c² of the step's gradient (clipping), 1 if unknown
+        # h_k of the last row's own step and q = h_k/h_{k−1} (NaN, 1: unknown)
+        self.last_h, self.last_q = [math.nan] * groups, [1.0] * groups
 
     def book(
         self,
@@ -109,6 +133,7 @@ class Books:
             self.last_kinetic, self.last_power = list(kinetic), list(power)
             self.last_damping, self.last_theta_grad = damping, list(theta_grad)
             self.last_noise, self.last_clip = list(noise), clip
+            self.last_h, self.last_q = _row_step(maps, len(kinetic))
         self._booked = self._booked or finite
         return list(self._total)
 
@@ -147,18 +172,12 @@ class Books:
         """(friction, schedule energy) since the last row."""
         if last is None or steps == 0:
             return 0.0, 0.0
+        if steps > 1:
+            return self._between(kinetic_now, power_now, damping_now, last, maps, steps)
         mu = [m.momentum for m in last]
         # Nesterov: ½μ(1 + μ)⟨Δθ_{k−1}, g_k − g_{k−1}⟩, the work of its look-ahead force
         look = [0.5 * m.momentum * (1.0 + m.momentum) if m.kind == NESTEROV else 0.0 for m in last]
         k, p, d = self.last_kinetic, self.last_power, self.last_damping
-        if steps > 1:  # the trapezoid rule between the two rows' friction per step
-            total = 0.0
-            for j, u in enumerate(mu):
-                start = (1.0 - u * u) * k[j] + 0.5 * (1.0 - u) * p[j] + look[j] * d[j]
-                end = (1.0 - u * u) * kinetic_now[j] + 0.5 * (1.0 - u) * power_now[j]
-                end = end + look[j] * damping_now[j]
-                total = total + (start + end) if j else start + end
-            return steps * 0.5 * total, 0.0
         # a velocity kept as Δθ/η is rescaled by q = h_k/h_{k−1} (r = q), and so is the shadow
         # term ½P (w = q²): schedule energy (q² − 1)(K + ½P), then friction on q²K and q²P; a
         # physical one is not (r = 1), but its power is q·P (w = q): schedule ½(q − 1)P
@@ -171,6 +190,33 @@ class Books:
             f = (1.0 - u * u) * r2 * k[j] + 0.5 * (1.0 - u) * w * p[j]
             friction.append(f + look[j] * d[j])
             schedule.append((r2 - 1.0) * k[j] + 0.5 * (w - 1.0) * p[j])
+        return _sum(friction), _sum(schedule)
+
+    def _between(
+        self,
+        kinetic_now: Floats,
+        power_now: Floats,
+        damping_now: Floats,
+        last: list[GroupMap],
+        maps: MapHistory,
+        steps: int,
+    ) -> tuple[float, float]:
+        """(friction, schedule energy) of `steps` ≥ 2 steps between rows (module docstring):
+        f_{k₀} = q₀ from the last row's maps, the interior factors from h_{k₁−1}/h_{k₀}."""
+        friction, schedule = [], []
+        for j, m in enumerate(last):
+            h0 = self.last_h[j] if math.isfinite(self.last_h[j]) else (maps.before or last)[j].h
+            q0 = self.last_q[j] if math.isfinite(self.last_q[j]) else 1.0
+            inner = (m.h / h0) ** (1.0 / (steps - 1)) if h0 > 0 and m.h > 0 else 1.0
+            r2 = [1.0] * steps if m.physical_velocity else [q0 * q0] + [inner * inner] * (steps - 1)
+            w = [q0] + [inner] * (steps - 1) if m.physical_velocity else r2
+            jk, fk = _weights(r2, self.last_kinetic[j], kinetic_now[j])
+            jp, fp = _weights(w, self.last_power[j], power_now[j])
+            u = m.momentum
+            look = 0.5 * u * (1.0 + u) if m.kind == NESTEROV else 0.0
+            damping = look * steps * 0.5 * (self.last_damping[j] + damping_now[j])
+            friction.append((1.0 - u * u) * fk + 0.5 * (1.0 - u) * fp + damping)
+            schedule.append(jk + 0.5 * jp)
         return _sum(friction), _sum(schedule)
 
     def _injection(self, last: list[GroupMap] | None, steps: int) -> float:
@@ -210,6 +256,35 @@ class Books:
         self.last_damping = per_group["last_damping"]
         self.last_theta_grad = per_group["last_theta_grad"]
         self.last_noise, self.last_clip = per_group["last_noise"], per_group["last_clip"]
+        self.last_h, self.last_q = per_group["last_h"], per_group["last_q"]
+
+
+def _row_step(maps: MapHistory, groups: int) -> tuple[Floats, Floats]:
+    """Per group, h_k of the step a row at step k opens and q = h_k/h_{k−1} (NaN and 1 where
+    the maps are not known: q = 1 also out of h_{k−1} = 0, as for `every=1`)."""
+    now, last = maps.under_way, maps.last
+    if now is None:
+        return [math.nan] * groups, [1.0] * groups
+    h = [m.h for m in now]
+    if last is None:
+        return h, [1.0] * groups
+    return h, [m.h / b.h if b.h > 0 else 1.0 for m, b in zip(now, last, strict=True)]
+
+
+def _weights(factors: Floats, start: float, end: float) -> tuple[float, float]:
+    """(Σ_j (A_{j+1} − A_j) X̂(t_j), Σ_j A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))) for per-step
+    factors f_j, A_j = Π_{i<j} f_i, X̂ linear from `start` to `end`/A_n (module docstring)."""
+    n, a = len(factors), 1.0
+    jump, jump_end, rate, rate_end = 0.0, 0.0, 0.0, 0.0
+    for i, f in enumerate(factors):
+        b = a * f
+        t, mid = i / n, (i + 0.5) / n
+        jump, jump_end = jump + (b - a) * (1.0 - t), jump_end + (b - a) * t
+        rate, rate_end = rate + b * (1.0 - mid), rate_end + b * mid
+        a = b
+    if a > 0 and math.isfinite(a):
+        return jump * start + jump_end * (end / a), rate * start + rate_end * (end / a)
+    return (jump + jump_end) * start, (rate + rate_end) * start  # X̂ held at the first row's
 
 
 def _sum(values: Any) -> float:

@@ -1,8 +1,12 @@
-"""The monitor's checkpoint layout: version 5 is composed of its parts' own state dicts, the
+"""The monitor's checkpoint layout: version 6 is composed of its parts' own state dicts, the
 step of the last row, the noise scale's averages and the shapes of the parameters per group
-(`layout`); earlier layouts are upgraded on load (4: without the shapes, which then go
-unchecked; 3: nor the noise scale, which starts afresh; 2: nor the last row's step; 1, no
-"version": the single class the monitor was before it had parts).
+(`layout`); earlier layouts are upgraded on load (5: without the probe's per-layer books of
+the last measured step, which are then unknown: the first row's `kinetic/<layer>` and
+`step_size/<layer>` are NaN, and without the books' h and q of the last row's step, which
+fall back to the maps kept (q = 1: that step's schedule energy is not booked when rows are
+more than one step apart); 4: nor the shapes, which then go unchecked; 3: nor the noise
+scale, which starts afresh; 2: nor the last row's step; 1, no "version": the single class
+the monitor was before it had parts).
 
 A state is read whole before anything is applied (`check`, `inertia.monitor.state_schema`):
 every key of every part, its type, its length per parameter group, the shape, dtype and
@@ -24,7 +28,7 @@ from .noise_scale import NoiseScale
 from .probe import Probe
 from .state_schema import check, layout_of
 
-VERSION = 5
+VERSION = 6
 _MAP_DEFAULTS = {"weight_decay": 0.0, "physical_velocity": False, "steps": 0, "decoupled": 0.0}
 _ALARM_DEFAULTS = {
     "growth": 0.0,
@@ -98,14 +102,30 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
         )
     if version == VERSION:
         return state
+    if version == 5:
+        return _per_layer(state)
     if version == 4:
-        return _unclipped({**state, "version": VERSION, "layout": None})
+        return _per_layer(_unclipped({**state, "layout": None}))
     if version == 3:
-        return _complete({**state, "layout": None})
+        return _per_layer(_complete({**state, "layout": None}))
     if version == 2:  # before rows were booked by the steps between them: the last row's step
         step, every = _known(state, "step", 0), _known(state, "every", 1)
-        return _complete({**state, "layout": None, "last_row": last_row(step, every)})
-    return _complete(_from_layout_1(state))
+        return _per_layer(_complete({**state, "layout": None, "last_row": last_row(step, every)}))
+    return _per_layer(_complete(_from_layout_1(state)))
+
+
+def _per_layer(state: dict[str, Any]) -> dict[str, Any]:
+    """A state of layouts 1 to 5: the probe's per-layer books of the last measured step
+    unknown (None), the books' h and q of the last row's step unknown (NaN, 1)."""
+    state = {**state, "version": VERSION}
+    probe, books = state.get("probe"), state.get("books")
+    if isinstance(probe, dict) and set(probe) != {"kinetic"}:  # not an optimizer's report
+        state["probe"] = {"segments": None, **probe}
+    if isinstance(books, dict):  # as many groups as it has energies (a damaged one is named)
+        last = books.get("last_kinetic")
+        groups = len(last) if isinstance(last, list | tuple) else 0
+        state["books"] = {"last_h": [math.nan] * groups, "last_q": [1.0] * groups, **books}
+    return state
 
 
 def _known(state: dict[str, Any], key: str, low: int) -> int:

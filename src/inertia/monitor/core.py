@@ -60,8 +60,8 @@ class InertiaMonitor:
 
     Args (docs/monitor.md has the details):
         optimizer: any `torch.optim.Optimizer`.
-        every: book a row every `every` steps (exact friction needs 1; between rows it is
-            estimated by the trapezoid rule).
+        every: book a row every `every` steps (exact friction needs 1; between rows friction
+            and schedule energy are estimated from the two rows).
         log_dir: folder for `ledger.csv`, streamed and flushed per row.
         sinks: more `Sink`s (CSV, JSONL, TensorBoard, W&B, MLflow).
         on_nan: "flag" a non-finite loss and carry on, or "raise" FloatingPointError.

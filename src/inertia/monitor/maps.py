@@ -10,8 +10,9 @@ Every map reads the group's hyper-parameters at the step and says
 SGD (momentum μ, dampening τ, lr η): h = sqrt(η(1 − τ)); the heavy ball. With Nesterov the
 look-ahead adds Hessian-driven damping ημ(g_{k−1} − g_k) that this map leaves to the residual.
 Adam/AdamW: μ = β₁, h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)) (bias correction folded into η),
-M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ) (AMSGrad: v's running maximum): an approximation, as M changes every step (the
-change lands in the residual); AdamW's decoupled decay is booked as the potential (wd/2)‖θ‖².
+M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ) (AMSGrad: v's running maximum): an approximation,
+as M changes every step (the change lands in the residual); AdamW's decoupled decay is booked
+as `decay` work (`inertia.monitor.books`).
 RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
 An optimizer that reports its energies (`inertia.reporting.ReportsEnergy`, e.g. InertiaSGD):
 h and μ of the step it took, read after the step; its velocity is physical, so a change of h

@@ -37,6 +37,7 @@ Parts = list[Tensor | float]  # a value's 0-d partial sums (any float dtype) and
 NAN = float("nan")
 SUMMED = tuple("theta_grad grad_dot grad_dot_before delta_sq theta_sq cross_grad cross".split())
 SUMMED += ("cross_before",)  # the per-group values given as partial sums (`Measurement.sums`)
+PER_LAYER = ("kinetic", "step_sq")  # the per-layer books of the last measured step
 
 
 @dataclass(slots=True)
@@ -145,7 +146,7 @@ class ParameterProbe:
         self.cross_before: list[Parts] = [[NAN]] * n  # ⟨−Δθ_prev, g⟩, the last step's gradient
         # the per-layer books of the last measured step (0 before one)
         zeros = torch.zeros(len(segments.names) if segments else 0, dtype=F64, device=device)
-        self.segment_values = {} if segments is None else {"kinetic": zeros, "step_sq": zeros}
+        self.segment_values = {} if segments is None else dict.fromkeys(PER_LAYER, zeros)
 
     def steps(self) -> list[Tensor]:
         """Each group's last measured step −Δθ (flat)."""
@@ -261,9 +262,15 @@ class ParameterProbe:
         )
 
     def state_dict(self) -> dict[str, Any]:
+        """Host numbers and the buffers; `segments`: the per-layer books of the last measured
+        step (the layers' names, K and ‖Δθ‖² per layer), which the next row reads."""
         n = len(self.groups)
         sums = [[k] for k in self.kinetic] + [*self.grad_dot_before, *self.cross_before]
-        floats = reduce.host_sums(sums + [x for g in self.groups for x in (g.delta_sq, g.theta_sq)])
+        sums += [x for g in self.groups for x in (g.delta_sq, g.theta_sq)]
+        layers = [] if self.segments is None else list(self.segments.names)
+        sums += [[x] for name in PER_LAYER if layers for x in self.segment_values[name].unbind()]
+        floats = reduce.host_sums(sums)
+        per_layer, size = floats[5 * n :], len(layers)
         return {
             "measured": self.measured,
             "has_delta": self.has_delta,
@@ -276,9 +283,15 @@ class ParameterProbe:
                 g.previous.clone() if g.previous is not None and g.has_previous else None
                 for g in self.groups
             ],
+            "segments": {"layers": layers}
+            | {name: per_layer[i * size : (i + 1) * size] for i, name in enumerate(PER_LAYER)},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """A checked state. The per-layer books of the last measured step are restored where
+        it holds them for these layers; otherwise (`segments` None: layouts before 6, or other
+        layers) they are unknown, and the first row's per-layer columns are NaN, not 0."""
+
         def scalar(x: float) -> Tensor:
             return torch.tensor(x, dtype=F64, device=self._zero.device)
 
@@ -294,6 +307,12 @@ class ParameterProbe:
             group.has_previous = group.previous is not None and previous is not None
             if group.previous is not None and previous is not None:
                 group.previous.copy_(previous)
+        if self.segments is not None:
+            saved, names = state["segments"], self.segments.names
+            known = saved is not None and list(saved["layers"]) == names
+            for name in PER_LAYER:
+                values = saved[name] if known else [NAN] * len(names)
+                self.segment_values[name] = self._zero.new_tensor(values)
 
 
 class ReportProbe:

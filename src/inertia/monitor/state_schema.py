@@ -21,11 +21,12 @@ from torch import Tensor
 from .books import BOOKS, PER_GROUP
 from .layout import F64
 from .maps import KINDS, GroupMap
-from .probe import ParameterProbe, Probe, ReportProbe
+from .probe import PER_LAYER, ParameterProbe, Probe, ReportProbe
 
 Shape = tuple[int, ...]
 KEYS = ("step", "every", "last_row", "layout", "maps", "books", "probe", "alarm", "noise_scale")
-PROBE = ("measured", "has_delta", "kinetic", "grad_dot_before", "cross_before", "steps", "norms")
+PROBE = tuple("measured has_delta kinetic grad_dot_before cross_before steps norms".split())
+PROBE += ("previous", "segments")
 ALARM = ("ema", "last_secant", "above", "evidence", "growth", "floor", "last_energy", "sharp")
 MAP_FIELDS = tuple(GroupMap.__dataclass_fields__)
 _REPORT = (
@@ -153,7 +154,7 @@ def _probe(state: Any, layout: Layout) -> None:
         return
     if isinstance(state, dict) and set(state) == {"kinetic"} and any(s for s, _ in layout.buffers):
         raise ValueError(_REPORT)
-    _keys(state, "probe", (*PROBE, "previous"))
+    _keys(state, "probe", PROBE)
     _flag(state["measured"], "probe.measured")
     _flag(state["has_delta"], "probe.has_delta")
     for name in ("kinetic", "grad_dot_before", "cross_before"):
@@ -167,6 +168,14 @@ def _probe(state: Any, layout: Layout) -> None:
             if t is None and name == "previous":  # no step before the last yet
                 continue
             _tensor(t, f"probe.{name}[{i}]", dtype, (size,), f"(parameter sizes {sizes})")
+    if state["segments"] is not None:  # None: not kept (layouts before 6)
+        _keys(state["segments"], "probe.segments", ("layers", *PER_LAYER))
+        layers = _seq(state["segments"]["layers"], "probe.segments.layers", None, "a list of names")
+        for i, name in enumerate(layers):
+            if not isinstance(name, str):
+                raise _bad(f"probe.segments.layers[{i}]", "a layer's name", name)
+        for name in PER_LAYER:
+            _reals(state["segments"][name], f"probe.segments.{name}", len(layers))
 
 
 def _alarm(state: Any, layout: Layout) -> None:
