@@ -53,6 +53,7 @@ BAD_CALLS = [
     ({"paths": 10**12}, "paths"),  # the allocator's RuntimeError
     ({"seed": 10**30}, "seed"),
     ({"dt": 1e308}, "dt"),  # the times t0 + n·dt overflow
+    ({"dt": 1e300, "dtype": torch.float32}, "dt"),  # the kick's τ/m: torch's RuntimeError
     ({"t0": 10**400}, "t0"),
 ]
 

@@ -224,6 +224,9 @@ def simulate(
         raise _checks.fail("dtype", "torch.float32 or torch.float64", dtype)
     if noise_dtype not in NOISE_DTYPES:
         raise _checks.fail("noise_dtype", "torch.float32 or torch.float64", noise_dtype)
+    kick = dt / float(torch.as_tensor(dynamics.mass).min())  # the largest coefficient, τ/m
+    if not kick <= torch.finfo(dtype).max:
+        raise ValueError(f"dt: the kick's coefficient dt/m = {kick:g} is beyond {dtype} (dtype)")
     method = resolve_method(method, dynamics)
     device = resolve_device(device, q0)
     distributed = _checks.boolean("distributed", distributed)
