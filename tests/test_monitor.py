@@ -243,14 +243,16 @@ def test_adam_kinetic_energy_is_in_its_metric():
     "make",
     [
         lambda p: torch.optim.Adam(p, lr=0.02),
+        lambda p: torch.optim.AdamW(p, lr=0.02, weight_decay=0.1),
         lambda p: torch.optim.RMSprop(p, lr=0.01, momentum=0.5, centered=True),
     ],
-    ids=["adam", "rmsprop-centered"],
+    ids=["adam", "adamw", "rmsprop-centered"],
 )
 def test_a_parameter_the_step_never_moves_leaves_its_groups_books_alone(make):
     """A frozen or unused parameter in a group with a diagonal metric has no gradient and no
-    state, and the step does not move it: the ledger, micro-batch noise in the metric
-    included, is that of the group without it (it had fallen back to the identity metric)."""
+    state, and the step does not move it, nor AdamW's decay: the ledger, micro-batch noise in
+    the metric included, is that of the group without it (it had fallen back to the identity
+    metric, and AdamW's velocity had held its decay as if the step had taken it)."""
 
     def ledger(frozen: bool):
         theta = torch.nn.Parameter(THETA0.clone())

@@ -166,9 +166,14 @@ class ParameterProbe:
         for i, (group, m) in enumerate(zip(self.groups, maps, strict=True)):
             device, params, views = group.step.device, group.layout.local_params(), group.step_views
             torch._foreach_sub_(views, params)
-            if m.decoupled:  # θ_k − θ_{k+1} − ηλθ_k = (1 − ηλ)(θ_k − θ_{k+1}) − ηλθ_{k+1}
-                torch._foreach_mul_(views, 1.0 - m.decoupled)
-                torch._foreach_add_(views, params, alpha=-m.decoupled)
+            if m.decoupled:  # θ_k − θ_{k+1} − ηλθ_k = (1 − ηλ)(θ_k − θ_{k+1}) − ηλθ_{k+1}, for
+                # the parameters the step decayed: a parameter without a gradient is not
+                taken = zip(views, params, group.layout.params, strict=True)
+                pairs = [(v, p) for v, p, q in taken if q.grad is not None]
+                if pairs:
+                    decayed, after = [v for v, _ in pairs], [p for _, p in pairs]
+                    torch._foreach_mul_(decayed, 1.0 - m.decoupled)
+                    torch._foreach_add_(decayed, after, alpha=-m.decoupled)
             mass = metric(optimizer, optimizer.param_groups[i], m)
             if self.norms or m.weight_decay or m.kind == NESTEROV or mass is None:
                 group.delta_sq = list(reduce.square_parts(group.step))
