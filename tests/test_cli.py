@@ -66,6 +66,7 @@ def test_version_and_help_from_the_installed_command():
         (["demo", "--seed", str(2**64)], "--seed must be an integer in [0, 2**64)"),
         (["demo", "--out", "/dev/null/x"], "--out"),
         (["report", "nowhere.csv"], "LEDGER: no file"),
+        (["report", "."], "LEDGER: a folder, not a ledger file"),
         (["report", "b" * 300 + ".csv"], "LEDGER: cannot read"),
         ([], "COMMAND"),
     ],

@@ -204,7 +204,8 @@ def _report(args: argparse.Namespace) -> int:
     except OSError as err:  # a name too long, a loop of links
         raise UsageError(f"LEDGER: cannot read {_short(args.ledger)} ({err.strerror})") from None
     if not found:
-        raise UsageError(f"LEDGER: no file {_short(args.ledger)}")
+        what = "a folder, not a ledger file" if args.ledger.is_dir() else "no file"
+        raise UsageError(f"LEDGER: {what} {_short(args.ledger)}")
     out = args.out or args.ledger.parent / "report"
     with output_folder(out, ("report.html",)):
         path = ledger_report(args.ledger, out)
