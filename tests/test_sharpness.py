@@ -148,3 +148,33 @@ def test_a_learning_rate_jump_between_measurements_is_seen_at_once():
     assert int(led["regime"][11]) < 2 and int(led["alarm"][:12].sum()) == 0
     assert float(led["margin"][12]) >= 4.5 * sharpness / 2 * (1 - 1e-9) >= 3
     assert int(led["regime"][12]) == 2 and int(led["alarm"][12]) == 1
+
+
+@pytest.mark.parametrize("frozen", [False, True])
+def test_a_parameter_the_step_does_not_move_leaves_the_sharpness_alone(frozen):
+    """Adam with coupled weight decay and a spare parameter that gets no gradient (unused, or
+    frozen with requires_grad=False): the step does not move it, so it weighs 0, and every row
+    is booked with the sharpness and margin of the run without it (it had weighed 1/ε: a
+    sharpness of wd/ε = 1e5 and a false divergence, or, frozen, no row booked at all)."""
+    a = torch.tensor([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.3]], dtype=F64)
+
+    def ledger(spare: bool):
+        theta = torch.nn.Parameter(torch.tensor([1.0, -0.5, 0.8], dtype=F64))
+        extra = torch.nn.Parameter(torch.ones(4, dtype=F64), requires_grad=not frozen)
+        opt = torch.optim.Adam([theta, extra] if spare else [theta], lr=0.01, weight_decay=1e-3)
+        monitor = InertiaMonitor(
+            opt, alarm=True, sharpness=lambda: 0.5 * theta @ a @ theta, sharpness_every=1
+        )
+        for _ in range(12):
+            opt.zero_grad()
+            loss = 0.5 * theta @ a @ theta
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+        return monitor.ledger
+
+    plain, spare = ledger(False), ledger(True)
+    assert spare["step"].tolist() == list(range(12))
+    for column in ("sharpness", "margin", "regime"):
+        torch.testing.assert_close(spare[column], plain[column], rtol=1e-12, atol=0, equal_nan=True)
+    assert bool(plain["sharpness"][1:].isfinite().all())

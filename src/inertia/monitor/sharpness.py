@@ -69,7 +69,7 @@ class Sharpness:
         decay = [m.weight_decay for m, x in zip(maps, self.layouts, strict=True) for _ in x.params]
         with torch.enable_grad(), sdpa_kernel(SDPBackend.MATH):
             loss = self.closure()
-            grads = torch.autograd.grad(loss, self._params, create_graph=True, allow_unused=True)
+            grads = self._grad(loss, create_graph=True)
 
             def apply(vector: list[Tensor]) -> list[Tensor]:
                 return self._apply(grads, weights, decay, vector)
@@ -105,10 +105,27 @@ class Sharpness:
             last = value
         return value - shift, vector
 
+    def _grad(
+        self, output: Tensor, *, create_graph: bool = False, retain_graph: bool | None = None
+    ) -> list[Tensor | None]:
+        """∂output/∂θ per parameter, None for one that does not require a gradient."""
+        live = [p for p in self._params if p.requires_grad]
+        found = iter(
+            torch.autograd.grad(
+                output,
+                live,
+                create_graph=create_graph,
+                retain_graph=retain_graph,
+                allow_unused=True,
+            )
+        )
+        return [next(found) if p.requires_grad else None for p in self._params]
+
     def _weights(
         self, optimizer: torch.optim.Optimizer, maps: list[GroupMap]
     ) -> list[Tensor] | None:
-        """W^{1/2} per parameter (F64): sqrt(h²/(2(1 + μ))·M⁻¹); None where unknown."""
+        """W^{1/2} per parameter (F64): sqrt(h²/(2(1 + μ))·M⁻¹), 0 for a parameter without a
+        gradient, which the step does not move; None where unknown."""
         out = []
         for group, m, layout in zip(optimizer.param_groups, maps, self.layouts, strict=True):
             if not (m.h > 0 and m.momentum < 1):
@@ -118,8 +135,10 @@ class Sharpness:
             if metrics is None and m.kind in ("adam", "rmsprop"):
                 return None  # no state yet: the metric is unknown
             for j, p in enumerate(layout.params):
-                w = torch.full(p.shape, scale, dtype=F64, device=p.device)
-                if metrics is not None:
+                w = torch.full(
+                    p.shape, scale if p.grad is not None else 0.0, dtype=F64, device=p.device
+                )
+                if metrics is not None and p.grad is not None:
                     inverse = metrics[j].block(0, p.numel(), inverse=True).to(F64)
                     w = w * inverse.view(p.shape)
                 out.append(w.sqrt_())
@@ -138,7 +157,7 @@ class Sharpness:
             ((g * xi.to(g.dtype)).sum() for g, xi in zip(grads, x, strict=True) if g is not None),
             torch.zeros((), device=weights[0].device),
         )
-        products = torch.autograd.grad(along, self._params, retain_graph=True, allow_unused=True)
+        products = self._grad(along, retain_graph=True)
         return [
             w * ((hx.to(F64) if hx is not None else torch.zeros_like(xi)) + wd * xi)
             for w, hx, xi, wd in zip(weights, products, x, decay, strict=True)
