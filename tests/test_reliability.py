@@ -221,10 +221,10 @@ def test_failures_inside_the_step_warn_once_and_leave_training_alone():
         train_quadratic(strict, 1)
 
 
-def run_with_failed_observe(fail_at: int | None, steps: int = 6, micro: int = 1):
+def run_with_failed_observe(fail_at: int | None, steps: int = 6, micro: int = 1, failing: int = -1):
     """A linear model trained on fixed data with per-sample noise over `micro` micro-batches;
-    at step `fail_at` the last micro-batch's observe gets losses without a graph, so the
-    monitor's noise estimate fails inside observe (after the others were estimated)."""
+    at step `fail_at` micro-batch `failing` (default the last) gets losses without a graph in
+    observe, so the monitor's noise estimate fails inside observe, between others."""
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1).double()
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
@@ -234,7 +234,7 @@ def run_with_failed_observe(fail_at: int | None, steps: int = 6, micro: int = 1)
         opt.zero_grad()
         for j, (xj, yj) in enumerate(zip(x.chunk(micro), y.chunk(micro), strict=True)):
             losses = ((model(xj) - yj) ** 2).squeeze(1)
-            fails = step == fail_at and j == micro - 1
+            fails = step == fail_at and j == failing % micro
             per_sample = losses.detach() if fails else losses
             monitor.observe(losses.mean(), accumulate=micro > 1, per_sample=per_sample)
             (losses.mean() / micro).backward()
@@ -242,16 +242,17 @@ def run_with_failed_observe(fail_at: int | None, steps: int = 6, micro: int = 1)
     return monitor.ledger
 
 
-@pytest.mark.parametrize("micro", [1, 2])
-def test_a_failure_inside_observe_leaves_that_step_unbooked_as_its_warning_says(micro):
+@pytest.mark.parametrize(("micro", "failing"), [(1, 0), (3, 0), (3, 1), (3, 2)])
+def test_a_failure_inside_observe_leaves_that_step_unbooked_as_its_warning_says(micro, failing):
     """One warning, naming the step; that step has no row (not a NaN loss with a second,
     "non-finite loss" warning); the other rows' loss, kinetic energy and noise are those of
     the run without the failure (the books bridge the gap as between rows two steps apart):
-    what the failed step's earlier micro-batches estimated does not reach the next row."""
+    what the failed step's other micro-batches estimate, before the failure or after it, does
+    not reach the next row."""
     clean = run_with_failed_observe(None, micro=micro)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        failed = run_with_failed_observe(3, micro=micro)
+        failed = run_with_failed_observe(3, micro=micro, failing=failing)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 1 and "the monitor failed at step 3" in messages[0], messages
     assert failed["step"].tolist() == [0, 1, 2, 4, 5]

@@ -184,7 +184,8 @@ class InertiaMonitor:
             self._failures.failed_at = -1
             if self._loss.count:  # the last iteration's loss, which no step consumed
                 self._book_row(self._read_maps(), SKIPPED)
-        if (self._noise or self._alarm) and self.step % self.every == 0:  # a booked step's
+        booked = self.step % self.every == 0 and self._failures.failed_at != self.step
+        if (self._noise or self._alarm) and booked:  # a booked step's, not one that failed
             steps = self._probe.steps() if self._probe.measured else None
             if self._noise is not None:
                 unscale = None if self._scaler is None else self._scaler.unscale()
