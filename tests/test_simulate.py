@@ -137,6 +137,20 @@ def test_float32_runs_and_ledger_is_float64(well):
     assert float(tr.ledger.closure_error().abs().max()) < 1e-5 * float(tr.inertia.abs().max())
 
 
+def test_float32_books_the_friction_its_own_factor_applies():
+    """A float32 state multiplies v by c rounded to float32; booking D with the float64 c had
+    put (c² − c₃₂²)·K a step into the closure: 2.5e-4 of max|I| after 50 000 steps at γ = 0.7,
+    beyond reliability.md's 1e-4. Over 20 000 BAOAB steps the closure stays at the float32
+    round-off of the steps' energies, 3.9e-6 (ε₃₂·√steps = 1.7e-5), not the bias's 1.4e-4."""
+    dyn = Dynamics(systems.DoubleWell(4), gamma=0.7, sigma=0.3)
+    assert math.exp(-0.7 * 0.05) != float(torch.tensor(math.exp(-0.7 * 0.05)))  # not exact
+    tr = simulate(
+        dyn, torch.ones(4), dt=0.05, steps=20_000, dtype=torch.float32, seed=0, method="baoab"
+    )
+    error = float(tr.ledger.closure_error().abs().max()) / float(tr.inertia.abs().max())
+    assert error < 1e-5
+
+
 def test_blow_up_raises_with_step_path_and_the_records_kept():
     dyn = Dynamics(systems.Quadratic(eigenvalues=torch.tensor([1.0, 100.0])))
     q0 = torch.tensor([[0.0, 0.0], [1.0, 1.0]])

@@ -126,14 +126,19 @@ ALIASES = {"obabo": "conformal_verlet"}
 METHODS = (*SCHEMES, *ALIASES, "euler", "euler_maruyama")
 
 
-def ou_coefficients(gamma: float, tau: float) -> tuple[float, float, float]:
+def ou_coefficients(
+    gamma: float, tau: float, dtype: torch.dtype = torch.float64
+) -> tuple[float, float, float]:
     """(c, 1 − c², s/σ) of the exact OU step of length τ: c = e^{−γτ}, s/σ = sqrt((1 − c²)/(2γ)).
 
-    The variance uses expm1, so small γτ loses no digits; s/σ → sqrt(τ) as γ → 0. 1 − c² is
-    (1 − c)(1 + c) of the rounded c (1 − c is exact): the energy removed by the factor the
-    step really applies, so the booked dissipation has no per-step bias.
+    The variance uses expm1, so small γτ loses no digits; s/σ → sqrt(τ) as γ → 0. c is rounded
+    to the state's `dtype`, the factor a step in it really applies, and 1 − c² is (1 − c)(1 + c)
+    of that c (1 − c is exact): the energy that factor removes, so the booked dissipation has no
+    per-step bias (a float32 state's c kept in float64 had booked (c² − c₃₂²)K a step too much).
     """
     c = math.exp(-gamma * tau)
+    if dtype != torch.float64:
+        c = float(torch.tensor(c, dtype=dtype))
     variance = -math.expm1(-2.0 * gamma * tau) / (2.0 * gamma) if gamma > 0 else tau
     return c, (1.0 - c) * (1.0 + c), math.sqrt(variance)
 
@@ -309,7 +314,7 @@ class SplittingIntegrator(Integrator):
         self._q_moved = True
 
     def _ou_constants(self, gamma: float, tau: float) -> tuple[float, float, float | Tensor | None]:
-        c, one_minus_c2, unit_scale = ou_coefficients(gamma, tau)
+        c, one_minus_c2, unit_scale = ou_coefficients(gamma, tau, self.q.dtype)
         scale = self.sigma * unit_scale if self._has_noise else None
         return c, one_minus_c2, scale
 
