@@ -778,3 +778,31 @@ def test_rows_steps_apart_book_the_schedule_energy_within_what_they_leave_unknow
         assert abs(got - want) <= bound + 1e-12 * float(exact.abs().max()), (k0, got, want)
         changes.append((want, bound))
     assert any(abs(want) > 2 * bound + 1e-4 for want, bound in changes)
+
+
+@pytest.mark.parametrize("alarm", [False, True])
+def test_a_reporting_optimizer_books_a_rate_changed_at_rows_as_every_step_does(alarm):
+    """InertiaSGD decides h in its step, so its maps are read again after it. With alarm=True
+    the rows are booked from parameter buffers before the step, and the row's own h and q must
+    come from that second reading too (they had kept the last step's, q = 1, and put the
+    change at a row's step in the interior: schedule −0.0188 for −0.0086 at step 40). StepLR
+    changes η only at steps that are rows of every=4: the schedule book equals every=1's."""
+
+    def schedule(every: int) -> torch.Tensor:
+        theta = torch.nn.Parameter(torch.tensor([1.0, -0.5, 0.8], dtype=F64))
+        opt = InertiaSGD([theta], lr=0.05, momentum=0.9, restart=False)
+        steps = StepLR(opt, 8, 0.3)
+        monitor = InertiaMonitor(opt, every=every, alarm=alarm)
+        matrix = torch.tensor([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.3]], dtype=F64)
+        for _ in range(41):
+            opt.zero_grad()
+            loss = 0.5 * theta @ matrix @ theta
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+            steps.step()
+        return monitor.ledger["schedule"]
+
+    every_step, rows = schedule(1), schedule(4)
+    torch.testing.assert_close(rows, every_step[::4], rtol=1e-12, atol=1e-15)
+    assert float(every_step[-1]) < -1e-3  # the rate's changes did book energy

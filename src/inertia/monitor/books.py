@@ -81,6 +81,7 @@ class Books:
     def __init__(self, groups: int):
         self._total, self._carry = [0.0] * len(BOOKS), [0.0] * len(BOOKS)
         self._booked = False  # a finite row exists
+        self._remembered = False  # the last row was finite: its energies are the last ones
         self.last_inertia = 0.0
         self.last_kinetic, self.last_power = [0.0] * groups, [0.0] * groups
         self.last_damping, self.last_theta_grad = [0.0] * groups, [0.0] * groups
@@ -134,8 +135,14 @@ class Books:
             self.last_damping, self.last_theta_grad = damping, list(theta_grad)
             self.last_noise, self.last_clip = list(noise), clip
             self.last_h, self.last_q = _row_step(maps, len(kinetic))
-        self._booked = self._booked or finite
+        self._booked, self._remembered = self._booked or finite, finite
         return list(self._total)
+
+    def reread(self, maps: MapHistory, booked: bool) -> None:
+        """The maps of the step a row was just `booked` before, read again after it (a
+        reporting optimizer decides h in its step): the row's own h and q from them."""
+        if booked and self._remembered:
+            self.last_h, self.last_q = _row_step(maps, len(self.last_h))
 
     def _add(self, x: Floats) -> None:
         """total += x, compensated (the recurrence of `CompensatedSum.add_`)."""

@@ -303,6 +303,7 @@ class InertiaMonitor:
         maps = self._maps.under_way
         if self._reports and (self._probe.books_after_step or maps is not None):
             maps = self._maps.under_way = self._read_maps()  # h and μ are decided in the step
+            self._books.reread(self._maps, booked=self._last_row == self.step)
         if maps is not None:
             if not self._probe.books_after_step:
                 if self._probe.measured:
