@@ -613,3 +613,35 @@ def test_any_damage_is_a_value_error_or_loads(data):
 
 
 _SHARED: dict = {}
+
+
+def test_an_alarm_that_counts_no_heat_ignores_a_checkpoints_heat():
+    """With noise="fluctuation" the alarm takes the gradients as exact and counts no heat; a
+    checkpoint from when it counted the fluctuation as heat holds the injected energy of its
+    last row, which read as a jump of the energy's growth (0 → 2.6, past log 4) at the first
+    row after the resume. Loaded, that heat is ignored: the run goes on as from a state
+    without it."""
+    torch.manual_seed(0)
+    x = torch.randn(256, 3, dtype=torch.float64)
+    y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.5 * torch.randn(256)
+
+    def resumed(heat: float | None) -> tuple[list[float], float]:
+        theta = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
+        opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
+        monitor = InertiaMonitor(opt, alarm=True, noise="fluctuation")
+        gen = torch.Generator().manual_seed(1)
+        for k in range(60):
+            if k == 50:
+                state = copy.deepcopy(monitor.state_dict())
+                if heat is not None:
+                    state["alarm"]["last_energy"][1] = heat
+                monitor.load_state_dict(state)
+            idx = torch.randint(0, 256, (8,), generator=gen)
+            opt.zero_grad()
+            loss = ((x[idx] @ theta - y[idx]) ** 2).mean()
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+        return monitor.ledger["regime"].tolist(), monitor.state_dict()["alarm"]["growth"]
+
+    assert resumed(10.06) == resumed(None)

@@ -385,8 +385,9 @@ class StabilityAlarm:
         self._above, self._evidence = state["above"], state["evidence"]
         self._growth = state.get("growth", 0.0)  # layouts before the regime: no growth yet
         self._floor = state.get("floor", math.nan)
-        last = state.get("last_energy")
-        self._last_energy = None if last is None else (last[0], last[1])
+        last = state.get("last_energy")  # "two_steps" counts no heat (a checkpoint of an
+        heat = 0.0 if self.mode == "two_steps" else None  # earlier "fluctuation" secant did)
+        self._last_energy = None if last is None else (last[0], last[1] if heat is None else heat)
         sharp = state.get("sharp", (math.nan, math.nan))
         self._sharp = (sharp[0], sharp[1])
         if self._top is not None:
