@@ -158,6 +158,7 @@ def test_logged_values_name_the_finite_columns_for_any_logger():
     assert logged_values(row, columns=["loss", "noise_trace"]) == {"inertia/loss": 1.5}
     assert batch_size_of({"ids": [torch.zeros(()), torch.zeros(5, 2)], "y": torch.zeros(7)}) == 5
     assert batch_size_of(("text", 3)) is None
+    assert batch_size_of(torch.zeros(0, 4)) is None  # not a batch size the monitor accepts
 
 
 # Lightning ----------------------------------------------------------------------------------

@@ -252,7 +252,7 @@ def test_per_group_books_and_a_watched_subset():
         [{"params": [a], "lr": 0.1, "name": "first"}, {"params": [b], "lr": 0.05}], momentum=0.5
     )
     by_group = InertiaMonitor(opt, by="group")
-    only_b = InertiaMonitor(opt, by="group", params=[b])
+    only_b = InertiaMonitor(opt, by="group", params=[b, torch.zeros(3)])  # one not stepped
     for _ in range(5):
         opt.zero_grad()
         loss = (a**2).sum() + (b**4).sum()

@@ -60,9 +60,9 @@ def logged_values(
 
 def batch_size_of(batch: Any, depth: int = 0) -> int | None:
     """The length of the first tensor (with a dimension) in a batch: a tensor, a mapping
-    (its values in order) or a sequence; None if there is none."""
+    (its values in order) or a sequence; None if there is none or it is empty."""
     if isinstance(batch, Tensor):
-        return int(batch.shape[0]) if batch.dim() else None
+        return int(batch.shape[0]) if batch.dim() and batch.shape[0] else None
     if depth > 4 or isinstance(batch, str | bytes):
         return None
     items: Iterable[Any]

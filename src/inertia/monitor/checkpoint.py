@@ -87,7 +87,7 @@ def last_row(step: int, every: int) -> int:
 
 
 def upgrade(state: dict[str, Any]) -> dict[str, Any]:
-    """`state` in the current layout: a state of this version as it is, versions 2 to 4
+    """`state` in the current layout: a state of this version as it is, versions 2 to 5
     completed, the single-class layout of earlier releases rewritten key by key; ValueError for
     anything else. Nothing is checked beyond what the rewriting needs (`check` does that)."""
     if not isinstance(state, dict):

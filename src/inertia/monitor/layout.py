@@ -87,17 +87,15 @@ class Segments:
         qualified name; "other" for parameters outside it) or "group" (parameter groups, by
         their "name" entry or "group<i>"), None for None; only `params` are watched, if given.
         ValueError naming `by`, `model` or `params` where they are not one of these, or share
-        no parameter with the optimizer."""
+        no parameter with the optimizer (tensors it does not step are not watched)."""
         if by not in (None, "module", "group"):
             raise _checks.fail("by", "None, 'module' or 'group'", by)
         if by is None:
             return None
         optimized = {id(p) for layout in layouts for p in layout.params}
         watched = None if params is None else {id(p) for p in params}
-        if watched is not None and not watched <= optimized:
-            raise ValueError(
-                "params must be parameters of the optimizer; got a tensor it does not step"
-            )
+        if watched is not None and not watched & optimized:
+            raise ValueError("params must be parameters of the optimizer; got none it steps")
         owner: dict[int, str] = {}
         if by == "module":
             if not isinstance(model, torch.nn.Module):

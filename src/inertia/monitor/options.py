@@ -3,6 +3,7 @@ naming it and what is allowed."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -74,10 +75,9 @@ def options(
         raise _checks.fail("sinks", "a list of inertia.monitor sinks", sinks)
     if noise is not None and noise not in KINDS:
         raise _checks.fail("noise", f"None or one of {', '.join(KINDS)}", noise)
-    if not isinstance(alarm, bool):
-        raise _checks.fail("alarm", "True or False", alarm)
-    if log_dir is not None and not isinstance(log_dir, str | Path):
-        raise _checks.fail("log_dir", "a folder path (str or pathlib.Path)", log_dir)
+    alarm = _checks.boolean("alarm", alarm)
+    if log_dir is not None and not isinstance(log_dir, str | os.PathLike):
+        raise _checks.fail("log_dir", "a folder path (str or os.PathLike)", log_dir)
     if sharpness is not None and not (alarm and callable(sharpness)):
         allowed = "a callable returning a probe loss, with alarm=True"
         raise _checks.fail("sharpness", allowed, sharpness)

@@ -5,8 +5,8 @@ Norms (kinetic energy, ‖θ‖², step sizes) are accumulated in float64: a flo
 is widened `BLOCK` elements at a time into two float64 blocks kept per device (1 MB), so no
 float64 copy of a whole tensor is ever made and nothing is allocated per block (allocating a
 block at a time fragments the heap: the process grew by the size of a whole float64 copy).
-Cross products (⟨Δθ, ∇L⟩, which the shadow energy and the alarm's secant use) of a group
-that fits in one block are widened like the norms (a few operations for any number of
+Cross products (⟨Δθ, ∇L⟩, which the shadow energy and the alarm's secant use) of a float32
+group that fits in one block are widened like the norms (a few operations for any number of
 tensors); larger ones are summed in the buffer's own precision within a block, float64
 across blocks: their error is ε‖a‖‖b‖√BLOCK at most, round-off of the data. float64 tensors
 are summed as they are.
