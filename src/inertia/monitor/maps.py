@@ -169,11 +169,23 @@ def metric(
             mean = st["grad_avg"] if centered else None
             out.append(Metric(st[key], correction, group["eps"], mean))
         elif p.grad is None:
-            zero = torch.zeros((), dtype=p.dtype, device=p.device).expand(p.numel())
+            zero = _zero(p.dtype, p.device).expand(p.numel())
             out.append(Metric(zero, correction, group["eps"], zero if centered else None))
         else:  # a gradient the state has not seen yet
             return None
     return out
+
+
+_ZEROS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _zero(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """One 0-d zero per dtype and device (made once: a frozen parameter's zero second moment
+    is a view of it)."""
+    key = (dtype, device)
+    if key not in _ZEROS:
+        _ZEROS[key] = torch.zeros((), dtype=dtype, device=device)
+    return _ZEROS[key]
 
 
 @dataclass
