@@ -55,12 +55,18 @@ def spd4():
     return random_spd(4, seed=7)
 
 
-def train_quadratic(monitor, steps: int) -> None:
-    """`steps` iterations of the monitored optimizer on L = Σ over its parameters of ‖θ‖²."""
+def train_quadratic(monitor, steps: int, loss_of=None, after=None) -> None:
+    """`steps` iterations of the monitored optimizer on `loss_of()` (default L = Σ over its
+    parameters of ‖θ‖²), calling `after()` once each step is taken (a scheduler's step)."""
     opt = monitor.optimizer
     for _ in range(steps):
         opt.zero_grad()
-        loss = sum((p**2).sum() for g in opt.param_groups for p in g["params"])
+        if loss_of is None:
+            loss = sum((p**2).sum() for g in opt.param_groups for p in g["params"])
+        else:
+            loss = loss_of()
         loss.backward()
         monitor.observe(loss)
         opt.step()
+        if after is not None:
+            after()

@@ -55,6 +55,7 @@ import torch
 from torch import Tensor
 from torch.optim.lr_scheduler import StepLR
 
+from conftest import train_quadratic
 from inertia import InertiaMonitor
 from inertia.optim import InertiaSGD
 
@@ -794,13 +795,7 @@ def test_a_reporting_optimizer_books_a_rate_changed_at_rows_as_every_step_does(a
         steps = StepLR(opt, 8, 0.3)
         monitor = InertiaMonitor(opt, every=every, alarm=alarm)
         matrix = torch.tensor([[3.0, 0.5, 0.0], [0.5, 1.0, 0.2], [0.0, 0.2, 0.3]], dtype=F64)
-        for _ in range(41):
-            opt.zero_grad()
-            loss = 0.5 * theta @ matrix @ theta
-            loss.backward()
-            monitor.observe(loss)
-            opt.step()
-            steps.step()
+        train_quadratic(monitor, 41, lambda: 0.5 * theta @ matrix @ theta, steps.step)
         return monitor.ledger["schedule"]
 
     every_step, rows = schedule(1), schedule(4)

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.func import functional_call, jacrev
 
+from conftest import train_quadratic
 from inertia import InertiaMonitor
 
 F64 = torch.float64
@@ -165,12 +166,7 @@ def test_a_parameter_the_step_does_not_move_leaves_the_sharpness_alone(frozen):
         monitor = InertiaMonitor(
             opt, alarm=True, sharpness=lambda: 0.5 * theta @ a @ theta, sharpness_every=1
         )
-        for _ in range(12):
-            opt.zero_grad()
-            loss = 0.5 * theta @ a @ theta
-            loss.backward()
-            monitor.observe(loss)
-            opt.step()
+        train_quadratic(monitor, 12, lambda: 0.5 * theta @ a @ theta)
         return monitor.ledger
 
     plain, spare = ledger(False), ledger(True)
