@@ -224,12 +224,13 @@ def test_monitor_reads_its_ledger_through_brakes_and_a_schedule():
     opt = InertiaSGD([theta], lr=1.5 * threshold(mu), momentum=mu)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.99)
     monitor = InertiaMonitor(opt)
-    kinetic, friction, previous, h_before = [], [], None, None
+    kinetic, friction, previous, h_before, rates = [], [], None, None, []
     for _ in range(150):
         opt.zero_grad()
         loss = quadratic(theta)
         loss.backward()
         monitor.observe(loss)
+        rates.append(opt.param_groups[0]["lr"] * opt.param_groups[0]["scale"])
         velocity = opt.state[theta].get("velocity", torch.zeros_like(theta))
         kinetic.append(0.5 * float(velocity @ velocity))
         now = theta.detach().clone()
@@ -247,6 +248,11 @@ def test_monitor_reads_its_ledger_through_brakes_and_a_schedule():
     torch.testing.assert_close(led["kinetic"], torch.tensor(kinetic, dtype=F64), rtol=1e-10, atol=0)
     dissipated = torch.tensor([0.0, *friction[:-1]], dtype=F64).cumsum(0)
     torch.testing.assert_close(led["dissipated"], dissipated, rtol=1e-10, atol=1e-12 * scale)
+    # the lr column is the rate of the step each row opens, lr × scale as the optimizer holds
+    # them (not h² rebuilt from h, which read 0.29999999999999993 for 0.3); a braked step's
+    # scale shrinks within the step, and its row reads the shrunk rate
+    braked = [i for i, r in enumerate(rates) if led["lr"][i] != r]
+    assert len(braked) == opt.param_groups[0]["brakes"]
 
 
 def test_monitor_books_from_the_report_what_it_measures_from_the_parameters():

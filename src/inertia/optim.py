@@ -190,7 +190,7 @@ class InertiaSGD(torch.optim.Optimizer):
         the point it started from (`inertia.reporting.EnergyReport`)."""
         return [
             EnergyReport(
-                lr=g["h"] * g["h"],
+                lr=float(g.get("rate", g["h"] * g["h"])),  # h² of a state from before "rate"
                 h=float(g["h"]),
                 momentum=0.0 if g["braked"] else float(g["momentum"]),
                 weight_decay=float(g["weight_decay"]),
@@ -264,7 +264,8 @@ class InertiaSGD(torch.optim.Optimizer):
             if not flats:
                 continue
             mu, wd = group["momentum"], group["weight_decay"]
-            h = math.sqrt(group["lr"] * group["scale"])
+            rate = group["lr"] * group["scale"]  # the step's learning rate, h²
+            h = math.sqrt(rate)
             shards = [flat.shards() for flat in flats]
             for flat, params in zip(flats, shards, strict=True):
                 torch._foreach_copy_(flat.grad_views, [local(_grad(p)) for p in flat.params])
@@ -298,14 +299,15 @@ class InertiaSGD(torch.optim.Optimizer):
                 group["brakes"] += 1
                 group["calm"] = 0
                 group["scale"] = max(group["scale"] * group["decrease"], group["min_scale"])
-                h = math.sqrt(group["lr"] * group["scale"])
+                rate = group["lr"] * group["scale"]
+                h = math.sqrt(rate)
             else:
                 group["energy"] += rise
                 group["lowest"] = min(group["lowest"], group["energy"])
                 group["calm"] += 1
                 if group["calm"] > group["patience"]:
                     group["scale"] = min(1.0, group["scale"] * group["increase"])
-            group["h"] = h
+            group["h"], group["rate"] = h, rate
             for flat, params in zip(flats, shards, strict=True):
                 flat.velocity.mul_(0.0 if brake else mu).add_(flat.grad, alpha=-h)
                 torch._foreach_add_(params, flat.velocity_views, alpha=h)
