@@ -18,6 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import train_quadratic
 from inertia import InertiaMonitor
 from inertia.monitor.checkpoint import VERSION
 
@@ -190,13 +191,7 @@ def layered(every: int):
     monitor = InertiaMonitor(opt, every=every, by="module", model=model)
 
     def steps(n: int) -> None:
-        for _ in range(n):
-            opt.zero_grad()
-            loss = ((model(x) - y) ** 2).mean()
-            loss.backward()
-            monitor.observe(loss)
-            opt.step()
-            sched.step()
+        train_quadratic(monitor, n, lambda: ((model(x) - y) ** 2).mean(), sched.step)
 
     return model, opt, sched, monitor, steps
 
@@ -625,23 +620,22 @@ def test_an_alarm_that_counts_no_heat_ignores_a_checkpoints_heat():
     x = torch.randn(256, 3, dtype=torch.float64)
     y = x @ torch.tensor([1.0, -2.0, 0.5], dtype=torch.float64) + 0.5 * torch.randn(256)
 
-    def resumed(heat: float | None) -> tuple[list[float], float]:
+    def reloaded(heat: float | None) -> tuple[list[float], float]:
         theta = torch.nn.Parameter(torch.zeros(3, dtype=torch.float64))
         opt = torch.optim.SGD([theta], lr=0.05, momentum=0.9)
         monitor = InertiaMonitor(opt, alarm=True, noise="fluctuation")
         gen = torch.Generator().manual_seed(1)
-        for k in range(60):
-            if k == 50:
-                state = copy.deepcopy(monitor.state_dict())
-                if heat is not None:
-                    state["alarm"]["last_energy"][1] = heat
-                monitor.load_state_dict(state)
+
+        def batch_loss() -> torch.Tensor:
             idx = torch.randint(0, 256, (8,), generator=gen)
-            opt.zero_grad()
-            loss = ((x[idx] @ theta - y[idx]) ** 2).mean()
-            loss.backward()
-            monitor.observe(loss)
-            opt.step()
+            return ((x[idx] @ theta - y[idx]) ** 2).mean()
+
+        train_quadratic(monitor, 50, batch_loss)
+        state = copy.deepcopy(monitor.state_dict())
+        if heat is not None:
+            state["alarm"]["last_energy"][1] = heat
+        monitor.load_state_dict(state)
+        train_quadratic(monitor, 10, batch_loss)
         return monitor.ledger["regime"].tolist(), monitor.state_dict()["alarm"]["growth"]
 
-    assert resumed(10.06) == resumed(None)
+    assert reloaded(10.06) == reloaded(None)

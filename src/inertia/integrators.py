@@ -17,6 +17,7 @@ R. Because each share is computed on its own, I_n − I_0 = −D + N + R is a ch
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -137,8 +138,8 @@ def ou_coefficients(
     per-step bias (a float32 state's c kept in float64 had booked (c² − c₃₂²)K a step too much).
     """
     c = math.exp(-gamma * tau)
-    if dtype != torch.float64:
-        c = float(torch.tensor(c, dtype=dtype))
+    if dtype == torch.float32:  # on the host: a time-dependent γ computes c every step
+        c = array("f", (c,))[0]
     variance = -math.expm1(-2.0 * gamma * tau) / (2.0 * gamma) if gamma > 0 else tau
     return c, (1.0 - c) * (1.0 + c), math.sqrt(variance)
 

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from torch import Tensor
+from torch.nn import Module
 
 from ..monitor.sinks import Sink
 
@@ -90,8 +91,13 @@ def check_noise(monitor_kwargs: Mapping[str, Any]) -> None:
         )
 
 
-def with_buffer(monitor_kwargs: Mapping[str, Any], buffer: RowBuffer) -> dict[str, Any]:
-    """The monitor's keyword arguments with `buffer` added to its sinks."""
+def with_buffer(
+    monitor_kwargs: Mapping[str, Any], buffer: RowBuffer, model: Module
+) -> dict[str, Any]:
+    """The monitor's keyword arguments with `buffer` added to its sinks, and the trained
+    `model` as the one per-module books name (`by="module"`), unless given."""
     kwargs = dict(monitor_kwargs)
     kwargs["sinks"] = [*(kwargs.get("sinks") or []), buffer]
+    if kwargs.get("by") == "module":
+        kwargs.setdefault("model", model)
     return kwargs

@@ -69,9 +69,7 @@ class InertiaCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         optimizer = trainer.optimizers[0]
         optimizer = getattr(optimizer, "optimizer", optimizer)  # a LightningOptimizer wraps it
-        kwargs = with_buffer(self.monitor_kwargs, self._rows)
-        if kwargs.get("by") == "module":  # per-module books name the trained module's modules
-            kwargs.setdefault("model", pl_module)
+        kwargs = with_buffer(self.monitor_kwargs, self._rows, pl_module)
         scaler = getattr(trainer.precision_plugin, "scaler", None)
         if scaler is not None:
             kwargs.setdefault("scaler", scaler)

@@ -132,9 +132,7 @@ class InertiaCallback(TrainerCallback):
         if model is None or optimizer is None:
             raise ValueError("model, optimizer: the Trainer passed none to on_train_begin")
         inner: Any = getattr(optimizer, "optimizer", optimizer)  # accelerate wraps it
-        monitor_kwargs = with_buffer(self.monitor_kwargs, self._rows)
-        if monitor_kwargs.get("by") == "module":  # per-module books name the model's modules
-            monitor_kwargs.setdefault("model", model)
+        monitor_kwargs = with_buffer(self.monitor_kwargs, self._rows, model)
         scaler = getattr(optimizer, "scaler", None)  # accelerate's GradScaler (fp16)
         if scaler is not None:
             monitor_kwargs.setdefault("scaler", scaler)

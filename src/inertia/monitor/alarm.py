@@ -202,7 +202,7 @@ class StabilityAlarm:
         bounds the noise with the gradient itself, which grows with a divergence, and neither
         its bias, its variance nor its heat is counted."""
         if self.mode == "two_steps":
-            last_noise, energy = [math.nan] * len(last_noise), (energy[0], 0.0)
+            last_noise = [math.nan] * len(last_noise)
         if not self._informative(per_group):
             self._last_energy = None
             return AlarmReading(math.nan, False, False, STABLE, self._sharp[1])
@@ -249,13 +249,15 @@ class StabilityAlarm:
 
     def _grow(self, inertia: float, injected: float) -> None:
         """G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})) with both energies at least the
-        floor, where they are positive and finite (otherwise G is kept)."""
+        floor, where they are positive and finite (otherwise G is kept); "two_steps" takes the
+        gradients as exact and counts no heat, ΔN = 0 (whatever a checkpoint's last row held)."""
         if math.isnan(self._floor) and inertia > 0 and math.isfinite(inertia):
             self._floor = FLOOR * inertia
         last, self._last_energy = self._last_energy, (inertia, injected)
         if last is None:
             return
-        net = inertia - (injected - last[1] if math.isfinite(injected - last[1]) else 0.0)
+        heat = injected - last[1] if self.mode != "two_steps" else 0.0
+        net = inertia - (heat if math.isfinite(heat) else 0.0)
         before = max(last[0], self._floor)
         net = max(net, self._floor) if net > 0 else net
         if before > 0 and net > 0 and math.isfinite(net) and math.isfinite(before):
@@ -385,9 +387,8 @@ class StabilityAlarm:
         self._above, self._evidence = state["above"], state["evidence"]
         self._growth = state.get("growth", 0.0)  # layouts before the regime: no growth yet
         self._floor = state.get("floor", math.nan)
-        last = state.get("last_energy")  # "two_steps" counts no heat (a checkpoint of an
-        heat = 0.0 if self.mode == "two_steps" else None  # earlier "fluctuation" secant did)
-        self._last_energy = None if last is None else (last[0], last[1] if heat is None else heat)
+        last = state.get("last_energy")
+        self._last_energy = None if last is None else (last[0], last[1])
         sharp = state.get("sharp", (math.nan, math.nan))
         self._sharp = (sharp[0], sharp[1])
         if self._top is not None:

@@ -190,7 +190,7 @@ class Books:
         # physical one is not (r = 1), but its power is q·P (w = q): schedule ½(q − 1)P
         friction, schedule = [], []
         for j, (m, b) in enumerate(zip(last, maps.before or last, strict=True)):
-            q = m.h / b.h if b.h > 0 else 1.0
+            q = _ratio(m, b)
             r2 = 1.0 if m.physical_velocity else q * q
             w = q if m.physical_velocity else q * q
             u = mu[j]
@@ -275,7 +275,12 @@ def _row_step(maps: MapHistory, groups: int) -> tuple[Floats, Floats]:
     h = [m.h for m in now]
     if last is None:
         return h, [1.0] * groups
-    return h, [m.h / b.h if b.h > 0 else 1.0 for m, b in zip(now, last, strict=True)]
+    return h, [_ratio(m, b) for m, b in zip(now, last, strict=True)]
+
+
+def _ratio(now: GroupMap, before: GroupMap) -> float:
+    """q = h_k/h_{k−1}: 1 out of h_{k−1} = 0 (a step from rest rescales nothing)."""
+    return now.h / before.h if before.h > 0 else 1.0
 
 
 def _weights(factors: Floats, start: float, end: float) -> tuple[float, float]:

@@ -103,18 +103,18 @@ def upgrade(state: dict[str, Any]) -> dict[str, Any]:
     if version == VERSION:
         return state
     if version == 5:
-        return _per_layer(state)
+        return _to_layout_6(state)
     if version == 4:
-        return _per_layer(_unclipped({**state, "layout": None}))
+        return _to_layout_6(_unclipped({**state, "layout": None}))
     if version == 3:
-        return _per_layer(_complete({**state, "layout": None}))
+        return _to_layout_6(_complete({**state, "layout": None}))
     if version == 2:  # before rows were booked by the steps between them: the last row's step
         step, every = _known(state, "step", 0), _known(state, "every", 1)
-        return _per_layer(_complete({**state, "layout": None, "last_row": last_row(step, every)}))
-    return _per_layer(_complete(_from_layout_1(state)))
+        return _to_layout_6(_complete({**state, "layout": None, "last_row": last_row(step, every)}))
+    return _to_layout_6(_complete(_from_layout_1(state)))
 
 
-def _per_layer(state: dict[str, Any]) -> dict[str, Any]:
+def _to_layout_6(state: dict[str, Any]) -> dict[str, Any]:
     """A state of layouts 1 to 5: the probe's per-layer books of the last measured step
     unknown (None), the books' h and q of the last row's step unknown (NaN, 1)."""
     state = {**state, "version": VERSION}

@@ -100,7 +100,7 @@ def options(
         streams,
         kept,
         noise,
-        bool(alarm),
+        alarm,
         alarm_patience,
         on_alarm,
         sharpness_every,

@@ -135,10 +135,9 @@ class Sharpness:
             if metrics is None and m.kind in ("adam", "rmsprop"):
                 return None  # no state yet: the metric is unknown
             for j, p in enumerate(layout.params):
-                w = torch.full(
-                    p.shape, scale if p.grad is not None else 0.0, dtype=F64, device=p.device
-                )
-                if metrics is not None and p.grad is not None:
+                moved = p.grad is not None
+                w = torch.full(p.shape, scale if moved else 0.0, dtype=F64, device=p.device)
+                if metrics is not None and moved:
                     inverse = metrics[j].block(0, p.numel(), inverse=True).to(F64)
                     w = w * inverse.view(p.shape)
                 out.append(w.sqrt_())
