@@ -214,6 +214,23 @@ def test_increments_are_drawn_in_the_noise_dtype_and_booked_as_used():
         assert float(tr.ledger.closure_error().abs().max()) < 1e-15
 
 
+def test_injected_energy_is_the_work_of_the_increment_the_step_added():
+    """On a flat loss a BAOAB step is one O step, v' = c v + w: the increment is w = v' − c v,
+    and the heat it brings is N = ½ Σ m w (w + 2c v) (cross term included), computed here from
+    the w recovered; friction D = ½(1 − c²) vᵀMv."""
+    mass = torch.tensor([1.0, 2.0, 0.5], dtype=torch.float64)
+    dyn = Dynamics(systems.Quadratic(eigenvalues=torch.zeros(3)), gamma=0.4, sigma=0.8, mass=mass)
+    v0 = torch.tensor([1.5, -0.7, 2.0], dtype=torch.float64)
+    tr = simulate(dyn, torch.zeros(3), v0=v0, dt=0.5, steps=1, paths=500, seed=0)
+    c = math.exp(-0.4 * 0.5)
+    w = tr.v - c * v0
+    injected = 0.5 * (mass * w * (w + 2 * c * v0)).sum(1)
+    torch.testing.assert_close(tr.injected[-1], injected, rtol=1e-12, atol=1e-14)
+    friction = 0.5 * (1 - c * c) * float((mass * v0 * v0).sum())
+    torch.testing.assert_close(tr.dissipated[-1], torch.full((500,), friction, dtype=torch.float64))
+    assert float(tr.injected[-1].std()) > 0.1  # the draws differ from path to path
+
+
 def test_settling_only_at_records_changes_the_books_by_round_off_and_the_state_not_at_all():
     """Between records the change of K by the last kicks is booked with the next step's."""
     dyn = chain_dynamics(gamma=0.3, sigma=0.2)

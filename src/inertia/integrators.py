@@ -152,14 +152,6 @@ def _sqnorm(mass: Mass, v: Tensor) -> Tensor:
     return out if mass.value == 1.0 else out.mul_(mass.value)
 
 
-def _mass_sum(mass: Mass, x: Tensor) -> Tensor:
-    """Σᵢ mᵢ xᵢ over the last axis of a (paths, d) x, allocating only the result."""
-    if isinstance(mass.value, Tensor):
-        return torch.mv(x, mass.value)
-    out = x.sum(-1)
-    return out if mass.value == 1.0 else out.mul_(mass.value)
-
-
 #: The dtypes the Gaussian increments may be drawn in (`simulate`'s `noise_dtype`).
 NOISE_DTYPES = (torch.float32, torch.float64)
 
@@ -201,7 +193,7 @@ class Integrator:
         draw = dtype if noise_dtype is None else noise_dtype
         self._noise = torch.empty(shape, dtype=dtype, device=device)
         self._draw = None if draw == dtype else torch.empty(shape, dtype=draw, device=device)
-        self._scratch = torch.empty_like(q)  # free between sub-steps
+        self._scratch = torch.empty_like(q)  # the potential's evaluator's
         self._evaluation = dynamics.potential.evaluator(q, self._scratch)
         self.restart()
 
@@ -324,19 +316,20 @@ class SplittingIntegrator(Integrator):
         self._ou(*self._ou_constants(self.dynamics.damping(t + offset), tau), t)
 
     def _ou(self, c: float, one_minus_c2: float, scale: float | Tensor | None, t: float) -> None:
-        """O: v ← c v + w, w = s ⊙ ξ; books D = ½(1 − c²) vᵀMv and N = ½ Σ m w (w + 2c v)."""
+        """O: v' = c v + w, w = s ⊙ ξ; books D = ½(1 − c²) vᵀMv and N = ½ Σ m w (w + 2c v),
+        taken as K' − K + D (equal for the v' kept, and two norms instead of a pass over w)."""
         if self._v_moved:
             self._refresh_kinetic()
-        self.dissipated.add_(self.vmv, alpha=0.5 * one_minus_c2)
+        friction = self.vmv * (0.5 * one_minus_c2)  # D, rounded once for both books
+        self.dissipated.add_(friction)
         if scale is None:
             self.v.mul_(c)
         else:
-            w = self._draw_noise(scale)
-            # N = Σ m (c v w + ½ w²) = ½ Σ m w (w + 2c v), in a reused buffer; then v ← c v + w
-            product = torch.add(w, self.v, alpha=2 * c, out=self._scratch).mul_(w)
-            self.injected.add_(_mass_sum(self.mass, product), alpha=0.5)
-            torch.add(w, self.v, alpha=c, out=self.v)
-        self.vmv = _sqnorm(self.mass, self.v)
+            torch.add(self._draw_noise(scale), self.v, alpha=c, out=self.v)
+        vmv = _sqnorm(self.mass, self.v)
+        if scale is not None:
+            self.injected.add_(vmv - self.vmv, alpha=0.5).add_(friction)
+        self.vmv = vmv
 
 
 class EulerIntegrator(Integrator):
