@@ -276,6 +276,50 @@ def test_a_parameter_the_step_never_moves_leaves_its_groups_books_alone(make):
     assert bool(plain["noise_trace"][2:].isfinite().all())
 
 
+@pytest.mark.parametrize(
+    ("make", "options"),
+    [
+        (lambda g: torch.optim.SGD(g, lr=0.05, momentum=0.9, nesterov=True), {"alarm": True}),
+        (lambda g: torch.optim.Adam(g, lr=0.01, amsgrad=True, weight_decay=0.1), {"alarm": True}),
+        (lambda g: torch.optim.AdamW(g, lr=0.01), {"noise": "fluctuation", "by": "module"}),
+        (lambda g: torch.optim.RMSprop(g, lr=0.01, centered=True), {"every": 3}),
+    ],
+    ids=["nesterov-alarm", "amsgrad-hessian-alarm", "adamw-fluctuation-by-module", "rmsprop-every"],
+)
+def test_an_empty_parameter_group_leaves_the_ledger_as_it_was(make, options):
+    """An optimizer may hold a group with no parameters (Hugging Face's no-decay group of a
+    model without biases): it takes no step, so the ledger is bit for bit the one without it.
+    torch's foreach ops refuse [], and the monitor had failed at every step; Adam's map of an
+    empty group is a first step's forever (h = sqrt(η)), and had been the row's h."""
+
+    def ledger(empty: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+        groups = [{"params": list(model[0].parameters())}, {"params": list(model[2].parameters())}]
+        opt = make([{"params": []}, groups[0], {"params": []}, groups[1]] if empty else groups)
+        kwargs = {"noise": "per_sample" if options.get("alarm") else "microbatch", **options}
+        if options.get("by") == "module":
+            kwargs["model"] = model
+        monitor = InertiaMonitor(opt, on_error="raise", **kwargs)
+        for _ in range(7):
+            x = torch.randn(8, 4)
+            losses = model(x).squeeze(1) ** 2
+            if kwargs["noise"] == "per_sample":
+                monitor.observe(losses.mean(), per_sample=losses)
+            opt.zero_grad()
+            losses.mean().backward()
+            if kwargs["noise"] != "per_sample":
+                monitor.observe(losses.mean(), batch_size=8)
+            opt.step()
+        return dict(monitor.ledger.items())
+
+    plain, empty = ledger(False), ledger(True)
+    assert empty.keys() == plain.keys()
+    for name, column in plain.items():
+        assert torch.equal(empty[name].nan_to_num(-1.0), column.nan_to_num(-1.0)), name
+    assert bool(plain["noise_trace"][3:].isfinite().all())
+
+
 def _rmsprop_metric(centered: bool, eps: float = 1e-8):
     def metric(state: dict, k: int) -> torch.Tensor:
         v = state["square_avg"] - (state["grad_avg"] ** 2 if centered else 0.0)

@@ -121,6 +121,8 @@ class TopCurvature:
         switched to the math kernel if a fused one is met (default: a fresh `MathAttention`)."""
         self._sizes = [[p.numel() for p in g] for g in groups]
         self._params = [p for g in groups for p in g]
+        device = self._params[0].device if self._params else None
+        self._empty = torch.zeros(0, dtype=F64, device=device)  # an empty group's vector
         self._tracked: list[Vector] = []  # x̂ and H_B'x̂/‖H_B'x̂‖ of the last row
         self.attention = MathAttention() if attention is None else attention
 
@@ -145,8 +147,8 @@ class TopCurvature:
             for t, p in zip(tensors, self._params, strict=True)
         ]
         out, i = [], 0
-        for sizes in self._sizes:
-            out.append(torch.cat(parts[i : i + len(sizes)]))
+        for sizes in self._sizes:  # torch.cat refuses an empty group's []
+            out.append(torch.cat(parts[i : i + len(sizes)]) if sizes else self._empty)
             i += len(sizes)
         return out
 

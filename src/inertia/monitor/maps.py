@@ -134,7 +134,19 @@ def map_reader(optimizer: torch.optim.Optimizer) -> Callable[[], list[GroupMap]]
         reporter = optimizer
         return lambda: [GroupMap.of_report(r) for r in reporter.energy_report()]
     make = _maker(type(optimizer))
-    return lambda: [make(group, optimizer.state) for group in optimizer.param_groups]
+
+    def read() -> list[GroupMap]:
+        """Each group's map; an empty group, which takes no step, stands in the first
+        stepping group's (Adam's of an empty group would be a first step's forever)."""
+        groups = optimizer.param_groups
+        maps = [make(group, optimizer.state) for group in groups]
+        empty = [not group["params"] for group in groups]
+        stepping = next((m for m, e in zip(maps, empty, strict=True) if not e), None)
+        if stepping is None or not any(empty):
+            return maps
+        return [stepping if e else m for m, e in zip(maps, empty, strict=True)]
+
+    return read
 
 
 def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
@@ -153,6 +165,8 @@ def metric(
     zero second moment, M = ε, a view of one zero, and its share of K and of the noise is 0."""
     if step.kind not in METRIC_KINDS:
         return None
+    if not group["params"]:  # an empty group: nothing to weigh, known from the start
+        return []
     adam = step.kind == "adam"
     steps = step.steps - 1 if before else step.steps
     if adam and steps < 1:

@@ -167,7 +167,9 @@ class MicroBatch(NoiseEstimator):
         for i, (layout, w) in enumerate(zip(self.layouts, weighing, strict=True)):
             grads, views, buffer = layout.grads(), self._views[i], self._buffers[i]
             self._known[i] = self._known[i] and w.known
-            if j:  # −d_j = G_{j−1} − G_j
+            if not views:  # an empty group (torch's foreach ops refuse [])
+                pass
+            elif j:  # −d_j = G_{j−1} − G_j
                 torch._foreach_sub_(views, grads)
             else:  # d_0 = G_0 (G_{−1} = 0)
                 torch._foreach_copy_(views, grads)
@@ -185,7 +187,7 @@ class MicroBatch(NoiseEstimator):
                 p = p if unscale is None else p * unscale
                 first, second = self._projected[i]
                 self._projected[i] = [first + p, second + p * p]
-            if j:
+            if j and views:
                 torch._foreach_copy_(views, grads)  # G_j, for the next increment
         self._count += 1
 

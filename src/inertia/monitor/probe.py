@@ -111,7 +111,8 @@ class _Buffers:
 
     def snapshot(self, norm: bool) -> None:
         """step ← θ, remembering ‖θ‖² if `norm` (weight decay books it; else NaN)."""
-        torch._foreach_copy_(self.step_views, self.layout.local_params())
+        if self.step_views:  # an empty group has none (torch's foreach ops refuse [])
+            torch._foreach_copy_(self.step_views, self.layout.local_params())
         self.theta_sq = list(reduce.square_parts(self.step)) if norm else [NAN]
 
 
@@ -165,7 +166,8 @@ class ParameterProbe:
         step_parts: list[list[Tensor]] = []
         for i, (group, m) in enumerate(zip(self.groups, maps, strict=True)):
             device, params, views = group.step.device, group.layout.local_params(), group.step_views
-            torch._foreach_sub_(views, params)
+            if views:
+                torch._foreach_sub_(views, params)
             if m.decoupled:  # θ_k − θ_{k+1} − ηλθ_k = (1 − ηλ)(θ_k − θ_{k+1}) − ηλθ_{k+1}, for
                 # the parameters the step decayed: a parameter without a gradient is not
                 taken = zip(views, params, group.layout.params, strict=True)
