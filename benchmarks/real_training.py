@@ -33,7 +33,9 @@ batch_size=b)` after each micro-batch's backward.
    the parameters over the floor's window, below the mean held-out loss of the parameters
    themselves, is the excess the noise costs on time scales shorter than the window (the
    floor predicts it whole, not 0.9 of it); the same over the arms' later halves, at η and
-   at η/10.
+   at η/10. Their difference is the held-out drop's noise part; the rest of the drop,
+   L(θ̄_control) − L(θ̄_drop), is where the arms' mean parameters learned apart (printed after
+   the fact, with the prediction ÷ the noise part).
    Clipping: the monitor's noise estimate is taken from the micro-batch gradients before
    `clip_grad_norm_`, which then scales the step's gradient, noise included, by
    c = min(1, clip/‖g‖). The monitor measures c itself, ‖g‖/‖g_B‖ of the `.grad` the step
@@ -1059,6 +1061,15 @@ def analyse(res: Results) -> dict[str, Any]:
         i = int(np.flatnonzero(held_steps == s)[0])
         course.append((s, float(held_paired[i]), float(np.mean(paired[max(0, s - 50) : s]))))
     x = decomposition(res, own, {"heldout": drop_held, "train": drop_train})
+    # the held-out drop split at the arms' mean parameters θ̄ over the same settled steps: the
+    # noise's part, the difference of their averaging excesses, and the rest, L(θ̄_control) −
+    # L(θ̄_drop), where the arms' mean parameters have learned apart
+    noise_part = averaging["control"][0] - averaging["drop"][0]
+    split = {
+        "noise": noise_part,
+        "mean": drop_held[0] - noise_part,
+        "ratio_noise": x["before"]["prediction"]["heldout"][0] / noise_part,
+    }
     # --- the noise scale (the cosine arm: the recipe's run)
     log = joined(res, "cosine")
     c_cos = clip_factor(log["grad_norm"], cfg.clip)
@@ -1118,6 +1129,7 @@ def analyse(res: Results) -> dict[str, Any]:
         "headline_heldout": x["before"]["ratio"]["heldout"],
         "headline_train": x["before"]["ratio"]["train"],
         "averaging": averaging,
+        "split": split,
         "course": course,
         "settled_from": settled_from,
         "books": {arm: books(ledgers[arm]) for arm in ARMS},
@@ -1262,9 +1274,9 @@ def pm(value: tuple[float, float], digits: int = 3) -> str:
 
 def decomposition_table(s: dict[str, Any]) -> list[str]:
     """The drop predicted before the fork, factor by factor, against the drop measured after
-    it; the same factors on the control arm (a cross-check); the floor's drift after the
-    fact."""
-    x, cfg = s["decomposition"], s["config"]
+    it; the same factors on the control arm (a cross-check); the floor's drift and the drop's
+    split at the arms' mean parameters after the fact."""
+    x, cfg, sp = s["decomposition"], s["config"], s["split"]
     lo, hi = x["lags"]
     n, settled = cfg["arm_steps"], s["settled_from"]
     b, a = x["before"], x["after"]
@@ -1336,7 +1348,10 @@ def decomposition_table(s: dict[str, Any]) -> list[str]:
         f"0.9 × floor; the prediction × that ÷ measured: {b['with_drift']['heldout']:.2f} "
         f"({b['with_drift']['train']:.2f}) with the factors before the fork, "
         f"{a['with_drift']['heldout']:.2f} ({a['with_drift']['train']:.2f}) with the control "
-        "arm's.",
+        "arm's. The held-out drop split at each arm's mean parameters θ̄ over the same steps: "
+        f"the noise's part, the averaging excesses' difference, {sp['noise']:.4f}; the rest, "
+        f"L(θ̄_control) − L(θ̄_drop), {sp['mean']:+.4f} (the arms' mean parameters learned "
+        f"apart); the prediction before the fork ÷ the noise's part: {sp['ratio_noise']:.2f}.",
     ]
 
 
