@@ -22,6 +22,7 @@ import torch
 from conftest import train_quadratic
 from inertia import InertiaMonitor
 from inertia.monitor import MONITOR_COLUMNS, CSVSink, JSONLSink, TensorBoardSink
+from inertia.monitor.layout import layouts_of
 from inertia.optim import InertiaSGD
 
 F64 = torch.float64
@@ -302,14 +303,15 @@ def test_an_empty_parameter_group_leaves_the_ledger_as_it_was(make, options):
             kwargs["model"] = model
         monitor = InertiaMonitor(opt, on_error="raise", **kwargs)
         for _ in range(7):
-            x = torch.randn(8, 4)
-            losses = model(x).squeeze(1) ** 2
-            if kwargs["noise"] == "per_sample":
-                monitor.observe(losses.mean(), per_sample=losses)
             opt.zero_grad()
-            losses.mean().backward()
-            if kwargs["noise"] != "per_sample":
-                monitor.observe(losses.mean(), batch_size=8)
+            for _ in range(2):  # micro-batches: the estimates' second passes too
+                x = torch.randn(8, 4)
+                losses = model(x).squeeze(1) ** 2
+                if kwargs["noise"] == "per_sample":
+                    monitor.observe(losses.mean(), per_sample=losses, accumulate=True)
+                (losses.mean() / 2).backward()
+                if kwargs["noise"] != "per_sample":
+                    monitor.observe(losses.mean(), batch_size=8, accumulate=True)
             opt.step()
         return dict(monitor.ledger.items())
 
@@ -318,6 +320,16 @@ def test_an_empty_parameter_group_leaves_the_ledger_as_it_was(make, options):
     for name, column in plain.items():
         assert torch.equal(empty[name].nan_to_num(-1.0), column.nan_to_num(-1.0)), name
     assert bool(plain["noise_trace"][3:].isfinite().all())
+
+
+def test_an_empty_groups_buffers_are_on_the_parameters_device():
+    """The monitor's device is its first group's: an empty group's layout takes the
+    parameters' device, not the CPU (on a GPU the rows had mixed devices). "meta" stands in
+    for an accelerator here."""
+    p = torch.nn.Parameter(torch.zeros(3, device="meta"))
+    layouts = layouts_of([{"params": []}, {"params": [p]}, {"params": []}])
+    assert [layout.device.type for layout in layouts] == ["meta"] * 3
+    assert layouts[0].zeros().device.type == "meta"
 
 
 def _rmsprop_metric(centered: bool, eps: float = 1e-8):

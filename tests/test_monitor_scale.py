@@ -157,13 +157,16 @@ def test_extra_peak_memory_per_float32_parameter(config, micro, budget):
     assert per_parameter <= budget, f"{per_parameter:.2f} bytes ({base:.1f} → {monitored:.1f} MB)"
 
 
-def mlp_run(device: str, steps: int = 12, **monitor_kwargs):
-    """A 4-8-3 tanh MLP on `device`, trained by SGD with momentum and weight decay; returns the
-    monitor, the recorded parameters and the per-sample losses of each step."""
+def mlp_run(device: str, steps: int = 12, empty_group: bool = False, **monitor_kwargs):
+    """A 4-8-3 tanh MLP on `device`, trained by SGD with momentum and weight decay (after an
+    empty parameter group if `empty_group`); returns the monitor, the recorded parameters and
+    the per-sample losses of each step."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
     model = model.double().to(device)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    groups = [{"params": []}] if empty_group else []
+    groups.append({"params": list(model.parameters())})
+    opt = torch.optim.SGD(groups, lr=0.1, momentum=0.9, weight_decay=0.01)
     monitor = InertiaMonitor(opt, model=model, **monitor_kwargs)
     gen = torch.Generator().manual_seed(1)
     x = torch.randn(32, 4, generator=gen, dtype=F64).to(device)
@@ -181,8 +184,9 @@ def mlp_run(device: str, steps: int = 12, **monitor_kwargs):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_the_ledger_is_the_same_on_every_device(device):
-    """A run on `device` books the ledger a CPU run books, to float64 round-off."""
-    on_device = mlp_run(device, noise="per_sample", alarm=True)[0].ledger
+    """A run on `device` books the ledger a CPU run books, to float64 round-off, also with an
+    empty parameter group first (the monitor's device is its first group's)."""
+    on_device = mlp_run(device, empty_group=True, noise="per_sample", alarm=True)[0].ledger
     on_cpu = mlp_run("cpu", noise="per_sample", alarm=True)[0].ledger
     for name in ("kinetic", "potential", "dissipated", "injected", "residual", "noise_trace"):
         torch.testing.assert_close(on_device[name].cpu(), on_cpu[name], rtol=1e-12, atol=1e-15)

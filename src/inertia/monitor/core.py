@@ -35,7 +35,7 @@ from .estimate import NoiseEstimate, Weighing, weighing
 from .failures import Failures
 from .floor import noise_floor
 from .hooks import StepArgs, wrap_closure
-from .layout import F64, GroupLayout, Segments
+from .layout import F64, Segments, layouts_of
 from .maps import GroupMap, MapHistory, map_reader
 from .noise import estimator
 from .noise_scale import NoiseScale
@@ -126,7 +126,7 @@ class InertiaMonitor:
         )
         self.every, self.sinks, self.noise, self.alarm = o.every, o.sinks, o.noise, o.alarm
         self.sharpness_every, self._failures = o.sharpness_every, Failures(o.on_error)
-        layouts = [GroupLayout(g["params"]) for g in optimizer.param_groups]
+        layouts = layouts_of(optimizer.param_groups)
         segments = Segments.of(by, layouts, model, params, optimizer.param_groups)
         self._scaler = None if scaler is None else ScalerWatch(scaler, optimizer)
         self.optimizer = optimizer

@@ -23,14 +23,15 @@ class GroupLayout:
     difference of two nearby float32 values is exact in float32; bf16 and fp16 values are exact
     in float32)."""
 
-    def __init__(self, params: Sequence[Tensor]):
+    def __init__(self, params: Sequence[Tensor], device: torch.device | None = None):
+        """`device`: an empty group's (default: the CPU); a group's own is its parameters'."""
         self.params = list(params)
         self.sharded = any(local(p) is not p for p in self.params)
         shards = [local(p).detach() for p in self.params]
         self.sizes = [t.numel() for t in shards]
         self.shapes = [t.shape for t in shards]
         self.numel = sum(self.sizes)
-        self.device = shards[0].device if shards else torch.device("cpu")
+        self.device = shards[0].device if shards else device or torch.device("cpu")
         self.dtype = F64 if any(t.dtype == F64 for t in shards) else torch.float32
         self._cached = None if self.sharded else shards
         # the parameters' unit round-off: the relative error of a step is eps·‖θ‖/‖Δθ‖
@@ -57,6 +58,14 @@ class GroupLayout:
             _dense(local(p.grad)) if p.grad is not None else torch.zeros_like(local(p))
             for p in self.params
         ]
+
+
+def layouts_of(groups: Sequence[dict[str, Any]]) -> list[GroupLayout]:
+    """The layout of each parameter group; an empty group's on the parameters' device (the
+    monitor's device is its first group's)."""
+    first = next((p for g in groups for p in g["params"]), None)
+    device = None if first is None else local(first).device
+    return [GroupLayout(g["params"], device) for g in groups]
 
 
 def _dense(grad: Tensor) -> Tensor:
