@@ -231,6 +231,29 @@ def test_injected_energy_is_the_work_of_the_increment_the_step_added():
     assert float(tr.injected[-1].std()) > 0.1  # the draws differ from path to path
 
 
+@pytest.mark.parametrize("method", ["baoab", "obabo"])
+def test_injected_energy_has_the_mean_of_the_noise_heat(method):
+    """E[N] = ½ Σᵢ mᵢ sᵢ² an O step of size τ, sᵢ² = σᵢ²(1 − c²)/(2γ), whatever v is (the cross
+    term c vᵀMw has mean 0): over 40 steps of 4000 paths on a quadratic, within 4 standard
+    errors of the per-path totals (OBABO's two half steps carry τ = h/2 each)."""
+    mass, sigma = torch.tensor([1.0, 2.0, 0.5]), torch.tensor([0.8, 0.3, 1.1])
+    gamma, dt, steps, paths = 0.4, 0.1, 40, 4000
+    dyn = Dynamics(
+        systems.Quadratic(eigenvalues=torch.tensor([0.5, 1.0, 3.0])),
+        gamma=gamma,
+        sigma=sigma,
+        mass=mass,
+    )
+    tr = simulate(dyn, torch.ones(3), dt=dt, steps=steps, paths=paths, seed=3, method=method)
+    per_step = 0.0
+    for tau in (dt,) if method == "baoab" else (dt / 2, dt / 2):
+        c = math.exp(-gamma * tau)
+        per_step += 0.5 * float((mass * sigma**2).sum()) * (1 - c * c) / (2 * gamma)
+    injected = tr.injected[-1]
+    stderr = float(injected.std()) / math.sqrt(paths)
+    assert abs(float(injected.mean()) - steps * per_step) < 4 * stderr
+
+
 def test_settling_only_at_records_changes_the_books_by_round_off_and_the_state_not_at_all():
     """Between records the change of K by the last kicks is booked with the next step's."""
     dyn = chain_dynamics(gamma=0.3, sigma=0.2)

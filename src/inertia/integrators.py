@@ -7,9 +7,10 @@ Splitting schemes are data: a sequence of (sub-step, weight) with the sub-steps
     O(τ): v ← c v + s ξ,  c = e^{−γτ},  s = σ sqrt((1 − c²)/(2γ))   (exact Ornstein–Uhlenbeck)
 
 and one engine, `SplittingIntegrator`, runs any sequence. Each sub-step books its own share
-of the change of I = K + L: O books the dissipated energy D = ½(1 − c²) vᵀMv and the injected
-N = Σᵢ mᵢ (c sᵢ vᵢ ξᵢ + ½ sᵢ² ξᵢ²); A and B book what they change of L and K into the residual
-R. Because each share is computed on its own, I_n − I_0 = −D + N + R is a check of the books.
+of the change of I = K + L as it happens: O books the dissipated energy D = ½(1 − c²) vᵀMv and
+the injected N = Σᵢ mᵢ (c sᵢ vᵢ ξᵢ + ½ sᵢ² ξᵢ²), taken as K' − K + D; A and B book what they
+change of L and K into the residual R. I_n − I_0 = −D + N + R then checks the accumulation;
+the shares are checked by their laws (docs/theory.md §3).
 
 `EulerIntegrator` (explicit Euler / Euler–Maruyama) is the non-splitting baseline.
 """
