@@ -19,7 +19,7 @@ dθ = v dt, dv = −(γv + Aθ) dt + σ dW, γ = 1, σ = 0.5, h = 0.01.
    the free memory is skipped ("memory").
 
     python benchmarks/simulate.py [--quick] [--dim 64] [--paths 1024] [--steps 2000]
-        [--repeats 3] [--torchsde-steps N] [--sizes 1e3,1e4,1e5,1e6] [--seconds 2]
+        [--repeats 7] [--torchsde-steps N] [--sizes 1e3,1e4,1e5,1e6] [--seconds 2]
         [--cell-repeats 2] [--threads N] [--skip-loop] [--skip-scaling]
 
 --quick (a few minutes on 2 cores): --repeats 2 --torchsde-steps 400 --seconds 0.5
@@ -377,7 +377,7 @@ def main() -> None:
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--paths", type=int, default=1024)
     parser.add_argument("--steps", type=int, default=2000)
-    parser.add_argument("--repeats", type=int, default=None, help="loop runs (default 3)")
+    parser.add_argument("--repeats", type=int, default=None, help="loop runs (default 7)")
     parser.add_argument(
         "--torchsde-steps", type=int, default=None, help="torchsde's loop run (default --steps)"
     )
@@ -395,7 +395,7 @@ def main() -> None:
     defaults = (
         {"repeats": 2, "torchsde_steps": 400, "seconds": 0.5, "cell_repeats": 1}
         if args.quick
-        else {"repeats": 3, "torchsde_steps": args.steps, "seconds": 2.0, "cell_repeats": 2}
+        else {"repeats": 7, "torchsde_steps": args.steps, "seconds": 2.0, "cell_repeats": 2}
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
