@@ -356,3 +356,30 @@ def test_ranks_noise_needs_the_ddp_module():
         InertiaMonitor(opt, noise="ranks")
     with pytest.raises(ValueError, match="model: .*got Linear"):
         InertiaMonitor(opt, noise="ranks", model=torch.nn.Linear(3, 1))
+
+
+def test_per_sample_noise_names_a_sparse_gradient_it_cannot_batch():
+    """Batched gradients have no sparse kernels: per-sample noise on an
+    nn.Embedding(sparse=True) fails with a ValueError that says so and what works, not torch's
+    page-long dispatcher error; micro-batch noise reads the sparse gradients (dense)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(20, 4, sparse=True), torch.nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+
+    def losses() -> torch.Tensor:
+        return model(torch.randint(0, 20, (8,))).squeeze(1) ** 2
+
+    monitor = InertiaMonitor(opt, noise="per_sample", on_error="raise")
+    per_sample = losses()
+    with pytest.raises(ValueError, match=r"per_sample.*sparse.*microbatch"):
+        monitor.observe(per_sample.mean(), per_sample=per_sample)
+    monitor.detach()
+    monitor = InertiaMonitor(opt, noise="microbatch", on_error="raise")
+    for _ in range(3):
+        opt.zero_grad()
+        for _ in range(2):
+            loss = losses().mean()
+            (loss / 2).backward()
+            monitor.observe(loss, accumulate=True, batch_size=8)
+        opt.step()
+    assert bool(monitor.ledger["noise_trace"][1:].isfinite().all())

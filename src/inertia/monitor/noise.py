@@ -70,14 +70,22 @@ class PerSample(NoiseEstimator):
         losses = per_sample_losses(per_sample)
         size = losses.numel()
         super().observe(per_sample, steps, weighing, batch=size)
-        grads = torch.autograd.grad(
-            losses,
-            self._params,
-            grad_outputs=torch.eye(size, dtype=losses.dtype, device=losses.device),
-            is_grads_batched=True,
-            retain_graph=True,
-            allow_unused=True,
-        )
+        try:
+            grads = torch.autograd.grad(
+                losses,
+                self._params,
+                grad_outputs=torch.eye(size, dtype=losses.dtype, device=losses.device),
+                is_grads_batched=True,
+                retain_graph=True,
+                allow_unused=True,
+            )
+        except NotImplementedError as error:  # batched gradients have no sparse kernels
+            if "Sparse" not in str(error):
+                raise
+            raise ValueError(
+                "noise='per_sample' needs dense gradients, and a parameter's is sparse "
+                "(nn.Embedding(sparse=True)?); noise='microbatch' reads sparse gradients"
+            ) from None
         i = 0
         for k, (layout, w) in enumerate(zip(self.layouts, weighing, strict=True)):
             self._known[k] = self._known[k] and w.known
