@@ -18,6 +18,7 @@ import warnings
 
 import pytest
 import torch
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from conftest import train_quadratic
 from inertia import InertiaMonitor
@@ -330,6 +331,45 @@ def test_an_empty_groups_buffers_are_on_the_parameters_device():
     layouts = layouts_of([{"params": []}, {"params": [p]}, {"params": []}])
     assert [layout.device.type for layout in layouts] == ["meta"] * 3
     assert layouts[0].zeros().device.type == "meta"
+
+
+def test_parameters_given_new_storage_mid_run_are_followed():
+    """Evaluating averaged weights by `vector_to_parameters` and putting the weights back gives
+    every parameter new `.data`; the optimizer steps the same Parameter objects on, and so
+    must the monitor (its cached views had kept reading the old storage: kinetic 0 from then
+    on). The ledger equals the run without the swap; a cast to float64 is refused by name."""
+
+    def ledger(swap: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh(), torch.nn.Linear(6, 1))
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        monitor = InertiaMonitor(opt, on_error="raise")
+        x, y = torch.randn(32, 4), torch.randn(32, 1)
+        for k in range(12):
+            if swap and k == 5:
+                now = parameters_to_vector(model.parameters())
+                vector_to_parameters(torch.zeros_like(now), model.parameters())
+                vector_to_parameters(now, model.parameters())
+            opt.zero_grad()
+            loss = torch.nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            monitor.observe(loss)
+            opt.step()
+        return dict(monitor.ledger.items())
+
+    plain, swapped = ledger(False), ledger(True)
+    for name, column in plain.items():
+        assert torch.equal(swapped[name].nan_to_num(-1.0), column.nan_to_num(-1.0)), name
+    assert float(plain["kinetic"][-1]) > 0
+    model = torch.nn.Linear(3, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = InertiaMonitor(opt, on_error="raise")
+    model.double()
+    loss = model(torch.randn(4, 3, dtype=torch.float64)).square().mean()
+    loss.backward()
+    monitor.observe(loss)
+    with pytest.raises(RuntimeError, match=r"now torch.float64 .* after moving or casting"):
+        opt.step()
 
 
 def _rmsprop_metric(centered: bool, eps: float = 1e-8):

@@ -46,10 +46,26 @@ class GroupLayout:
         return [v.view(s) for v, s in zip(torch.split(flat, self.sizes), self.shapes, strict=True)]
 
     def local_params(self) -> list[Tensor]:
-        """The (local shards of the) parameters; plain tensors are cached detached views."""
-        if self._cached is not None:
-            return self._cached
-        return [local(p).detach() for p in self.params]
+        """The (local shards of the) parameters; plain tensors are cached detached views, taken
+        again when the parameters' storage was swapped (`Module.to`, `vector_to_parameters`:
+        the optimizer steps the same Parameter objects, with new `.data`; the first one is
+        looked at). A move to another device or buffer dtype is refused: the buffers are laid
+        out for the parameters as they were at attach."""
+        cached = self._cached
+        if cached is None:
+            return [local(p).detach() for p in self.params]
+        if cached and cached[0].data_ptr() != self.params[0].data_ptr():
+            shards = [p.detach() for p in self.params]
+            device = shards[0].device
+            dtype = F64 if any(t.dtype == F64 for t in shards) else torch.float32
+            if (device, dtype) != (self.device, self.dtype):
+                raise RuntimeError(
+                    f"the parameters are now {shards[0].dtype} on {device}; the monitor laid "
+                    f"out its buffers for {self.dtype} on {self.device}: attach it after "
+                    "moving or casting the model"
+                )
+            self._cached = cached = shards
+        return cached
 
     def grads(self) -> list[Tensor]:
         """The (local shards of the) gradients, zeros where a parameter has none; a sparse
