@@ -813,6 +813,35 @@ def test_closures_are_booked_after_they_evaluate_the_loss():
     assert monitor2.ledger["step"].tolist() == [0, 1, 2]
 
 
+@pytest.mark.parametrize("observe", ["plain", "accumulate"])
+def test_observing_inside_an_lbfgs_closure_books_the_first_evaluation(observe):
+    """LBFGS evaluates its closure again at other points within one step; a loop (or
+    Lightning's on_after_backward) that observes inside the closure must book only the first
+    evaluation, at θ_k, as the closure alone does (the later ones had been booked as skipped
+    steps, or averaged into the row's loss)."""
+
+    def ledger(inside: bool) -> dict[str, torch.Tensor]:
+        theta = torch.nn.Parameter(THETA0.clone())
+        opt = torch.optim.LBFGS([theta], lr=0.5, max_iter=4)
+        monitor = InertiaMonitor(opt, on_error="raise")
+
+        def closure():
+            opt.zero_grad()
+            loss = quadratic_loss(theta) + 0.1 * theta.pow(4).sum()
+            loss.backward()
+            if inside:
+                monitor.observe(loss.detach(), accumulate=observe == "accumulate")
+            return loss
+
+        for _ in range(6):
+            opt.step(closure)
+        return dict(monitor.ledger.items())
+
+    alone, inside = ledger(False), ledger(True)
+    for name, column in alone.items():
+        assert torch.equal(inside[name].nan_to_num(-1.0), column.nan_to_num(-1.0)), name
+
+
 def test_ledger_exports_round_trip_to_jsonl_and_dataframe(tmp_path):
     pd = pytest.importorskip("pandas")
     monitor, *_ = train(lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9), steps=8)

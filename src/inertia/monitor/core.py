@@ -8,11 +8,10 @@ the parameters θ_k the k-th step starts from:
     shadow    H̃_k = K_k + L_k − ½ ⟨θ_k − θ_{k−1}, ∇L_k + wd θ_k⟩   (the modified energy; exact
               for momentum 1 on a quadratic, O(h²) otherwise)
 
-and the books (`books`) keep inertia − inertia₀ = −dissipated + injected + residual, in
-float64 whatever the model's dtype. One data flow per row: these hooks → a probe of the
-parameters or of the optimizer's report (`probe`) → the noise estimate (`noise`) → one
-all-reduce under torch.distributed (`ranks`) → the alarm (`alarm`) → the books → a `Row`
-(`row`) → the sinks (`sinks`).
+and the books (`books`) keep I − I₀ = −dissipated − decay + injected + schedule + residual in
+float64. One data flow per row: these hooks → a probe of the parameters or the optimizer's
+report (`probe`) → the noise estimate (`noise`) → one all-reduce under torch.distributed
+(`ranks`) → the alarm (`alarm`) → the books → a `Row` (`row`) → the sinks (`sinks`).
 """
 
 from __future__ import annotations
@@ -128,8 +127,7 @@ class InertiaMonitor:
         self.sharpness_every, self._failures = o.sharpness_every, Failures(o.on_error)
         layouts = layouts_of(optimizer.param_groups)
         segments = Segments.of(by, layouts, model, params, optimizer.param_groups)
-        self._scaler = None if scaler is None else ScalerWatch(scaler, optimizer)
-        self.optimizer = optimizer
+        self.optimizer, self._scaler = optimizer, ScalerWatch.of(scaler, optimizer)
         self._groups, self._layers = len(layouts), [] if segments is None else segments.names
         device = self._device = layouts[0].device if layouts else torch.device("cpu")
         self._reports = isinstance(optimizer, ReportsEnergy)  # its maps are read after the step
@@ -145,9 +143,9 @@ class InertiaMonitor:
         self._nan = [torch.full((), math.nan, dtype=F64, device=device)] * self._groups
         self._no_estimate = NoiseEstimate(self._nan, self._nan, self._nan)
         self._maps, self._read_maps = MapHistory(), map_reader(optimizer)
-        self._loss = LossMean(device)
-        self._out = Publisher(o)
-        self.step, self._last_row = 0, 0  # optimizer steps seen; the step of the last row
+        self._loss, self._out = LossMean(device), Publisher(o)
+        # optimizer steps seen; the step of the last row; a closure evaluated in this step
+        self.step, self._last_row, self._evaluated = 0, 0, False
         self._handles = [
             optimizer.register_step_pre_hook(self._before_step),
             optimizer.register_step_post_hook(self._after_step),
@@ -170,7 +168,8 @@ class InertiaMonitor:
         if not self._handles:
             raise ValueError("observe: the monitor is detached from its optimizer")
         batch_size = observation(loss, batch_size)
-        self._guard(partial(self._observe, loss, accumulate, per_sample, batch_size))
+        if not self._evaluated:  # a closure's later evaluations (LBFGS) are at other points
+            self._guard(partial(self._observe, loss, accumulate, per_sample, batch_size))
 
     def _observe(
         self,
@@ -268,6 +267,7 @@ class InertiaMonitor:
         if not self._loss.count and loss is not None:
             self.observe(loss)
         self._open_step()
+        self._evaluated = True
 
     def _open_step(self) -> None:
         """Book row `step` (at θ_step) if it is due, and snapshot θ_step if the step is measured."""
@@ -296,7 +296,7 @@ class InertiaMonitor:
     ) -> None:
         self._guard(self._close_step, optimizer)
         self._maps.advance()
-        self.step += 1
+        self.step, self._evaluated = self.step + 1, False
 
     def _close_step(self, optimizer: torch.optim.Optimizer) -> None:
         """After the step: its velocity, or its row from the optimizer's report."""

@@ -19,6 +19,11 @@ from .. import _checks
 class ScalerWatch:
     """Watches `scaler` for `optimizer`."""
 
+    @classmethod
+    def of(cls, scaler: Any, optimizer: torch.optim.Optimizer) -> ScalerWatch | None:
+        """The watch of `scaler`, or None without one."""
+        return None if scaler is None else cls(scaler, optimizer)
+
     def __init__(self, scaler: Any, optimizer: torch.optim.Optimizer):
         if not (
             hasattr(scaler, "_per_optimizer_states")
