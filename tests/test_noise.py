@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from torch.utils.checkpoint import checkpoint
 
 from inertia import InertiaMonitor
 from inertia.monitor import GroupLayout, MicroBatch
@@ -383,3 +384,40 @@ def test_per_sample_noise_names_a_sparse_gradient_it_cannot_batch():
             monitor.observe(loss, accumulate=True, batch_size=8)
         opt.step()
     assert bool(monitor.ledger["noise_trace"][1:].isfinite().all())
+
+
+def test_per_sample_noise_is_unknown_where_reentrant_checkpointing_hides_the_gradients():
+    """Activation checkpointing with use_reentrant=True gives torch.autograd.grad no path to
+    the checkpointed parameters: their per-sample gradients are missing, though the step's
+    backward reaches them. Their noise is NaN with one warning that names the cure, not 0 (it
+    had silently dropped the layer's share); use_reentrant=False is exact, and a parameter
+    the loss never uses still adds 0."""
+
+    def run(reentrant: bool | None) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        inner = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.Tanh())
+        outer, unused = torch.nn.Linear(6, 1), torch.nn.Linear(2, 2)
+        model = torch.nn.ModuleDict({"inner": inner, "outer": outer, "unused": unused})
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        monitor = InertiaMonitor(opt, noise="per_sample", by="module", model=model)
+        for _ in range(4):
+            x = torch.randn(16, 4, requires_grad=reentrant is not None)
+            h = inner(x) if reentrant is None else checkpoint(inner, x, use_reentrant=reentrant)
+            losses = outer(h).squeeze(1) ** 2
+            monitor.observe(losses.mean(), per_sample=losses)
+            opt.zero_grad()
+            losses.mean().backward()
+            opt.step()
+        return dict(monitor.ledger.items())
+
+    plain = run(None)
+    assert bool(plain["noise_trace"][1:].isfinite().all())
+    assert bool((plain["noise_trace/inner.0"][1:] > 0).all())
+    torch.testing.assert_close(run(False)["noise_trace"], plain["noise_trace"])
+    with pytest.warns(RuntimeWarning, match="use_reentrant=False") as caught:
+        hidden = run(True)
+    assert len([w for w in caught if "use_reentrant" in str(w.message)]) == 1
+    assert bool(hidden["noise_trace/inner.0"].isnan().all())
+    assert bool(hidden["noise_trace"].isnan().all())
+    torch.testing.assert_close(hidden["noise_trace/outer"], plain["noise_trace/outer"])
+    assert hidden["noise_trace/unused"][1:].tolist() == [0.0] * 3

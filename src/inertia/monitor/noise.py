@@ -25,6 +25,7 @@ micro-batches of one step (independent batches) "per_sample" gives the estimate 
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -51,11 +52,13 @@ class PerSample(NoiseEstimator):
     def __init__(self, layouts: list[GroupLayout], segments: Segments | None = None):
         super().__init__(layouts, segments)
         self._params = [p for layout in layouts for p in layout.params]
+        self._warned = False
         self._reset()
 
     def _reset(self) -> None:
         self._tensors: list[list[Tensor]] = [[self._zero] * len(x.params) for x in self.layouts]
         self._known = [True] * len(self.layouts)
+        self._unreached: set[tuple[int, int]] = set()  # (group, tensor) without a gradient
         self._count = 0
 
     def observe(
@@ -70,8 +73,8 @@ class PerSample(NoiseEstimator):
         losses = per_sample_losses(per_sample)
         size = losses.numel()
         super().observe(per_sample, steps, weighing, batch=size)
-        try:
-            grads = torch.autograd.grad(
+        try:  # None where a parameter is unused (allow_unused)
+            grads: tuple[Tensor | None, ...] = torch.autograd.grad(
                 losses,
                 self._params,
                 grad_outputs=torch.eye(size, dtype=losses.dtype, device=losses.device),
@@ -90,7 +93,9 @@ class PerSample(NoiseEstimator):
         for k, (layout, w) in enumerate(zip(self.layouts, weighing, strict=True)):
             self._known[k] = self._known[k] and w.known
             for j, g in enumerate(grads[i : i + len(layout.params)]):
-                if g is not None:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
+                if g is None:
+                    self._unreached.add((k, j))
+                else:  # Σ over samples of ‖gᵢ − ḡ‖² / (B − 1) = tr(C); ÷ B: the mean's
                     centred = g.reshape(size, -1).to(F64)
                     centred = centred - centred.mean(0)
                     spread = centred.square().sum(0)
@@ -103,11 +108,15 @@ class PerSample(NoiseEstimator):
         self._count += 1
 
     def take(self, weighing: list[Weighing]) -> NoiseEstimate:
-        m, traces, known = self._count, self._tensors, self._known
+        m, traces, known, unreached = self._count, self._tensors, self._known, self._unreached
         self._reset()
         gradient, batch = self._gradient(weighing), self._batch_taken()
         if not m:
             return self.unknown(gradient, batch)
+        for k, j in unreached:  # no per-sample gradient, yet the step's backward reached it
+            if self.layouts[k].params[j].grad is not None:
+                traces[k][j] = self._nan
+                self._warn_unreached()
         groups = [
             _sum(t, self._zero) / m**2 if ok else self._nan
             for t, ok in zip(traces, known, strict=True)
@@ -118,6 +127,17 @@ class PerSample(NoiseEstimator):
     def discard(self) -> None:
         super().discard()
         self._reset()
+
+    def _warn_unreached(self) -> None:
+        if not self._warned:
+            self._warned = True
+            warnings.warn(
+                "inertia: noise='per_sample' found no per-sample gradient for parameters the "
+                "backward then reached (activation checkpointing with use_reentrant=True hides "
+                "them: use use_reentrant=False); their noise is NaN, not 0",
+                RuntimeWarning,
+                stacklevel=2,
+            )
 
 
 def _sum(values: list[Tensor], zero: Tensor) -> Tensor:
