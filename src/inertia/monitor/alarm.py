@@ -16,7 +16,8 @@ non-quadratic terms. The regime is therefore read from the energy as well:
   energies below `FLOOR` × the first row's counted as that floor, so that a spike near a
   minimum that is small against where the run started does not count), or the margin is at
   least `FAST` (the top mode then grows several-fold a step: no catapult that recovered
-  started there);
+  started there) and, from the two-step curvature, which can overestimate on a non-smooth
+  loss, the energy rose at this row;
 - "stable" (0): otherwise.
 
 The alarm is raised when the regime has been "diverging" for `patience` rows. A loss that
@@ -207,15 +208,16 @@ class StabilityAlarm:
             self._last_energy = None
             return AlarmReading(math.nan, False, False, STABLE, self._sharp[1])
         margin, stderr = self._margin(now, last, per_group, last_noise)
+        unsure = self.mode == "two_steps"  # it can overestimate on a non-smooth loss
         if self.sharpness is not None:
             probe = self._sharp[1] * self._scale(now)
             noisy = self.mode != "two_steps"  # with noise the motion's margin is not a bound
             if not math.isnan(probe) and (noisy or not margin >= probe):
-                margin, stderr = probe, 0.0
+                margin, stderr, unsure = probe, 0.0, False
         self._evidence = self._weigh(margin, stderr)
-        self._grow(*energy)
+        rose = self._grow(*energy)
         above = self._evidence > ALARM_EVIDENCE
-        if above and (self._growth > GROWTH or margin >= FAST):
+        if above and (self._growth > GROWTH or (margin >= FAST and (rose or not unsure))):
             regime = DIVERGING
         elif above or margin >= EDGE:
             regime = AT_EDGE
@@ -247,21 +249,22 @@ class StabilityAlarm:
             return math.nan
         return m.h * m.h / (2.0 * (1.0 + m.momentum))
 
-    def _grow(self, inertia: float, injected: float) -> None:
-        """G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})) with both energies at least the
-        floor, where they are positive and finite (otherwise G is kept); "two_steps" takes the
-        gradients as exact and counts no heat, ΔN = 0 (whatever a checkpoint's last row held)."""
+    def _grow(self, inertia: float, injected: float) -> bool:
+        """G_k = max(0, G_{k−1} + log((I_k − ΔN_k)/I_{k−1})), energies at least the floor, where
+        positive and finite (else G is kept), and whether I_k − ΔN_k rose; "two_steps" takes
+        the gradients as exact and counts no heat, ΔN = 0 (whatever a checkpoint's row held)."""
         if math.isnan(self._floor) and inertia > 0 and math.isfinite(inertia):
             self._floor = FLOOR * inertia
         last, self._last_energy = self._last_energy, (inertia, injected)
         if last is None:
-            return
+            return False
         heat = injected - last[1] if self.mode != "two_steps" else 0.0
         net = inertia - (heat if math.isfinite(heat) else 0.0)
         before = max(last[0], self._floor)
         net = max(net, self._floor) if net > 0 else net
         if before > 0 and net > 0 and math.isfinite(net) and math.isfinite(before):
             self._growth = max(0.0, self._growth + math.log(net / before))
+        return net > before
 
     def _margin(
         self,
