@@ -183,9 +183,10 @@ def test_mlp_at_0_8_of_the_threshold_stays_silent(mlp, mu, batch):
 def test_a_stable_relu_run_is_not_called_diverging_from_nearly_parallel_steps():
     """On a ReLU net the two-step curvature of two nearly parallel first steps (sin² ~ 1e-5)
     divides gradient differences taken under different activation patterns by sin²: margins
-    of 4.9–42 on full-batch digits CNN runs whose true margin a power iteration put at 0.0008. Such a margin alone (≥ `FAST`) had been called divergence,
-    and the alarm fired, while the energy fell every step; from the two-step curvature it now
-    needs the energy to rise as well."""
+    of 4.9–42 on full-batch digits CNN runs whose true margin a power iteration put at
+    0.0008. Such a margin alone (≥ `FAST`) had been called divergence, and the alarm fired,
+    while the energy fell every step; from the two-step curvature it now needs the energy to
+    rise as well."""
     digits = load_digits()
     x = torch.tensor(digits.data / 16.0, dtype=torch.float64)
     y = torch.tensor(digits.target)
