@@ -7,11 +7,13 @@ minimum, λ_max by Hessian-vector power iteration there."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import pytest
 import torch
 from sklearn.datasets import load_digits
 
+from conftest import train_quadratic
 from inertia import InertiaMonitor
 from inertia.monitor.alarm import AT_EDGE, ROUND_OFF, two_step_curvature
 from workloads import mlp_near_a_minimum, mlp_run, regression_run
@@ -198,12 +200,8 @@ def test_a_stable_relu_run_is_not_called_diverging_from_nearly_parallel_steps():
         ).double()
         opt = torch.optim.SGD(model.parameters(), lr=0.003, momentum=0.9)
         monitor = InertiaMonitor(opt, alarm=True, on_error="raise")
-        for _ in range(40):
-            opt.zero_grad()
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            monitor.observe(loss)
-            opt.step()
+        loss_of = partial(lambda m: torch.nn.functional.cross_entropy(m(x), y), model)
+        train_quadratic(monitor, 40, loss_of)
         led = monitor.ledger
         assert float(led["inertia"].max()) <= float(led["inertia"][0])  # never rose above I₀
         fired += int(led["alarm"].sum()) + int((led["regime"] == 2).sum())
