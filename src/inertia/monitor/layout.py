@@ -32,7 +32,7 @@ class GroupLayout:
         self.shapes = [t.shape for t in shards]
         self.numel = sum(self.sizes)
         self.device = shards[0].device if shards else device or torch.device("cpu")
-        self.dtype = F64 if any(t.dtype == F64 for t in shards) else torch.float32
+        self.dtype = _buffer_dtype(shards)
         self._cached = None if self.sharded else shards
         # the parameters' unit round-off: the relative error of a step is eps·‖θ‖/‖Δθ‖
         self.eps = max((torch.finfo(p.dtype).eps for p in self.params), default=0.0)
@@ -57,8 +57,7 @@ class GroupLayout:
         if cached and cached[0].data_ptr() != self.params[0].data_ptr():
             shards = [p.detach() for p in self.params]
             device = shards[0].device
-            dtype = F64 if any(t.dtype == F64 for t in shards) else torch.float32
-            if (device, dtype) != (self.device, self.dtype):
+            if (device, _buffer_dtype(shards)) != (self.device, self.dtype):
                 raise RuntimeError(
                     f"the parameters are now {shards[0].dtype} on {device}; the monitor laid "
                     f"out its buffers for {self.dtype} on {self.device}: attach it after "
@@ -82,6 +81,11 @@ def layouts_of(groups: Sequence[dict[str, Any]]) -> list[GroupLayout]:
     first = next((p for g in groups for p in g["params"]), None)
     device = None if first is None else local(first).device
     return [GroupLayout(g["params"], device) for g in groups]
+
+
+def _buffer_dtype(shards: Sequence[Tensor]) -> torch.dtype:
+    """float64 where a parameter is float64, float32 otherwise."""
+    return F64 if any(t.dtype == F64 for t in shards) else torch.float32
 
 
 def _dense(grad: Tensor) -> Tensor:

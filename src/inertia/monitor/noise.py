@@ -195,12 +195,9 @@ class MicroBatch(NoiseEstimator):
         for i, (layout, w) in enumerate(zip(self.layouts, weighing, strict=True)):
             grads, views, buffer = layout.grads(), self._views[i], self._buffers[i]
             self._known[i] = self._known[i] and w.known
-            if not views:  # an empty group (torch's foreach ops refuse [])
-                pass
-            elif j:  # −d_j = G_{j−1} − G_j
-                torch._foreach_sub_(views, grads)
-            else:  # d_0 = G_0 (G_{−1} = 0)
-                torch._foreach_copy_(views, grads)
+            # −d_j = G_{j−1} − G_j; d_0 = G_0 (G_{−1} = 0); torch's foreach ops refuse []
+            if views:
+                (torch._foreach_sub_ if j else torch._foreach_copy_)(views, grads)
             squares = self._squares(views, buffer, w)
             if unscale is not None:
                 squares = [s * unscale * unscale for s in squares]
