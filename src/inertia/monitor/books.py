@@ -2,9 +2,10 @@
 of the ledger, and the energies of the last row they are booked against (docs/theory.md §4).
 
 Step k of the kick–drift map u_k = μ·r·u_{k−1} − hM⁻¹(g_k + wd θ_k), θ_{k+1} = θ_k + h u_k books
-per group, with q = h_k/h_{k−1}: r = q and w = q² for a velocity kept as Δθ/η (SGD, Adam: a
-changed learning rate rescales u and the shadow term with it), r = 1 and w = q for a physical
-velocity (InertiaSGD: only its power rescales),
+per group, with q = h_k/h_{k−1} and b = (1 − β₁,k−1)/(1 − β₁,k) (Adam's u = −(h/(1 − β₁))M⁻¹m
+carries m ← β₁m + (1 − β₁)g; b = 1 for the other maps): r = qb and w = qr for a velocity kept
+as Δθ/h (SGD, Adam, RMSprop: a changed learning rate or β₁ rescales u, and the shadow term
+with it), r = 1 and w = q for a physical velocity (InertiaSGD: only its power rescales),
 
     schedule   += (r² − 1) K_k + ½(w − 1) P_k                (the energy a changed rate adds)
     dissipated += (1 − μ²) r² K_k + ½(1 − μ) w P_k          (the map's exact friction, (4.4))
@@ -31,14 +32,18 @@ With the rate c of the last map (1 − μ² for K, ½(1 − μ) for P) and t_j =
     dissipated += Σ_j c A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))          (the trapezoid rule)
                   + ½μ(1 + μ)·n·½(d_{k₀} + d_{k₁})              (Nesterov, d = ⟨Δθ, ΔG⟩)
 
-which is n·½(x_{k₀} + x_{k₁}) where the rate is constant. Exact: f_{k₀} (from h_{k₀} and
-h_{k₀−1}, both read at row k₀) and the product of the interior factors (from h_{k₁−1}/h_{k₀}),
-so Σ_j (A_{j+1} − A_j) = A_{k₁} − 1; a rate that changes only at rows' steps (StepLR on a
-multiple of `every`) has the schedule book of `every=1`. Estimated: X̂ between the rows, and
-where in the interior its factors fall (the maps of those steps are not read): they are taken
-equal, the (n − 1)-th root of their product (1 where h is 0 at either end). Where the rate
-moves one way between the rows, the schedule book is then within |A_{k₁} − f_{k₀}|·(max − min
-of X̂_j, k₀ ≤ j ≤ k₁) of Σ_j (f_j − 1)X_j; the friction carries the trapezoid rule's error.
+which is n·½(x_{k₀} + x_{k₁}) where the rate is constant. Exact: q_{k₀}b_{k₀} of the row's own
+step (from h and β₁ of steps k₀ − 1 and k₀, read at row k₀ and kept) and the products of the
+interior q's and b's, h_{k₁−1}/h_{k₀} and (1 − β₁,k₀)/(1 − β₁,k₁−1), so that for K the books'
+Σ_j (A_{j+1} − A_j) is the true A_{k₁} − 1: a learning rate that changes only at rows' steps
+(StepLR on a multiple of `every`) has the schedule book of `every=1`, and so has a β₁ that
+changes only there, but for P's share. Estimated: X̂ between the rows; where in the interior the
+factors fall (the maps of those steps are not read): q and b are each taken equal, the
+(n − 1)-th root of their product (q: 1 where h is 0 at either end); and b_{k₀} apart from
+q_{k₀}b_{k₀}, which P's w_{k₀} = q_{k₀}²b_{k₀} needs (a checkpoint keeps the product only):
+taken equal to the interior b's. Where the rate moves one way between the rows, the schedule
+book is then within |A_{k₁} − f_{k₀}|·(max − min of X̂_j, k₀ ≤ j ≤ k₁) of Σ_j (f_j − 1)X_j (for
+P: where b_{k₀} is the interior b's); the friction carries the trapezoid rule's error.
 The heat and the decay work between rows are booked with the last map's h and ηλ for every
 step.
 
@@ -87,7 +92,7 @@ class Books:
         self.last_damping, self.last_theta_grad = [0.0] * groups, [0.0] * groups
         self.last_noise = [math.nan] * groups  # tr(C)/B
         self.last_clip = [1.0] * groups  # c² of the step's gradient (clipping), 1 if unknown
-        # h_k of the last row's own step and q = h_k/h_{k−1} (NaN, 1: unknown)
+        # h_k of the last row's own step and q·b of it (`last_q`; NaN, 1: unknown)
         self.last_h, self.last_q = [math.nan] * groups, [1.0] * groups
 
     def book(
@@ -185,18 +190,18 @@ class Books:
         # Nesterov: ½μ(1 + μ)⟨Δθ_{k−1}, g_k − g_{k−1}⟩, the work of its look-ahead force
         look = [0.5 * m.momentum * (1.0 + m.momentum) if m.kind == NESTEROV else 0.0 for m in last]
         k, p, d = self.last_kinetic, self.last_power, self.last_damping
-        # a velocity kept as Δθ/η is rescaled by q = h_k/h_{k−1} (r = q), and so is the shadow
-        # term ½P (w = q²): schedule energy (q² − 1)(K + ½P), then friction on q²K and q²P; a
-        # physical one is not (r = 1), but its power is q·P (w = q): schedule ½(q − 1)P
+        # a velocity kept as Δθ/h is rescaled by r = q·b (q = h_k/h_{k−1}, b Adam's β₁ factor),
+        # its shadow term ½P by w = q·r: schedule energy (r² − 1)K + ½(w − 1)P, then friction
+        # on r²K and wP; a physical one is not (r = 1), but its power is q·P (w = q)
         friction, schedule = [], []
         for j, (m, b) in enumerate(zip(last, maps.before or last, strict=True)):
             q = _ratio(m, b)
-            r2 = 1.0 if m.physical_velocity else q * q
-            w = q if m.physical_velocity else q * q
+            r = 1.0 if m.physical_velocity else q * _beta(m, b)
+            w = q * r
             u = mu[j]
-            f = (1.0 - u * u) * r2 * k[j] + 0.5 * (1.0 - u) * w * p[j]
+            f = (1.0 - u * u) * (r * r) * k[j] + 0.5 * (1.0 - u) * w * p[j]
             friction.append(f + look[j] * d[j])
-            schedule.append((r2 - 1.0) * k[j] + 0.5 * (w - 1.0) * p[j])
+            schedule.append((r * r - 1.0) * k[j] + 0.5 * (w - 1.0) * p[j])
         return _sum(friction), _sum(schedule)
 
     def _between(
@@ -209,14 +214,21 @@ class Books:
         steps: int,
     ) -> tuple[float, float]:
         """(friction, schedule energy) of `steps` ≥ 2 steps between rows (module docstring):
-        f_{k₀} = q₀ from the last row's maps, the interior factors from h_{k₁−1}/h_{k₀}."""
+        q₀b₀ kept from the last row's maps, the interior factors from h_{k₁−1}/h_{k₀} and from
+        β₁ of the maps kept, of steps k₀ (`before`) and k₁ − 1 (`last`)."""
         friction, schedule = [], []
         for j, m in enumerate(last):
-            h0 = self.last_h[j] if math.isfinite(self.last_h[j]) else (maps.before or last)[j].h
-            q0 = self.last_q[j] if math.isfinite(self.last_q[j]) else 1.0
+            start = (maps.before or last)[j]
+            h0 = self.last_h[j] if math.isfinite(self.last_h[j]) else start.h
+            qb0 = self.last_q[j] if math.isfinite(self.last_q[j]) else 1.0
             inner = (m.h / h0) ** (1.0 / (steps - 1)) if h0 > 0 and m.h > 0 else 1.0
-            r2 = [1.0] * steps if m.physical_velocity else [q0 * q0] + [inner * inner] * (steps - 1)
-            w = [q0] + [inner] * (steps - 1) if m.physical_velocity else r2
+            beta = _beta(m, start) ** (1.0 / (steps - 1))
+            if m.physical_velocity:  # r = 1, w = q (b = 1)
+                r2, w = [1.0] * steps, [qb0] + [inner] * (steps - 1)
+            else:  # r = qb, w = qr = r²/b
+                r = inner * beta
+                r2 = [qb0 * qb0] + [r * r] * (steps - 1)
+                w = [qb0 * qb0 / beta] + [inner * inner * beta] * (steps - 1)
             jk, fk = _weights(r2, self.last_kinetic[j], kinetic_now[j])
             jp, fp = _weights(w, self.last_power[j], power_now[j])
             u = m.momentum
@@ -267,20 +279,27 @@ class Books:
 
 
 def _row_step(maps: MapHistory, groups: int) -> tuple[Floats, Floats]:
-    """Per group, h_k of the step a row at step k opens and q = h_k/h_{k−1} (NaN and 1 where
-    the maps are not known: q = 1 also out of h_{k−1} = 0, as for `every=1`)."""
+    """Per group, h_k of the step a row at step k opens and q·b, q = h_k/h_{k−1} and b its β₁
+    factor (NaN and 1 where the maps are not known: q = 1 also out of h_{k−1} = 0, as for
+    `every=1`)."""
     now, last = maps.under_way, maps.last
     if now is None:
         return [math.nan] * groups, [1.0] * groups
     h = [m.h for m in now]
     if last is None:
         return h, [1.0] * groups
-    return h, [_ratio(m, b) for m, b in zip(now, last, strict=True)]
+    return h, [_ratio(m, b) * _beta(m, b) for m, b in zip(now, last, strict=True)]
 
 
 def _ratio(now: GroupMap, before: GroupMap) -> float:
     """q = h_k/h_{k−1}: 1 out of h_{k−1} = 0 (a step from rest rescales nothing)."""
     return now.h / before.h if before.h > 0 else 1.0
+
+
+def _beta(now: GroupMap, before: GroupMap) -> float:
+    """b = (1 − β₁,k−1)/(1 − β₁,k), the factor a changed β₁ rescales Adam's u by (1 for the
+    other maps: `GroupMap.gain`)."""
+    return before.gain / now.gain
 
 
 def _weights(factors: Floats, start: float, end: float) -> tuple[float, float]:

@@ -2,8 +2,9 @@
 
 Every map reads the group's hyper-parameters at the step and says
 - the step h, so that the velocity is u = Δθ/h and the kinetic energy K = ½ uᵀMu;
-- the momentum μ, so that one step's friction multiplies u by μ·h_k/h_{k−1} and removes
-  (1 − (μ h_k/h_{k−1})²) of K (the ratio accounts for a changing learning rate);
+- the momentum μ, so that one step multiplies u by μ·r and its friction removes (1 − μ²) of
+  the rescaled r²K, r = (h_k/h_{k−1})·b_k: r accounts for a changing learning rate and, with
+  b_k = (1 − β₁,k−1)/(1 − β₁,k) (the ratio of the maps' `gain`), for Adam's changing β₁;
 - the diagonal metric M (None: identity) and the weight decay wd, part of the potential
   L + (wd/2)‖θ‖².
 
@@ -12,7 +13,9 @@ look-ahead adds Hessian-driven damping ημ(g_{k−1} − g_k) that this map lea
 Adam/AdamW: μ = β₁, h = sqrt(η(1 − β₁)/(1 − β₁ᵗ)) (bias correction folded into η),
 M = diag(sqrt(v̂) + ε) with v̂ = v/(1 − β₂ᵗ) (AMSGrad: v's running maximum): an approximation,
 as M changes every step (the change lands in the residual); AdamW's decoupled decay is booked
-as `decay` work (`inertia.monitor.books`).
+as `decay` work (`inertia.monitor.books`). Its velocity is u = −(h/(1 − β₁))M⁻¹m, with β₁ and
+t of the step as torch's bias correction takes them, and m ← β₁m + (1 − β₁)g: a β₁ schedule
+(OneCycleLR, CyclicLR cycling momentum) rescales u by b_k.
 RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
 An optimizer that reports its energies (`inertia.reporting.ReportsEnergy`, e.g. InertiaSGD):
 h and μ of the step it took, read after the step; its velocity is physical, so a change of h
@@ -56,6 +59,14 @@ class GroupMap:
         """Continuous friction γ = (1 − μ)/h of the heavy-ball ODE (docs/theory.md §4); NaN
         for a step of length 0 (a learning rate of 0: no time passes)."""
         return (1.0 - self.momentum) / self.h if self.h > 0 else math.nan
+
+    @property
+    def gain(self) -> float:
+        """1 − β₁, the share of the gradient Adam's buffer m takes (m ← β₁m + (1 − β₁)g):
+        u = −(h/(1 − β₁))M⁻¹m, so a step whose β₁ changed rescales u by the ratio of the last
+        step's gain to its own, besides h_k/h_{k−1}. 1 for the other maps, whose buffer's share
+        is fixed (SGD's dampening is taken constant)."""
+        return 1.0 - self.momentum if self.kind == "adam" else 1.0
 
     @classmethod
     def of_report(cls, report: EnergyReport) -> GroupMap:
