@@ -127,7 +127,7 @@ def test_a_tiny_run_prints_its_tables_and_writes_its_figures(tmp_path, capsys):
         (["--arm-steps", "10", "--eval-every", "50"], "--arm-steps: at least 2 × --eval-every"),
         (["--settle", "1.5"], "--settle: a share in [0, 1)"),
         (["--arm-steps", "100", "--probe-window", "200"], "--probe-window: at most --arm-steps"),
-        (["--plateau", "100", "--probe-window", "60"], "half of --plateau = 50, not 60"),
+        (["--plateau", "500", "--probe-window", "300"], "half of --plateau = 250, not 300"),
         (["--plateau", "400"], "--plateau: at least 480 steps, so that its later half"),
         (["--threads", "0"], "--threads: a positive integer"),
         (["--chars", "100000000"], "--chars + --heldout-chars: the standard library at"),
