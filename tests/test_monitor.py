@@ -447,6 +447,7 @@ OTHER_MAPS = {
 }
 
 
+@pytest.mark.filterwarnings("ignore:inertia. no energy map:UserWarning")  # the generic map
 @pytest.mark.parametrize("name", list(OTHER_MAPS))
 def test_other_maps_columns_equal_values_from_recorded_parameters_and_state(name):
     """Each column from recorded θ_k, ∇L(θ_k), L(θ_k) and the optimizer's state after each step
@@ -789,6 +790,7 @@ class _nullcontext:
         return False
 
 
+@pytest.mark.filterwarnings("ignore:inertia. no energy map:UserWarning")  # the generic map
 def test_closures_are_booked_after_they_evaluate_the_loss():
     """optimizer.step(closure): the loss and gradients at θ_k exist only inside the step."""
     theta = torch.nn.Parameter(THETA0.clone())
@@ -813,6 +815,7 @@ def test_closures_are_booked_after_they_evaluate_the_loss():
     assert monitor2.ledger["step"].tolist() == [0, 1, 2]
 
 
+@pytest.mark.filterwarnings("ignore:inertia. no energy map:UserWarning")  # the generic map
 @pytest.mark.parametrize("observe", ["plain", "accumulate"])
 def test_observing_inside_an_lbfgs_closure_books_the_first_evaluation(observe):
     """LBFGS evaluates its closure again at other points within one step; a loop (or
@@ -856,6 +859,7 @@ def test_ledger_exports_round_trip_to_jsonl_and_dataframe(tmp_path):
     assert frame["inertia"].tolist() == led["inertia"].tolist()
 
 
+@pytest.mark.filterwarnings("ignore:inertia. no energy map:UserWarning")  # the generic map
 @pytest.mark.parametrize(
     ("make", "metric"),
     [

@@ -200,6 +200,7 @@ def test_a_run_that_diverged_is_drawn_up_to_its_blow_up_on_finite_axes(tmp_path,
     assert f"diverged at step {diverged}" in html and "blew up from step" in html
 
 
+@pytest.mark.filterwarnings("ignore:inertia. no energy map:UserWarning")  # the generic map
 def test_no_noise_floor_for_a_map_without_friction(tmp_path, drawn):
     """Adagrad is read with μ = 1 and γ = 0: the heavy ball's floor does not apply."""
     path = quadratic_run(

@@ -19,12 +19,14 @@ t of the step as torch's bias correction takes them, and m ← β₁m + (1 − �
 RMSprop: μ = momentum, h = sqrt(η), M = diag(sqrt(v) + ε) (centred: sqrt(v − ḡ²) + ε).
 An optimizer that reports its energies (`inertia.reporting.ReportsEnergy`, e.g. InertiaSGD):
 h and μ of the step it took, read after the step; its velocity is physical, so a change of h
-does not rescale it. Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = Id.
+does not rescale it. Any other optimizer: h = sqrt(lr) (1 without an lr), no friction, M = Id,
+with a UserWarning when the monitor attaches (`UNMAPPED`: a `warnings` filter on it silences it).
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -137,10 +139,40 @@ def _maker(kind: type) -> Maker:
     return next((_MAPS[cls] for cls in kind.__mro__ if cls in _MAPS), _generic)
 
 
+#: The start of the warning an optimizer with no map of its own gets when a monitor attaches
+#: (`warnings.filterwarnings("ignore", message=UNMAPPED)` silences it).
+UNMAPPED = "inertia: no energy map for "
+
+
 def map_reader(optimizer: torch.optim.Optimizer) -> Callable[[], list[GroupMap]]:
     """A function giving the map of each parameter group of `optimizer` at its current
     hyper-parameters (for an optimizer that reports its energies, those of its last step),
-    its dispatch resolved once."""
+    its dispatch resolved once: the monitor's, at attach, where an optimizer falling to the
+    generic map is warned about, once (`warn_unmapped`)."""
+    warn_unmapped(optimizer, stacklevel=4)  # at the line that made the monitor
+    return _reader(optimizer)
+
+
+def warn_unmapped(optimizer: torch.optim.Optimizer, *, stacklevel: int = 2) -> None:
+    """A UserWarning if `optimizer` falls to the generic map: neither a mapped class (nor a
+    subclass of one) nor an optimizer that reports its energies."""
+    if isinstance(optimizer, ReportsEnergy) or _maker(type(optimizer)) is not _generic:
+        return
+    kind = type(optimizer)
+    mapped = ", ".join(cls.__name__ for cls in _MAPS)
+    warnings.warn(
+        f"{UNMAPPED}{kind.__module__}.{kind.__qualname__}: the monitor books it with the "
+        "generic map, the kinetic energy in the identity metric with h = sqrt(lr) and no "
+        "friction, so `dissipated` stays 0 and the energy change lands in `residual`. Mapped: "
+        f"torch.optim's {mapped} and their subclasses, and optimizers that report their "
+        "energies (inertia.reporting.ReportsEnergy, such as inertia.optim.InertiaSGD) "
+        "(docs/monitor.md, Maps)",
+        UserWarning,
+        stacklevel=stacklevel,
+    )
+
+
+def _reader(optimizer: torch.optim.Optimizer) -> Callable[[], list[GroupMap]]:
     if isinstance(optimizer, ReportsEnergy):
         reporter = optimizer
         return lambda: [GroupMap.of_report(r) for r in reporter.energy_report()]
@@ -161,8 +193,9 @@ def map_reader(optimizer: torch.optim.Optimizer) -> Callable[[], list[GroupMap]]
 
 
 def group_maps(optimizer: torch.optim.Optimizer) -> list[GroupMap]:
-    """The map of each parameter group of `optimizer`, at its current hyper-parameters."""
-    return map_reader(optimizer)()
+    """The map of each parameter group of `optimizer`, at its current hyper-parameters (the
+    generic one, kind "generic", for an optimizer with no map of its own: no warning here)."""
+    return _reader(optimizer)()
 
 
 def metric(

@@ -11,7 +11,13 @@ from typing import Any
 
 from .alarm import AlarmReading
 from .options import Options
-from .row import NONFINITE, Row
+from .row import NONFINITE, NoLoss, Row
+
+#: What a loop that observed no loss for a step should do.
+OBSERVE = (
+    "call monitor.observe(loss) after loss.backward(), before optimizer.step(), or pass"
+    " optimizer.step a closure that returns the loss"
+)
 
 
 class Publisher:
@@ -21,26 +27,37 @@ class Publisher:
         self.sinks, self.on_nan, self.on_alarm = options.sinks, options.on_nan, options.on_alarm
         self.on_error = options.on_error
         self.rows: deque[Row] = deque(maxlen=options.history)
-        self._in_nonfinite_run = False  # the last row's loss was not finite
+        self._run: bool | None = None  # the last row's loss: None finite, else unobserved?
 
     def flag(self, flag: int, loss: float, potential: float, step: int) -> int:
         """The row's flag: NONFINITE where the potential (the loss plus a coupled decay's
         penalty) is not finite, warned about once per run of such rows (FloatingPointError
-        with on_nan="raise"), `flag` otherwise."""
-        if not math.isfinite(potential):
-            what = f"loss {loss}" if not math.isfinite(loss) else f"potential {potential}"
-            if self.on_nan == "raise":
-                raise FloatingPointError(f"non-finite {what} at step {step}")
-            if not self._in_nonfinite_run:
-                warnings.warn(
-                    f"inertia: non-finite {what} at step {step}; recorded and flagged"
-                    " (and so are the non-finite rows that follow it)",
-                    RuntimeWarning,
-                    stacklevel=4,
-                )
-            flag = NONFINITE
-        self._in_nonfinite_run = flag == NONFINITE
-        return flag
+        with on_nan="raise"), `flag` otherwise. A loss that was not observed at all (`NoLoss`)
+        is told from an observed non-finite one, with what to call; each kind is a run."""
+        if math.isfinite(potential):
+            self._run = None
+            return flag
+        unobserved = isinstance(loss, NoLoss)
+        if unobserved:
+            what = f"no loss was observed for step {step}"
+            raised = f"{what}: {OBSERVE}"
+            warned = (
+                f"inertia: {what}, so its row is recorded with a NaN loss and flagged (as are"
+                f" the rows after it without one): {OBSERVE}"
+            )
+        else:
+            value = f"loss {loss}" if not math.isfinite(loss) else f"potential {potential}"
+            raised = f"non-finite {value} at step {step}"
+            warned = (
+                f"inertia: {raised}; recorded and flagged (and so are the non-finite rows that"
+                " follow it)"
+            )
+        if self.on_nan == "raise":
+            raise FloatingPointError(raised)
+        if self._run is not unobserved:  # the first row of a run of its kind
+            warnings.warn(warned, RuntimeWarning, stacklevel=4)
+        self._run = unobserved
+        return NONFINITE
 
     def publish(self, row: Row, reading: AlarmReading, *, writes: bool) -> None:
         """Keep `row`; to the sinks if `writes` (rank 0); the alarm's warning and callback when

@@ -107,16 +107,28 @@ class RowValues:
     finish: Callable[[dict[str, list[float]]], None] | None = None
 
 
+class NoLoss(float):
+    """NaN: the loss of a row for which none was observed (no `observe`, no closure returning
+    it), as `Pack.fetch` gives it, so that `Publisher.flag` can tell it from an observed
+    non-finite loss. `make_row` books it as a plain NaN."""
+
+    def __new__(cls) -> NoLoss:
+        return super().__new__(cls, math.nan)
+
+
 class Pack:
     """A row's device values by name (lists of 0-d tensors) after the loss, and the partial
     sums of the values taken on the host, packed into one float64 tensor: reduced over ranks
     there (`inertia.monitor.ranks`), then brought to the host in one transfer, the row's only
     host synchronisation. Partial sums of another dtype (float32 dot products) are packed
     after the float64 values, one conversion per dtype; `layout` names the packed entries in
-    order (a name may recur)."""
+    order (a name may recur). A `loss` of None (none observed) is packed as NaN and fetched
+    as `NoLoss`."""
 
-    def __init__(self, loss: Tensor, named: RowValues):
-        self._finish = named.finish
+    def __init__(self, loss: Tensor | None, named: RowValues):
+        self._finish, self._observed = named.finish, loss is not None
+        if loss is None:  # on the device of the row's values: its penalty's
+            loss = torch.full_like(named.device["penalty"][0], math.nan, dtype=F64)
         wide = [loss]  # float64 by contract (stack would promote, more slowly)
         self._slices, start = {"loss": slice(0, 1)}, 1
         for name, values in named.device.items():
@@ -171,6 +183,8 @@ class Pack:
         """Every value by name, as floats: the row's one transfer to the host."""
         host = self.tensor.tolist()
         named = {name: host[s] for name, s in self._slices.items()}
+        if not self._observed:  # this rank observed none (the mean over ranks is NaN too)
+            named["loss"] = [NoLoss()]
         for name, where in self._parts:
             named[name] = [
                 sum([host[j] if j >= 0 else host[self._wide + ~j] for j in at], c)
@@ -229,7 +243,7 @@ def make_row(
         first.h,
         first.gamma,
         int(first.kind in METRIC_KINDS),
-        values["loss"][0],
+        float(values["loss"][0]),  # NoLoss: a plain NaN
         sum(values["kinetic"]),
         potential,
         inertia,
@@ -292,10 +306,11 @@ class LossMean:
             self._sum = value
         self.count += 1
 
-    def take(self) -> Tensor:
-        """The mean so far (NaN if nothing was observed) as a 0-d float64 tensor, then reset."""
-        total = self._sum if self.count else math.nan
-        total = torch.as_tensor(total, dtype=torch.float64, device=self.device)
+    def take(self) -> Tensor | None:
+        """The mean so far as a 0-d float64 tensor (None if nothing was observed), then reset."""
+        if not self.count:
+            return None
+        total = torch.as_tensor(self._sum, dtype=torch.float64, device=self.device)
         mean = total / self.count if self.count > 1 else total  # x/1 = x
         self.reset()
         return mean.reshape(())
