@@ -67,6 +67,11 @@ batch_size=b)` after each micro-batch's backward.
    steps can see, each factor measured on its own (none fitted) at η over the floor's
    window, the plateau's later half (steps F − P/2 … F, F the fork, P --plateau), before the
    cut:
+   (a) The floor's trend: the drop is measured over the settled steps, 300–600 steps after
+   the fork, and the floor falls as the model learns. A least-squares line through the
+   monitor's per-row floor over the window, at the middle of the settled steps, over the
+   floor: its standard error by the delete-one-block jackknife over 10 blocks of rows (the
+   rows are correlated).
    (b) Slow modes: at arm step s the drop arm has relaxed only the modes that relax at η
    within lag τ = s/5 (a mode's variance relaxes at twice its rate, and η/10 divides the rate
    by 10). The mean-squared displacement in Adam's metric, MSD(τ) = ⟨‖θ_{k+τ} − θ_k‖²_M⟩,
@@ -86,7 +91,7 @@ batch_size=b)` after each micro-batch's backward.
    τ₁, saw only the fastest modes: E(1)/V 0.88 there against 0.84), and its snapshots, 50
    steps apart (five momentum times 1/(1 − β₁)), are nearly independent, as the standard
    errors take them. (d) Held-out loss is less curved along the noise: V_held/V_train.
-   Predicted: 0.9 × floor × (1 − f̄) × E(1)/V on training loss, 0.9 × floor × (1 − f̄) ×
+   Predicted: 0.9 × floor × trend × (1 − f̄) × E(1)/V on training loss, the same with
    (E(1)/V)_held × V_held/V_train held out, against the measured drops beside the law as-is,
    standard errors from the factors' relative errors in quadrature.
    Why the floor's window: the floor the factors scale is read there, so they describe the
@@ -99,11 +104,12 @@ batch_size=b)` after each micro-batch's backward.
    slowest modes' noise, which over a window this long looks like drift (on stationary
    Ornstein–Uhlenbeck modes it makes f̄ about a fifth low): the share with it left in is
    printed beside.
-   The same factors on the control arm after the fork (the MSD over the whole arm, the probe
-   over its first --probe-window steps): a cross-check, which should agree within noise.
-   After the fact, not in the prediction, (a): the floor drifts during the arms, their own
-   floors over the settled steps [s₀, s₁] differ by Δ, not by 0.9 × floor; printed, Δ ÷
-   (0.9 × floor) and the prediction × that ÷ measured. Memory: the MSD keeps at most τ₁ + 1
+   The same factors on the control arm after the fork (the trend its line through the arm's
+   rows, the MSD over the whole arm, the probe over its first --probe-window steps): a
+   cross-check, which should agree within noise. After the fact, not in the prediction: the
+   arms' own floors over the settled steps [s₀, s₁] differ by Δ, not by 0.9 × floor × trend
+   (the floor at η/10 is not a tenth of the floor at η); printed, Δ ÷ (0.9 × floor × trend)
+   and the prediction × that ÷ measured. Memory: the MSD keeps at most τ₁ + 1
    float32 copies of θ, over the floor's window and then over the control arm, never both.
 
 Prints markdown tables. Writes to --out (default benchmarks/out/real_training):
@@ -970,14 +976,39 @@ def factors(watched: dict[str, Any], ledger: Ledger, rows: slice, cfg: Config) -
     }
 
 
+def floor_trend(
+    ledger: Ledger, rows: slice, at: int, floor: float, blocks: int = 10
+) -> tuple[float, float]:
+    """The least-squares line through the monitor's per-row floor (`predicted_floors`) over
+    the ledger's `rows`, at step `at`, over `floor`; a standard error by the delete-one-block
+    jackknife over `blocks` blocks of consecutive rows (the rows are correlated)."""
+    excess = predicted_floors(ledger)["excess"][rows]
+    steps = ledger["step"].numpy()[rows]
+    ok = np.isfinite(excess)
+    steps, excess = steps[ok], excess[ok]
+
+    def at_step(keep: np.ndarray) -> float:
+        return float(np.polyval(np.polyfit(steps[keep], excess[keep], 1), at)) / floor
+
+    left_out = []
+    for block in np.array_split(np.arange(len(steps)), blocks):
+        keep = np.ones(len(steps), dtype=bool)
+        keep[block] = False
+        left_out.append(at_step(keep))
+    spread = (blocks - 1) / blocks * float(np.sum((np.array(left_out) - np.mean(left_out)) ** 2))
+    return at_step(np.ones(len(steps), dtype=bool)), math.sqrt(spread)
+
+
 def predicted(floor: tuple[float, float], x: dict[str, Any]) -> dict[str, tuple[float, float]]:
-    """0.9 × floor × (1 − f̄) × E(1)/V_train on each loss, with a standard error from the
-    factors' relative errors in quadrature (taken as independent)."""
-    relaxed = 1.0 - x["unrelaxed"]
+    """0.9 × floor × trend × (1 − f̄) × E(1)/V_train on each loss, with a standard error from
+    the factors' relative errors in quadrature (taken as independent)."""
+    relaxed, (trend, trend_se) = 1.0 - x["unrelaxed"], x["trend"]
     out = {}
     for name, (shape, shape_se) in x["shape"].items():
-        value = 0.9 * floor[0] * relaxed * shape
-        rel = math.hypot(floor[1] / floor[0], x["unrelaxed_se"] / relaxed, shape_se / shape)
+        value = 0.9 * floor[0] * trend * relaxed * shape
+        rel = math.hypot(
+            floor[1] / floor[0], trend_se / trend, x["unrelaxed_se"] / relaxed, shape_se / shape
+        )
         out[name] = (value, abs(value) * rel)
     return out
 
@@ -995,30 +1026,34 @@ def decomposition(
 ) -> dict[str, Any]:
     """The floor's drop predicted from what is measured at η before the fork, against the drops
     measured after it (`drops`, held-out and training, control − drop). The law 0.9 × floor
-    counts every mode of a quadratic basin; the prediction takes out, each measured on its own
-    over the floor's window (the plateau's later half): the share 1 − f̄ of the floor the drop
-    arm relaxes by its settled steps, and the loss's shape E(1)/V (the noise fixes the virial
-    V, the excess is E(1)), held out also V_held/V_train (held-out loss is less curved along
-    the noise than the training loss it was driven by):
+    counts every mode of a quadratic basin; the prediction scales it, each factor measured on
+    its own over the floor's window (the plateau's later half): the floor's trend to the
+    middle of the settled steps (`floor_trend`), the share 1 − f̄ of the floor the drop arm
+    relaxes by its settled steps, and the loss's shape E(1)/V (the noise fixes the virial V,
+    the excess is E(1)), held out also V_held/V_train (held-out loss is less curved along the
+    noise than the training loss it was driven by):
 
-        predicted = 0.9 × floor × (1 − f̄) × E(1)/V [× V_held/V_train held out].
+        predicted = 0.9 × floor × trend × (1 − f̄) × E(1)/V [× V_held/V_train held out].
 
     The same factors on the control arm after the fork: a cross-check. After the fact (the
-    arms' own floors, after the cut, so not in the prediction): the floor drifts during the
-    arms, their own floors over the settled steps differ by Δ, not by 0.9 × floor
-    (`drift` = Δ/(0.9 × floor)); the ratio with it (`with_drift`)."""
+    arms' own floors, after the cut, so not in the prediction): their own floors over the
+    settled steps differ by Δ, not by 0.9 × floor × trend (`drift` = Δ/(0.9 × floor × trend)
+    of each stretch's trend); the ratio with it (`with_drift`)."""
     cfg, fork, window = res.cfg, res.cfg.warmup + res.cfg.plateau, res.cfg.plateau // 2
     floor = (res.floor["excess_loss"], res.floor["excess_loss_stderr"])
-    drift = (own["control"] - own["drop"]) / (0.9 * floor[0])
-    out: dict[str, Any] = {"lags": list(relaxation_lags(cfg)), "drift": drift}
+    settled = int(cfg.arm_steps * cfg.settle)
+    middle = fork + (settled + cfg.arm_steps) // 2  # of the settled steps, where the drop is read
+    out: dict[str, Any] = {"lags": list(relaxation_lags(cfg)), "middle": middle}
     for name, watched, ledger, rows in (
         ("before", res.before, res.shared_ledger, slice(fork - window, fork)),
         ("after", res.after, res.arms["control"].monitor.ledger, slice(None)),
     ):
         x = factors(watched, ledger, rows, cfg)
+        x["trend"] = floor_trend(ledger, rows, middle, floor[0])
         x["prediction"] = predicted(floor, x)
         x["ratio"] = {k: over(x["prediction"][k], drops[k]) for k in drops}
-        x["with_drift"] = {k: x["ratio"][k][0] * drift for k in drops}
+        x["drift"] = (own["control"] - own["drop"]) / (0.9 * floor[0] * x["trend"][0])
+        x["with_drift"] = {k: x["ratio"][k][0] * x["drift"] for k in drops}
         out[name] = x
     out["seconds"] = res.before["seconds"] + res.after["seconds"]
     return out
@@ -1223,7 +1258,7 @@ def table(s: dict[str, Any]) -> str:
         f"{s['ratio_heldout']:.2f} ({s['ratio_train']:.2f}) |",
         f"| for contrast: the ratio without c, held-out (training) | "
         f"{s['ratio_heldout_unclipped']:.2f} ({s['ratio_train_unclipped']:.2f}) |",
-        f"| **predicted before the fork ÷ measured**: 0.9 × floor × (1 − f̄) × E(1)/V "
+        f"| **predicted before the fork ÷ measured**: 0.9 × floor × trend × (1 − f̄) × E(1)/V "
         f"(× V_held/V_train), factors below, held-out (training) | "
         f"**{pm(s['headline_heldout'], 2)}** ({pm(s['headline_train'], 2)}) |",
         f"| each arm's own floor (its monitor) over its steps {lo}–{n}: at η, at η/10, "
@@ -1311,6 +1346,9 @@ def decomposition_table(s: dict[str, Any]) -> list[str]:
         "|---|---|---|",
         f"| 0.9 × floor (monitor.noise_floor(), steps {span(s['window'])}) | "
         f"{0.9 * f['excess_loss']:.4f} ± {0.9 * f['excess_loss_stderr']:.4f} | — |",
+        "| the floor's trend: its least-squares line through the rows (before: the floor's "
+        f"window; control: the arm's) at step {x['middle']} (arm step {x['middle'] - fork}, "
+        f"the settled steps' middle) ÷ floor | {pm(b['trend'])} | {pm(a['trend'])} |",
         f"| slow modes: relaxed share 1 − f̄, f̄ the MSD slope in Adam's metric (less its mean "
         f"displacement's part; with it) ÷ c²η²·tr(M⁻¹C)/B over lags {lo}–{hi} | "
         f"{1 - b['unrelaxed']:.3f} ± {b['unrelaxed_se']:.3f} "
@@ -1320,7 +1358,8 @@ def decomposition_table(s: dict[str, Any]) -> list[str]:
         f"{span(b['probe_steps'])}, control: arm steps {arm(a['probe_steps'])}) | "
         f"{cells(b, 'anharmonic')} | {cells(a, 'anharmonic')} |",
         f"| held-out ÷ training virial | {pm(b['curvature'])} | {pm(a['curvature'])} |",
-        "| **predicted drop** 0.9 × floor × (1 − f̄) × E(1)/V (× V_held/V_train held out) | "
+        "| **predicted drop** 0.9 × floor × trend × (1 − f̄) × E(1)/V (× V_held/V_train held "
+        "out) | "
         f"{cells(b, 'prediction', 4)} | {cells(a, 'prediction', 4)} |",
         f"| measured drop, control − drop, arm steps {settled}–{n} | "
         f"{dh[0]:.4f} ± {dh[1]:.4f} ({dt[0]:.4f} ± {dt[1]:.4f}) | |",
@@ -1347,10 +1386,11 @@ def decomposition_table(s: dict[str, Any]) -> list[str]:
         f"{b['lag_one_ratio']:.3f} before the fork, {a['lag_one_ratio']:.3f} on the control "
         f"arm. The MSDs and line probes took {x['seconds']:.0f} s.",
         "",
-        f"After the fact (measured after the cut, so not in the prediction): the floor drifts "
-        f"during the arms, their own floors over arm steps {settled}–{n} differ by "
-        f"{s['own_floors']['control'] - s['own_floors']['drop']:.4f}, {x['drift']:.3f} of "
-        f"0.9 × floor; the prediction × that ÷ measured: {b['with_drift']['heldout']:.2f} "
+        f"After the fact (measured after the cut, so not in the prediction): the arms' own "
+        f"floors over arm steps {settled}–{n} differ by "
+        f"{s['own_floors']['control'] - s['own_floors']['drop']:.4f}, {b['drift']:.3f} of "
+        f"0.9 × floor × trend ({a['drift']:.3f} with the control arm's trend); the prediction "
+        f"× that ÷ measured: {b['with_drift']['heldout']:.2f} "
         f"({b['with_drift']['train']:.2f}) with the factors before the fork, "
         f"{a['with_drift']['heldout']:.2f} ({a['with_drift']['train']:.2f}) with the control "
         "arm's. The held-out drop split at each arm's mean parameters θ̄ over the same steps: "

@@ -20,6 +20,7 @@ from inertia import Ledger
 from real_training import (
     ARMS,
     Displacement,
+    floor_trend,
     line_probe,
     main,
     ratio_se,
@@ -101,22 +102,23 @@ def test_a_tiny_run_prints_its_tables_and_writes_its_figures(tmp_path, capsys):
             assert np.mean(p["excess_k"]) == pytest.approx(p["excess"], rel=1e-6, abs=1e-9)
             assert np.mean(p["virial_k"]) == pytest.approx(p["virial"], rel=1e-6, abs=1e-9)
             assert len(p["excess_k"]) == 3
-            # the prediction is 0.9 × floor × (1 − f̄) × E(1)/V_train
+            # the prediction is 0.9 × floor × trend × (1 − f̄) × E(1)/V_train
             shape = np.mean(p["excess_k"]) / np.mean(y["probe"]["train"]["virial_k"])
-            expected = 0.9 * floor * (1 - y["unrelaxed"]) * shape
+            expected = 0.9 * floor * y["trend"][0] * (1 - y["unrelaxed"]) * shape
             assert y["prediction"][name][0] == pytest.approx(expected, rel=1e-9)
             drop = summary[f"drop_{name}"][0]
             assert y["ratio"][name][0] == pytest.approx(expected / drop, rel=1e-9)
         numbers = [
             *y["msd"].values(), y["per_step"], y["lag_one_ratio"], y["unrelaxed"],
-            y["unrelaxed_se"], *y["curvature"], *(v for r in y["anharmonic"].values() for v in r),
+            y["unrelaxed_se"], *y["trend"], y["drift"], *y["curvature"],
+            *(v for r in y["anharmonic"].values() for v in r),
             *(v for r in y["prediction"].values() for v in r),
             *(v for r in y["ratio"].values() for v in r),
         ]  # fmt: skip
         assert all(math.isfinite(v) for v in numbers)
     assert summary["headline_heldout"] == x["before"]["ratio"]["heldout"]
     assert summary["headline_train"] == x["before"]["ratio"]["train"]
-    assert math.isfinite(x["drift"])
+    assert x["middle"] == fork + (5 + 10) // 2  # the settled steps' middle: the trend's step
 
 
 @pytest.mark.parametrize(
@@ -310,3 +312,46 @@ def test_ratio_se_is_the_delta_method():
     ratios, errors = zip(*(ratio_se(num[i : i + 20], den[i : i + 20]) for i in range(0, 2000, 20)),
                          strict=True)  # fmt: skip
     assert 0.8 < np.mean(errors) / np.std(ratios, ddof=1) < 1.25
+
+
+def floor_ledger(floor: np.ndarray) -> Ledger:
+    """A ledger whose per-row floor c·h²·tr/(4B(1 − μ)) is `floor`: h = 1, μ = 1/2, c = 1,
+    so tr/B = 2·floor (the monitor's law, `inertia.theory.heavy_ball_noise_floor`)."""
+    n = len(floor)
+    columns = {
+        "h": torch.ones(n, dtype=torch.float64),
+        "gamma": torch.full((n,), 0.5, dtype=torch.float64),
+        "noise_trace": torch.as_tensor(2.0 * floor, dtype=torch.float64),
+        "flag": torch.zeros(n, dtype=torch.float64),
+        "clip": torch.ones(n, dtype=torch.float64),
+    }
+    for name in ("kinetic", "potential", "inertia", "dissipated", "injected", "residual"):
+        columns[name] = torch.zeros(n, dtype=torch.float64)  # required, unused by the trend
+    return Ledger(torch.arange(n, dtype=torch.float64), columns, time_name="step")
+
+
+def test_the_floor_trend_is_its_line_at_the_step_and_its_error_the_spread_over_runs():
+    steps = np.arange(750.0)
+    line = 0.2 - 2e-5 * steps  # a falling floor, read at step 1 200 beyond its 750 rows
+    exact = (0.2 - 2e-5 * 1200) / 0.2
+    factor, se = floor_trend(floor_ledger(line), slice(None), 1200, 0.2)
+    assert factor == pytest.approx(exact, rel=1e-12)
+    assert se < 1e-12
+    # correlated rows (AR(1) noise about the line, lag-one correlation 0.5 and a relative spread
+    # of 0.14, as the transformer's per-row floor: 0.09 and 0.14): the jackknife over blocks
+    # against the spread of the factor over independent runs
+    gen = np.random.default_rng(3)
+    factors, errors = [], []
+    for _ in range(200):
+        kicks = 0.025 * gen.standard_normal(len(steps))
+        noise = np.zeros(len(steps))
+        noise[0] = kicks[0] / math.sqrt(0.75)  # stationary from the first row
+        for k in range(1, len(steps)):
+            noise[k] = 0.5 * noise[k - 1] + kicks[k]
+        f, e = floor_trend(floor_ledger(line + noise), slice(None), 1200, 0.2)
+        factors.append(f)
+        errors.append(e)
+    assert np.mean(factors) == pytest.approx(exact, abs=3 * np.std(factors) / math.sqrt(200))
+    # 200 runs give the spread to 5% and the mean jackknife error to about 2% (each to
+    # 1/sqrt(2·9) over 10 blocks): 3 standard errors of their ratio are 16%
+    assert np.mean(errors) == pytest.approx(np.std(factors), rel=0.16)
