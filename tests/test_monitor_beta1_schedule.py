@@ -285,3 +285,55 @@ def test_rows_apart_book_the_beta1_schedule_within_what_they_leave_unknown():
         share = abs(want - float(without_b[k0:k1].sum()))
         discriminating |= share > max(2 * bound, 1e-2)
     assert discriminating
+
+
+def momentum_ramp(k: int) -> float:
+    """SGD's μ of step k: from 0.3 to 0.9 over 40 steps, 0.075 between rows 5 steps apart."""
+    return 0.3 + 0.6 * k / 40
+
+
+def sgd_ramp_ledger(every: int):
+    """41 steps of SGD (lr 0.002) on L = ½(θ − c)ᵀA(θ − c) with μ of step k `momentum_ramp(k)`,
+    rows `every` steps apart."""
+    theta = torch.nn.Parameter(torch.zeros(3, dtype=F64))
+    opt = torch.optim.SGD([theta], lr=0.002, momentum=momentum_ramp(0))
+    monitor = InertiaMonitor(opt, every=every)
+    group, taken = opt.param_groups[0], [0]
+
+    def after() -> None:
+        taken[0] += 1
+        group["momentum"] = momentum_ramp(taken[0])
+
+    train_quadratic(monitor, 41, lambda: 0.5 * (theta - TARGET) @ A @ (theta - TARGET), after)
+    return monitor.ledger
+
+
+def test_rows_apart_take_each_steps_momentum_for_the_friction():
+    """A momentum changed every step (OneCycleLR and CyclicLR cycle SGD's): rows 5 steps apart
+    know μ at both ends of the stretch, and the friction of step j is (1 − μ_j²)K_j +
+    ½(1 − μ_j)P_j (q = 1). Against the friction of the same steps booked row by row (every=1,
+    exact per step), the books between rows differ only by K and P taken linear between the
+    rows: by at most Σ_j c_j|X̂_j − X_j|, c_j the rate of step j, X̂_j the mean of the line at
+    t_j and t_{j+1}. Somewhere the last map's μ for every step would miss by more than twice
+    that: books that take one μ for the stretch fail there."""
+    one, five = sgd_ramp_ledger(1), sgd_ramp_ledger(EVERY)
+    kinetic, power = one["kinetic"], 2.0 * (one["shadow"] - one["inertia"])  # H̃ = I + ½P
+    exact = one["dissipated"].diff()  # step k's friction, booked at row k + 1
+    mu = torch.tensor([momentum_ramp(k) for k in range(41)], dtype=F64)
+    rates = {"K": (1 - mu**2, kinetic), "P": (0.5 * (1 - mu), power)}
+    tolerance = 1e-12 * float(one["inertia"].abs().max())
+    discriminating = False
+    for i, k0 in enumerate(range(0, 40, EVERY)):
+        k1, t = k0 + EVERY, torch.arange(EVERY, dtype=F64)
+        got, want = (
+            float(five["dissipated"][i + 1] - five["dissipated"][i]),
+            float(exact[k0:k1].sum()),
+        )
+        bound, one_mu = 0.0, 0.0
+        for c, x in rates.values():
+            line = x[k0] + (x[k1] - x[k0]) * (t + 0.5) / EVERY  # mean over [t_j, t_{j+1}]
+            bound += float((c[k0:k1] * (line - x[k0:k1]).abs()).sum())
+            one_mu += float(((c[k0:k1] - c[k1 - 1]) * line).sum())
+        assert abs(got - want) <= bound + tolerance, (k0, got, want, bound)
+        discriminating |= abs(one_mu) > 2 * bound
+    assert discriminating

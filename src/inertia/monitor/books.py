@@ -26,11 +26,12 @@ Rows n ≥ 2 steps apart (`every`), k₀ and k₁ = k₀ + n, book steps j = k�
 two rows' values and maps. Step j rescales X = K by f_j = r_j² and X = P by f_j = w_j, so
 X_j = A_j X̂_j, A_j = Π_{k₀ ≤ i < j} f_i; X̂, the energy with the rescaling taken out, is
 taken linear in t = (s − k₀)/n from X_{k₀} to X_{k₁}/A_{k₁} (held at X_{k₀} if A_{k₁} = 0).
-With the rate c of the last map (1 − μ² for K, ½(1 − μ) for P) and t_j = (j − k₀)/n,
+With step j's rate c_j (1 − μ_j² for K, ½(1 − μ_j) for P; μ_j linear in j from the maps of
+steps k₀ and k₁ − 1, for a cycled momentum) and t_j = (j − k₀)/n,
 
     schedule   += Σ_j (A_{j+1} − A_j) X̂(t_j)                   (each rescaling at its step)
-    dissipated += Σ_j c A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))          (the trapezoid rule)
-                  + ½μ(1 + μ)·n·½(d_{k₀} + d_{k₁})              (Nesterov, d = ⟨Δθ, ΔG⟩)
+    dissipated += Σ_j c_j A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))        (the trapezoid rule)
+                  + Σ_j ½μ_j(1 + μ_j)·½(d_{k₀} + d_{k₁})        (Nesterov, d = ⟨Δθ, ΔG⟩)
 
 which is n·½(x_{k₀} + x_{k₁}) where the rate is constant. Exact: q_{k₀}b_{k₀} of the row's own
 step (from h and β₁ of steps k₀ − 1 and k₀, read at row k₀ and kept) and the products of the
@@ -229,12 +230,16 @@ class Books:
                 r = inner * beta
                 r2 = [qb0 * qb0] + [r * r] * (steps - 1)
                 w = [qb0 * qb0 / beta] + [inner * inner * beta] * (steps - 1)
-            jk, fk = _weights(r2, self.last_kinetic[j], kinetic_now[j])
-            jp, fp = _weights(w, self.last_power[j], power_now[j])
-            u = m.momentum
-            look = 0.5 * u * (1.0 + u) if m.kind == NESTEROV else 0.0
-            damping = look * steps * 0.5 * (self.last_damping[j] + damping_now[j])
-            friction.append((1.0 - u * u) * fk + 0.5 * (1.0 - u) * fp + damping)
+            # μ of step k₀ + i linear from the maps of steps k₀ and k₁ − 1 (a cycled momentum)
+            mu = [
+                start.momentum + (m.momentum - start.momentum) * i / (steps - 1)
+                for i in range(steps)
+            ]
+            jk, fk = _weights(r2, self.last_kinetic[j], kinetic_now[j], [1.0 - u * u for u in mu])
+            jp, fp = _weights(w, self.last_power[j], power_now[j], [0.5 * (1.0 - u) for u in mu])
+            look = sum(0.5 * u * (1.0 + u) for u in mu) if m.kind == NESTEROV else 0.0
+            damping = look * 0.5 * (self.last_damping[j] + damping_now[j])
+            friction.append(fk + fp + damping)
             schedule.append(jk + 0.5 * jp)
         return _sum(friction), _sum(schedule)
 
@@ -302,16 +307,17 @@ def _beta(now: GroupMap, before: GroupMap) -> float:
     return before.gain / now.gain
 
 
-def _weights(factors: Floats, start: float, end: float) -> tuple[float, float]:
-    """(Σ_j (A_{j+1} − A_j) X̂(t_j), Σ_j A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))) for per-step
-    factors f_j, A_j = Π_{i<j} f_i, X̂ linear from `start` to `end`/A_n (module docstring)."""
+def _weights(factors: Floats, start: float, end: float, rates: Floats) -> tuple[float, float]:
+    """(Σ_j (A_{j+1} − A_j) X̂(t_j), Σ_j c_j A_{j+1} ½(X̂(t_j) + X̂(t_{j+1}))) for per-step
+    factors f_j and rates c_j, A_j = Π_{i<j} f_i, X̂ linear from `start` to `end`/A_n (module
+    docstring)."""
     n, a = len(factors), 1.0
     jump, jump_end, rate, rate_end = 0.0, 0.0, 0.0, 0.0
-    for i, f in enumerate(factors):
+    for i, (f, c) in enumerate(zip(factors, rates, strict=True)):
         b = a * f
         t, mid = i / n, (i + 0.5) / n
         jump, jump_end = jump + (b - a) * (1.0 - t), jump_end + (b - a) * t
-        rate, rate_end = rate + b * (1.0 - mid), rate_end + b * mid
+        rate, rate_end = rate + c * b * (1.0 - mid), rate_end + c * b * mid
         a = b
     if a > 0 and math.isfinite(a):
         return jump * start + jump_end * (end / a), rate * start + rate_end * (end / a)
