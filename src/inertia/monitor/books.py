@@ -45,8 +45,10 @@ q_{k₀}b_{k₀}, which P's w_{k₀} = q_{k₀}²b_{k₀} needs (a checkpoint ke
 taken equal to the interior b's. Where the rate moves one way between the rows, the schedule
 book is then within |A_{k₁} − f_{k₀}|·(max − min of X̂_j, k₀ ≤ j ≤ k₁) of Σ_j (f_j − 1)X_j (for
 P: where b_{k₀} is the interior b's); the friction carries the trapezoid rule's error.
-The heat and the decay work between rows are booked with the last map's h and ηλ for every
-step.
+Between rows the heat takes the last row's noise estimate and clip factor with h² of each
+step, and the decay work ηλ of each step, linear from the stretch's first step to its last
+(the row's own h and map, and the last map): exact for a learning rate linear in the step
+(a warmup), estimated otherwise.
 
 The books are kept in Python floats (IEEE float64, the same operations in the same order as
 on a float64 tensor) from the row's values once they are on the host: the row's one transfer
@@ -129,8 +131,8 @@ class Books:
                 lead = [x + p - g for x, p, g in zip(lead, power, gd, strict=True)]
                 lead = [x + c * s for x, c, s in zip(lead, decayed, delta_sq, strict=True)]
             dissipated = dissipated + _sum(f * x for f, x in zip(first, lead, strict=True))
-        injected = self._injection(maps.last, steps)
-        decay = self._decay(theta_grad, power, maps.last, steps)
+        injected = self._injection(maps, steps)
+        decay = self._decay(theta_grad, power, maps, steps)
         change = inertia - self.last_inertia
         residual = change + dissipated + decay - injected - schedule
         step = (dissipated, injected, residual, decay, schedule)
@@ -158,17 +160,21 @@ class Books:
             self._carry[j] = (t - self._total[j]) - y
             self._total[j] = t
 
-    def _decay(self, theta_grad: Floats, power: Floats, last: Any, steps: int) -> float:
+    def _decay(self, theta_grad: Floats, power: Floats, maps: MapHistory, steps: int) -> float:
         """Work a decoupled decay's displacement −ηλθ_k did against L since the last row, by
         the trapezoid rule: ½ηλ(⟨θ_k, g_k⟩ + ⟨θ_k, g_{k+1}⟩), with
-        ⟨θ_k, g_{k+1}⟩ = (⟨θ_{k+1}, g_{k+1}⟩ + P_{k+1})/(1 − ηλ)."""
+        ⟨θ_k, g_{k+1}⟩ = (⟨θ_{k+1}, g_{k+1}⟩ + P_{k+1})/(1 − ηλ); rows n ≥ 2 steps apart take
+        ηλ of each step linear between the maps of the stretch's first and last steps."""
+        last = maps.last
         if last is None or steps == 0 or not any(m.decoupled for m in last):
             return 0.0
         rate = [m.decoupled for m in last]
         before = self.last_theta_grad
         if steps > 1:
+            first = [m.decoupled for m in maps.before or last]
             return _sum(
-                steps * 0.5 * r * (a + b) for r, a, b in zip(rate, before, theta_grad, strict=True)
+                steps * 0.5 * (r0 + r) * 0.5 * (a + b)
+                for r0, r, a, b in zip(first, rate, before, theta_grad, strict=True)
             )
         after = [(t + p) / (1.0 - r) for t, p, r in zip(theta_grad, power, rate, strict=True)]
         return _sum(0.5 * r * (a + b) for r, a, b in zip(rate, before, after, strict=True))
@@ -243,14 +249,24 @@ class Books:
             schedule.append(jk + 0.5 * jp)
         return _sum(friction), _sum(schedule)
 
-    def _injection(self, last: list[GroupMap] | None, steps: int) -> float:
+    def _injection(self, maps: MapHistory, steps: int) -> float:
         """Heat injected by gradient noise since the last row: ½ h² c² tr(M⁻¹C)/B per step,
-        c the factor by which the step's gradient was scaled (clipping: its noise is c·ξ)."""
+        c the factor by which the step's gradient was scaled (clipping: its noise is c·ξ), from
+        the last row's estimate; rows n ≥ 2 steps apart take h² of each step linear between the
+        stretch's first step (the row's own h) and its last."""
+        last = maps.last
         if last is None or steps == 0:
             return 0.0
+        square = [m.h * m.h for m in last]
+        if steps > 1:
+            first = [
+                h if math.isfinite(h) else b.h
+                for h, b in zip(self.last_h, maps.before or last, strict=True)
+            ]
+            square = [0.5 * (h * h + s) for h, s in zip(first, square, strict=True)]
         heat = [
-            0.5 * m.h * m.h * n * c if math.isfinite(n) else 0.0
-            for m, n, c in zip(last, self.last_noise, self.last_clip, strict=True)
+            0.5 * s * n * c if math.isfinite(n) else 0.0
+            for s, n, c in zip(square, self.last_noise, self.last_clip, strict=True)
         ]
         return _sum(heat) * steps
 

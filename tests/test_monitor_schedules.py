@@ -1,5 +1,6 @@
-"""A β₁ schedule on Adam and AdamW (OneCycleLR and CyclicLR cycle β₁ with the learning rate)
-against the books (docs/theory.md §4, (4.4s)).
+"""Schedules against the books (docs/theory.md §4, (4.4s)): a β₁ schedule on Adam and AdamW
+(OneCycleLR and CyclicLR cycle β₁ with the learning rate), and between rows `every` > 1 steps
+apart a momentum changed every step and the heat of a warmup.
 
 Adam's step is Δθ'_k = −η_k m_k/((1 − β₁,kᵗ)M_k) with m_k = β₁,k m_{k−1} + (1 − β₁,k)g_k (torch
 takes the bias correction with the step's own β₁; Δθ' = θ_{k+1} − θ_k + ηλθ_k for AdamW), so
@@ -336,4 +337,74 @@ def test_rows_apart_take_each_steps_momentum_for_the_friction():
             one_mu += float(((c[k0:k1] - c[k1 - 1]) * line).sum())
         assert abs(got - want) <= bound + tolerance, (k0, got, want, bound)
         discriminating |= abs(one_mu) > 2 * bound
+    assert discriminating
+
+
+def warmup_heat_ledger(every: int):
+    """40 steps of SGD on least squares over two fixed micro-batches of 8 (`noise="microbatch"`),
+    the learning rate linear from 0 (step 0) to 0.05 (step 40): h² = η linear in the step."""
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 3, generator=gen, dtype=F64), torch.randn(16, generator=gen, dtype=F64)
+    theta = torch.nn.Parameter(torch.zeros(3, dtype=F64))
+    opt = torch.optim.SGD([theta], lr=0.0)
+    monitor = InertiaMonitor(opt, every=every, noise="microbatch")
+    for k in range(40):
+        opt.param_groups[0]["lr"] = 0.05 * k / 40
+        opt.zero_grad()
+        for part in (slice(0, 8), slice(8, 16)):
+            loss = 0.25 * ((x[part] @ theta - y[part]) ** 2).mean()  # half of each batch's mean
+            loss.backward()
+            monitor.observe(loss, accumulate=True, batch_size=8)
+        opt.step()
+    return monitor.ledger
+
+
+def test_rows_apart_book_a_warmups_heat_at_each_steps_learning_rate():
+    """A warmup from η = 0, rows 5 steps apart: the heat of the steps between rows is
+    ½h_j²·tr(M⁻¹C)/B with h_j² = η_j linear in j, the noise estimate the row's. Against the
+    heat of every step booked with its own estimate (every=1), the books between rows differ
+    only by the estimate's change over the stretch: by at most Σ_j ½h_j²|N_{k₀} − N_j|,
+    N = tr(M⁻¹C)/B. The last step's h² for every step, as before, books the first stretch's
+    heat twice over (5 × 4 against 0 + 1 + 2 + 3 + 4), and misses that bound somewhere by
+    more than twice."""
+    one, five = warmup_heat_ledger(1), warmup_heat_ledger(EVERY)
+    heat, noise, h2 = one["injected"].diff(), one["noise_trace"], one["h"] ** 2
+    assert bool(noise[1:].isfinite().all()) and float(h2[0]) == 0.0
+    tolerance = 1e-12 * float(one["injected"].abs().max())
+    discriminating = False
+    for i, k0 in enumerate(range(0, 35, EVERY)):
+        k1 = k0 + EVERY
+        got, want = float(five["injected"][i + 1] - five["injected"][i]), float(heat[k0:k1].sum())
+        bound = float((0.5 * h2[k0:k1] * (noise[k0] - noise[k0:k1]).abs()).sum())
+        assert abs(got - want) <= bound + tolerance, (k0, got, want, bound)
+        last_h = float(0.5 * h2[k1 - 1] * noise[k0]) * EVERY
+        discriminating |= abs(last_h - want) > 2 * bound
+    assert discriminating
+
+
+def test_rows_apart_book_a_warmups_decay_work_at_each_steps_rate():
+    """AdamW's decoupled decay under a warmup from η = 0, rows 5 steps apart: step j's work is
+    ½η_jλ(⟨θ_j, g_j⟩ + ⟨θ_j, g_{j+1}⟩) from the recorded θ and g (every=1 books it so), and
+    between rows the books take η_jλ linear between the stretch's first and last maps (exact:
+    η is linear in j) and the bracket's mean from the two rows, ½(⟨θ_{k₀}, g_{k₀}⟩ +
+    ⟨θ_{k₁}, g_{k₁}⟩): they differ by at most Σ_j η_jλ·|that mean − the step's bracket/2|.
+    The last map's ηλ for every step misses that bound somewhere by more than twice."""
+    warmup = (adamw(0.05), lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, lambda k: k / 40))
+    one, five = train(*warmup, steps=41), train(*warmup, steps=41, every=EVERY)
+    assert torch.equal(one.theta, five.theta)  # the monitor does not touch the run
+    rate = one.lr[:-1] * DECAY  # steps 0 … 39
+    bracket = (one.theta[:-2] * one.grad[:-1]).sum(1) + (one.theta[:-2] * one.grad[1:]).sum(1)
+    exact = 0.5 * rate * bracket
+    scale = float(one.ledger["inertia"].abs().max())
+    torch.testing.assert_close(one.ledger["decay"].diff(), exact, rtol=0, atol=1e-12 * scale)
+    discriminating = False
+    for i, k0 in enumerate(range(0, 40, EVERY)):
+        k1 = k0 + EVERY
+        ends = (one.theta[k0] * one.grad[k0]).sum() + (one.theta[k1] * one.grad[k1]).sum()
+        mean = 0.5 * float(ends)
+        got = float(five.ledger["decay"][i + 1] - five.ledger["decay"][i])
+        want = float(exact[k0:k1].sum())
+        bound = float((rate[k0:k1] * (mean - 0.5 * bracket[k0:k1]).abs()).sum())
+        assert abs(got - want) <= bound + 1e-12 * scale, (k0, got, want, bound)
+        discriminating |= abs(float(rate[k1 - 1]) * EVERY * mean - want) > 2 * bound
     assert discriminating
