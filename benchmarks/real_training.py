@@ -70,8 +70,7 @@ batch_size=b)` after each micro-batch's backward.
    (a) The floor's trend: the drop is measured over the settled steps, 300–600 steps after
    the fork, and the floor falls as the model learns. A least-squares line through the
    monitor's per-row floor over the window, at the middle of the settled steps, over the
-   floor: its standard error by the delete-one-block jackknife over 10 blocks of rows (the
-   rows are correlated).
+   floor, with the line's standard error there (widened for correlated rows).
    (b) Slow modes: at arm step s the drop arm has relaxed only the modes that relax at η
    within lag τ = s/5 (a mode's variance relaxes at twice its rate, and η/10 divides the rate
    by 10). The mean-squared displacement in Adam's metric, MSD(τ) = ⟨‖θ_{k+τ} − θ_k‖²_M⟩,
@@ -87,10 +86,12 @@ batch_size=b)` after each micro-batch's backward.
    held-out windows and on --probe-windows fixed training windows, with standard errors over
    the snapshots (taken as independent; the part of each term linear in x_k, which sums to
    zero, taken out). The probe must see the fluctuations the drop relaxes, those of the modes
-   that relax at η within τ₁: its default window, 600 steps, is 5τ₁ (a window of 60, half of
-   τ₁, saw only the fastest modes: E(1)/V 0.88 there against 0.84), and its snapshots, 50
-   steps apart (five momentum times 1/(1 − β₁)), are nearly independent, as the standard
-   errors take them. (d) Held-out loss is less curved along the noise: V_held/V_train.
+   that relax at η within τ₁: its default window is 5τ₁ = --arm-steps (600 steps; at most
+   half the plateau) where a window of 60, half of τ₁, saw only the fastest modes (E(1)/V
+   0.88 there against 0.84). Its snapshots, 50 steps apart (five momentum times
+   1/(1 − β₁)), are taken as independent by the standard errors, which the slower modes
+   make them not quite (lag-one correlation 0.3–0.45 on the transformer): the errors are
+   likely too small. (d) Held-out loss is less curved along the noise: V_held/V_train.
    Predicted: 0.9 × floor × trend × (1 − f̄) × E(1)/V on training loss, the same with
    (E(1)/V)_held × V_held/V_train held out, against the measured drops beside the law as-is,
    standard errors from the factors' relative errors in quadrature.
@@ -174,7 +175,7 @@ class Config:
     heldout_chars: int = 200_000
     eval_windows: int = 256
     eval_every: int = 50
-    probe_window: int = 600  # the line probe: the plateau's last steps, the control arm's first
+    probe_window: int = 0  # the line probe's steps (0: --arm-steps = 5τ₁, at most P/2)
     probe_every: int = 50  # θ kept every so many steps of that window
     probe_windows: int = 512  # fixed training windows it evaluates on
     seed: int = 0
@@ -182,6 +183,8 @@ class Config:
     micro: int = field(default=2, init=False)  # micro-batches per step: the two-batch pair
 
     def __post_init__(self) -> None:
+        if self.probe_window == 0:  # the plateau's last steps, the control arm's first
+            object.__setattr__(self, "probe_window", min(self.arm_steps, self.plateau // 2))
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type == "int" and f.name != "seed" and not value > 0:
@@ -224,6 +227,8 @@ class Config:
         return self.micro_batch * self.micro
 
 
+NOTES = {"probe_window": ": --arm-steps (5τ₁), at most half of --plateau"}  # in --help
+
 QUICK = {
     "d_model": 64,
     "layers": 1,
@@ -237,7 +242,6 @@ QUICK = {
     "heldout_chars": 40_000,
     "eval_windows": 64,
     "eval_every": 25,
-    "probe_window": 150,
     "probe_every": 25,
     "probe_windows": 128,
 }
@@ -976,27 +980,23 @@ def factors(watched: dict[str, Any], ledger: Ledger, rows: slice, cfg: Config) -
     }
 
 
-def floor_trend(
-    ledger: Ledger, rows: slice, at: int, floor: float, blocks: int = 10
-) -> tuple[float, float]:
+def floor_trend(ledger: Ledger, rows: slice, at: int, floor: float) -> tuple[float, float]:
     """The least-squares line through the monitor's per-row floor (`predicted_floors`) over
-    the ledger's `rows`, at step `at`, over `floor`; a standard error by the delete-one-block
-    jackknife over `blocks` blocks of consecutive rows (the rows are correlated)."""
+    the ledger's `rows`, at step `at`, over `floor`, with the line's standard error there,
+    s·sqrt(1/n + (at − x̄)²/Σ(x − x̄)²), widened for rows correlated as an AR(1) by
+    sqrt((1 + ρ)/(1 − ρ)), ρ ≥ 0 the residuals' lag-one correlation."""
     excess = predicted_floors(ledger)["excess"][rows]
     steps = ledger["step"].numpy()[rows]
     ok = np.isfinite(excess)
-    steps, excess = steps[ok], excess[ok]
-
-    def at_step(keep: np.ndarray) -> float:
-        return float(np.polyval(np.polyfit(steps[keep], excess[keep], 1), at)) / floor
-
-    left_out = []
-    for block in np.array_split(np.arange(len(steps)), blocks):
-        keep = np.ones(len(steps), dtype=bool)
-        keep[block] = False
-        left_out.append(at_step(keep))
-    spread = (blocks - 1) / blocks * float(np.sum((np.array(left_out) - np.mean(left_out)) ** 2))
-    return at_step(np.ones(len(steps), dtype=bool)), math.sqrt(spread)
+    x, y = steps[ok], excess[ok]
+    line = np.polyfit(x, y, 1)
+    residual = y - np.polyval(line, x)
+    lag_one = float(residual[:-1] @ residual[1:]) / max(float(residual @ residual), 1e-300)
+    rho = min(max(lag_one, 0.0), 0.9)
+    spread = math.sqrt(float(residual @ residual) / (len(x) - 2))
+    leverage = 1 / len(x) + (at - x.mean()) ** 2 / float(((x - x.mean()) ** 2).sum())
+    se = spread * math.sqrt(leverage * (1 + rho) / (1 - rho))
+    return float(np.polyval(line, at)) / floor, se / floor
 
 
 def predicted(floor: tuple[float, float], x: dict[str, Any]) -> dict[str, tuple[float, float]]:
@@ -1552,7 +1552,8 @@ def main(argv: list[str] | None = None) -> int:
                 default=None,
                 metavar=f.type.upper(),
                 help=f"default {defaults[f.name]}"
-                + (f" (--quick: {QUICK[f.name]})" if f.name in QUICK else ""),
+                + (f" (--quick: {QUICK[f.name]})" if f.name in QUICK else "")
+                + NOTES.get(f.name, ""),
             )
     args = parser.parse_args(argv)
     if args.threads is not None:
