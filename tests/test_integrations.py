@@ -303,6 +303,49 @@ def test_lightning_without_accumulation_books_one_row_per_batch(tmp_path):
     torch.testing.assert_close(led["kinetic/lin"], led["kinetic"], rtol=1e-12, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:`training_step` returned `None`:UserWarning")
+def test_lightning_a_training_step_returning_none_books_a_flagged_row_and_says_why(tmp_path):
+    """Lightning's way to skip a batch: it still steps the optimizer, with no backward. The
+    row is flagged with a NaN loss, and the warning says that a skipped batch is such a step
+    (it needs no call to `monitor.observe`, which a Lightning user cannot make)."""
+    lightning = pytest.importorskip("lightning.pytorch")
+    from inertia.integrations.lightning import InertiaCallback
+
+    class Skips(lightning.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(3, 1)
+
+        def training_step(self, batch, index):
+            if index in (1, 2):
+                return None
+            x, y = batch
+            return ((self.lin(x) - y) ** 2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
+
+    callback = InertiaCallback()
+    trainer = lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+    data = torch.utils.data.DataLoader(regression_data(), batch_size=BATCH)
+    with pytest.warns(RuntimeWarning, match="no loss was observed for step 1") as caught:
+        trainer.fit(Skips(), data)
+    (warning,) = [w for w in caught.list if "inertia:" in str(w.message)]
+    assert "training_step returning None" in str(warning.message)
+    assert "needs no call" in str(warning.message)
+    led = callback.monitor.ledger
+    assert led["flag"].tolist() == [0, 1, 1, 0, 0, 0, 0, 0]
+    assert led["loss"][1:3].isnan().all() and not led["loss"][[0, 3]].isnan().any()
+
+
 def test_callbacks_refuse_per_sample_noise():
     pytest.importorskip("lightning.pytorch")
     from inertia.integrations.lightning import InertiaCallback

@@ -4,6 +4,7 @@ the same global batch (norms are global, the potential is the mean loss over ran
 from __future__ import annotations
 
 import gc
+import warnings
 
 import pytest
 import torch
@@ -188,3 +189,58 @@ def test_ranks_two_batch_noise_is_mcCandlish_estimator_and_unbiased(tmp_path):
     stderr = ((1 - beta) / (1 + beta)) ** 0.5 * float(ratio.std())
     assert abs(scale / (noise / signal) - 1) < 4 * stderr, (scale, noise / signal, stderr)
     assert float(exact[-1, 1]) > 2 * float(exact[-1, 0]) / (WORLD * LOCAL_BATCH)  # far from θ*
+
+
+# ------------------------------------------------------------- a loss observed on some ranks
+
+NO_LOSS = "no loss was observed for step 0 on 1 of 2 ranks"
+
+
+def _no_loss_worker(rank: int, init_file: str, out_file: str) -> None:
+    """Rank 0 observes every step's loss, rank 1 none for steps 0 and 1: with on_nan="flag"
+    four steps, then with on_nan="raise" one."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    model = torch.nn.parallel.DistributedDataParallel(make_model())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x, y = (t[rank * 4 : (rank + 1) * 4] for t in batch())
+    out: dict[str, object] = {}
+    for on_nan, steps in (("flag", 4), ("raise", 1)):
+        monitor = InertiaMonitor(opt, on_nan=on_nan)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                for k in range(steps):
+                    opt.zero_grad()
+                    loss = ((model(x) - y) ** 2).mean()
+                    loss.backward()
+                    if rank == 0 or k >= 2:
+                        monitor.observe(loss)
+                    opt.step()
+            except FloatingPointError as error:
+                out["raised"] = str(error)
+        out[on_nan] = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        out[f"{on_nan} ledger"] = {name: monitor.ledger[name].tolist() for name in ("loss", "flag")}
+        monitor.detach()
+    torch.save(out, f"{out_file}.{rank}")
+    del model
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_a_step_with_no_loss_on_one_rank_says_so_on_every_rank(tmp_path):
+    """DDP: rank 0, which writes the sinks, observed its loss; rank 1 did not. Both ranks say
+    that no loss was observed on 1 of the 2 ranks (not "non-finite loss nan"), in the warning
+    and with on_nan="raise" in the error, from the row's one all-reduce."""
+    out = tmp_path / "no_loss"
+    mp.spawn(_no_loss_worker, args=(str(tmp_path / "init"), str(out)), nprocs=WORLD, join=True)
+    for rank in range(WORLD):
+        saved = torch.load(f"{out}.{rank}")
+        (warned,) = saved["flag"]  # one warning for the run of two rows
+        assert warned.startswith(f"inertia: {NO_LOSS}, so its row is recorded"), (rank, warned)
+        assert "on every rank, call monitor.observe(loss)" in warned
+        assert "non-finite" not in warned
+        ledger = saved["flag ledger"]
+        assert ledger["flag"] == [1, 1, 0, 0], rank
+        assert all(v != v for v in ledger["loss"][:2]) and all(v == v for v in ledger["loss"][2:])
+        assert saved["raised"].startswith(f"{NO_LOSS}: on every rank, call monitor.observe")
+        assert saved["raise"] == [] and saved["raise ledger"]["flag"] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -69,6 +70,16 @@ UNMAPPED_OPTIMIZERS = {
     "ASGD": (lambda p: torch.optim.ASGD(p, lr=0.01), "torch.optim.asgd.ASGD"),
     "third-party": (lambda p: ThirdParty(p), f"{__name__}.ThirdParty"),
 }
+if hasattr(torch.optim, "Adafactor"):  # in recent torch releases
+    UNMAPPED_OPTIMIZERS["Adafactor"] = (
+        lambda p: torch.optim.Adafactor(p, lr=0.01),
+        "torch.optim.Adafactor",
+    )
+if hasattr(torch.optim, "Muon"):  # likewise; 2-D parameters only: a matrix of its own
+    UNMAPPED_OPTIMIZERS["Muon"] = (
+        lambda p: torch.optim.Muon([torch.nn.Parameter(torch.eye(2, dtype=F64))], lr=0.01),
+        "torch.optim.Muon",
+    )
 
 
 @pytest.mark.parametrize("name", list(UNMAPPED_OPTIMIZERS))
@@ -174,6 +185,22 @@ def test_the_warning_is_silenced_by_a_standard_filter_and_group_maps_never_warns
         assert [m.kind for m in group_maps(opt)] == ["generic"]
 
 
+def test_docs_monitor_names_every_unmapped_torch_optimizer():
+    """docs/monitor.md's list of torch's optimizers on the generic map is complete."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "monitor.md").read_text()
+    start = text.index("An optimizer on the last line (")
+    listed = text[start : text.index(")", start)].replace("\n", " ")
+    generic = []
+    for name, kind in vars(torch.optim).items():
+        if isinstance(kind, type) and issubclass(kind, torch.optim.Optimizer):
+            if kind is not torch.optim.Optimizer:
+                opt = kind([torch.nn.Parameter(torch.eye(2, dtype=F64))])  # Muon: 2-D only
+                if group_maps(opt)[0].kind == "generic":
+                    generic.append(name)
+    assert {"Rprop", "LBFGS"} <= set(generic)
+    assert [name for name in generic if f" {name}," not in listed] == []
+
+
 # A step with no loss observed.
 
 
@@ -195,6 +222,8 @@ def test_a_step_with_no_loss_observed_says_so_and_what_to_call():
     text = str(warning.message)
     assert "monitor.observe(loss)" in text and "loss.backward()" in text
     assert "closure" in text and "non-finite" not in text
+    assert " ranks" not in text and "every rank" not in text  # one process: no ranks named
+    assert "a batch skipped on purpose" in text and "training_step returning None" in text
     # the rows are as before: recorded, the loss NaN, flagged
     ledger = monitor.ledger
     assert ledger["step"].tolist() == [0, 1, 2, 3]

@@ -41,6 +41,11 @@ class InertiaCallback(Callback):
       as CPU tensors: no transfer to or from the device.
     - `on_fit_end`: the monitor is detached (its sinks closed).
 
+    A `training_step` that returns None skips its batch. Where all the micro-batches of a step
+    are skipped, Lightning still calls the optimizer's step (under a GradScaler it does not:
+    no row), so the step's row is recorded with a NaN loss and flagged, and the monitor's
+    `RuntimeWarning` says that a skipped batch is such a step.
+
     Args:
         log_dir: folder for the monitor's `ledger.csv`.
         columns: the columns sent to the loggers (None: all).

@@ -18,6 +18,8 @@ OBSERVE = (
     "call monitor.observe(loss) after loss.backward(), before optimizer.step(), or pass"
     " optimizer.step a closure that returns the loss"
 )
+#: A step with no loss on purpose.
+SKIPPED_BATCH = "a batch skipped on purpose (as by a Lightning training_step returning None) is one"
 
 
 class Publisher:
@@ -32,18 +34,22 @@ class Publisher:
     def flag(self, flag: int, loss: float, potential: float, step: int) -> int:
         """The row's flag: NONFINITE where the potential (the loss plus a coupled decay's
         penalty) is not finite, warned about once per run of such rows (FloatingPointError
-        with on_nan="raise"), `flag` otherwise. A loss that was not observed at all (`NoLoss`)
-        is told from an observed non-finite one, with what to call; each kind is a run."""
+        with on_nan="raise"), `flag` otherwise. A loss that was not observed at all (`NoLoss`,
+        on every rank if on any) is told from an observed non-finite one, with what to call and
+        under torch.distributed on how many ranks; each kind is a run."""
         if math.isfinite(potential):
             self._run = None
             return flag
         unobserved = isinstance(loss, NoLoss)
-        if unobserved:
-            what = f"no loss was observed for step {step}"
-            raised = f"{what}: {OBSERVE}"
+        if isinstance(loss, NoLoss):
+            what, advice = f"no loss was observed for step {step}", OBSERVE
+            if loss.world > 1:
+                what += f" on {loss.ranks} of {loss.world} ranks"
+                advice = f"on every rank, {OBSERVE}"
+            raised = f"{what}: {advice}; {SKIPPED_BATCH}, which on_nan='flag' records"
             warned = (
                 f"inertia: {what}, so its row is recorded with a NaN loss and flagged (as are"
-                f" the rows after it without one): {OBSERVE}"
+                f" the rows after it without one): {advice}; {SKIPPED_BATCH}, and needs no call"
             )
         else:
             value = f"loss {loss}" if not math.isfinite(loss) else f"potential {potential}"

@@ -19,6 +19,8 @@ PER_RANK = {
     "spread": 1,
     "curvature": 0,
 }  # "noise…" covers noise_trace/<layer>
+#: Counts of ranks (`inertia.monitor.row.Pack`): every rank's, summed as they are.
+COUNTS = ("unobserved", "ranks")
 
 
 @dataclass
@@ -43,9 +45,9 @@ class Ranks:
     def reduce(self, packed: Tensor, layout: list[tuple[str, int]]) -> Tensor:
         """The row's values (`packed`: the loss first, then `layout`'s names and lengths in
         order) over all ranks after one `all_reduce`: the loss averaged; norms and dot products
-        summed over shards, counted once where replicated (rank 0's); with `own_batch`, the
-        estimates of `PER_RANK` averaged over ranks and ÷ world^p once more (tr(C)/B of the
-        global batch)."""
+        summed over shards, counted once where replicated (rank 0's); the `COUNTS` summed;
+        with `own_batch`, the estimates of `PER_RANK` averaged over ranks and ÷ world^p once
+        more (tr(C)/B of the global batch)."""
         keep, divide = self._weights.get(tuple(layout)) or self._weigh(layout)
         if self.replicated and self.rank != 0:
             packed = packed * keep  # replicated: count once
@@ -57,7 +59,7 @@ class Ranks:
         for name, length in layout:
             power = next((p for key, p in PER_RANK.items() if name.startswith(key)), None)
             own = self.own_batch and power is not None
-            keep += [1.0 if own else 0.0] * length
+            keep += [1.0 if own or name in COUNTS else 0.0] * length
             scale = self.world ** (1 + power) if own and power is not None else 1
             divide += [float(scale)] * length
         weights = (

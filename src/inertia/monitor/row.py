@@ -108,12 +108,18 @@ class RowValues:
 
 
 class NoLoss(float):
-    """NaN: the loss of a row for which none was observed (no `observe`, no closure returning
-    it), as `Pack.fetch` gives it, so that `Publisher.flag` can tell it from an observed
+    """NaN: the loss of a row for which none was observed on `ranks` of the `world` ranks of
+    torch.distributed (no `observe`, no closure returning it; 1 of 1 in one process), as
+    `Pack.fetch` gives it on every rank, so that `Publisher.flag` can tell it from an observed
     non-finite loss. `make_row` books it as a plain NaN."""
 
-    def __new__(cls) -> NoLoss:
-        return super().__new__(cls, math.nan)
+    ranks: int
+    world: int
+
+    def __new__(cls, ranks: int = 1, world: int = 1) -> NoLoss:
+        value = super().__new__(cls, math.nan)
+        value.ranks, value.world = ranks, world
+        return value
 
 
 class Pack:
@@ -122,20 +128,28 @@ class Pack:
     there (`inertia.monitor.ranks`), then brought to the host in one transfer, the row's only
     host synchronisation. Partial sums of another dtype (float32 dot products) are packed
     after the float64 values, one conversion per dtype; `layout` names the packed entries in
-    order (a name may recur). A `loss` of None (none observed) is packed as NaN and fetched
-    as `NoLoss`."""
+    order (a name may recur). A `loss` of None (none observed) is packed as NaN; after it
+    come two counts of ranks, `unobserved` (1 if this rank observed no loss) and `ranks` (1),
+    which the all-reduce sums (`inertia.monitor.ranks`), so that every rank fetches the loss
+    as `NoLoss` if any rank observed none, saying on how many of how many."""
 
     def __init__(self, loss: Tensor | None, named: RowValues):
-        self._finish, self._observed = named.finish, loss is not None
-        if loss is None:  # on the device of the row's values: its penalty's
-            loss = torch.full_like(named.device["penalty"][0], math.nan, dtype=F64)
+        self._finish = named.finish
+        like = named.device["penalty"][0]  # on the device of the row's values
+        counts = {
+            "unobserved": [torch.full_like(like, float(loss is None), dtype=F64)],
+            "ranks": [torch.ones_like(like, dtype=F64)],
+        }
+        if loss is None:
+            loss = torch.full_like(like, math.nan, dtype=F64)
         wide = [loss]  # float64 by contract (stack would promote, more slowly)
         self._slices, start = {"loss": slice(0, 1)}, 1
-        for name, values in named.device.items():
+        device = counts | named.device
+        for name, values in device.items():
             wide += values
             self._slices[name] = slice(start, start + len(values))
             start += len(values)
-        self._device = [(name, len(values)) for name, values in named.device.items()]
+        self._device = [(name, len(values)) for name, values in device.items()]
         narrow: list[Tensor] = []  # parts of another dtype: packed after the float64 ones
         # per summed value and group: where its parts are (j ≥ 0 in `wide`, ~j in `narrow`)
         # and the sum of its host constants
@@ -163,7 +177,8 @@ class Pack:
     @property
     def layout(self) -> list[tuple[str, int]]:
         """The names of the packed entries after the loss, in runs (name, length): the
-        device values, then the float64 parts, then the others (a name may recur)."""
+        counts of ranks and the device values, then the float64 parts, then the others (a
+        name may recur)."""
         names = [name for name, n in self._device for _ in range(n)]
         narrow: list[tuple[int, str]] = []
         for name, where in self._parts:
@@ -183,8 +198,9 @@ class Pack:
         """Every value by name, as floats: the row's one transfer to the host."""
         host = self.tensor.tolist()
         named = {name: host[s] for name, s in self._slices.items()}
-        if not self._observed:  # this rank observed none (the mean over ranks is NaN too)
-            named["loss"] = [NoLoss()]
+        (unobserved,), (ranks,) = named.pop("unobserved"), named.pop("ranks")
+        if unobserved:  # on some rank: the loss, a mean over the ranks, is NaN
+            named["loss"] = [NoLoss(round(unobserved), round(ranks))]
         for name, where in self._parts:
             named[name] = [
                 sum([host[j] if j >= 0 else host[self._wide + ~j] for j in at], c)
