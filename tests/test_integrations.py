@@ -265,6 +265,20 @@ def test_lightning_columns_reach_wandb_offline(tmp_path, monkeypatch):
     assert not any("inertia/noise_trace" in h for h in history)  # columns=
 
 
+def one_epoch_trainer(lightning, callback):
+    """A Lightning Trainer for one epoch on the CPU with `callback` and nothing else: no
+    logger, checkpoints, progress bar or model summary."""
+    return lightning.Trainer(
+        max_epochs=1,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[callback],
+    )
+
+
 def test_lightning_without_accumulation_books_one_row_per_batch(tmp_path):
     lightning = pytest.importorskip("lightning.pytorch")
     from inertia.integrations.lightning import InertiaCallback
@@ -286,15 +300,7 @@ def test_lightning_without_accumulation_books_one_row_per_batch(tmp_path):
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
     callback = InertiaCallback(by="module")  # the callback names the trained module's modules
-    trainer = lightning.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
+    trainer = one_epoch_trainer(lightning, callback)
     trainer.fit(Tiny(), torch.utils.data.DataLoader(regression_data(), batch_size=BATCH))
     led = callback.monitor.ledger
     assert len(led["step"]) == len(losses) == trainer.global_step
@@ -326,15 +332,7 @@ def test_lightning_a_training_step_returning_none_books_a_flagged_row_and_says_w
             return torch.optim.SGD(self.parameters(), lr=0.05, momentum=0.9)
 
     callback = InertiaCallback()
-    trainer = lightning.Trainer(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[callback],
-    )
+    trainer = one_epoch_trainer(lightning, callback)
     data = torch.utils.data.DataLoader(regression_data(), batch_size=BATCH)
     with pytest.warns(RuntimeWarning, match="no loss was observed for step 1") as caught:
         trainer.fit(Skips(), data)
