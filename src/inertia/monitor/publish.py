@@ -41,7 +41,7 @@ class Publisher:
             self._run = None
             return flag
         unobserved = isinstance(loss, NoLoss)
-        if isinstance(loss, NoLoss):
+        if isinstance(loss, NoLoss):  # `unobserved`, spelled for the type checker
             what, advice = f"no loss was observed for step {step}", OBSERVE
             if loss.world > 1:
                 what += f" on {loss.ranks} of {loss.world} ranks"

@@ -3,6 +3,7 @@ the observed loss it carries (`LossMean`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
@@ -122,6 +123,15 @@ class NoLoss(float):
         return value
 
 
+@functools.cache
+def _counts(device: torch.device, unobserved: bool) -> tuple[Tensor, Tensor]:
+    """The counts `Pack` sends, float64 on `device`, made once (packing copies them)."""
+    return (
+        torch.tensor(float(unobserved), dtype=F64, device=device),
+        torch.tensor(1.0, dtype=F64, device=device),
+    )
+
+
 class Pack:
     """A row's device values by name (lists of 0-d tensors) after the loss, and the partial
     sums of the values taken on the host, packed into one float64 tensor: reduced over ranks
@@ -136,10 +146,8 @@ class Pack:
     def __init__(self, loss: Tensor | None, named: RowValues):
         self._finish = named.finish
         like = named.device["penalty"][0]  # on the device of the row's values
-        counts = {
-            "unobserved": [torch.full_like(like, float(loss is None), dtype=F64)],
-            "ranks": [torch.ones_like(like, dtype=F64)],
-        }
+        unobserved, one = _counts(like.device, loss is None)
+        counts = {"unobserved": [unobserved], "ranks": [one]}
         if loss is None:
             loss = torch.full_like(like, math.nan, dtype=F64)
         wide = [loss]  # float64 by contract (stack would promote, more slowly)
